@@ -1,0 +1,192 @@
+//! The actors and their supervision tree.
+//!
+//! ```text
+//! RootSupervisor
+//! ├── SecretKeeper     restart at once; re-reads the sources
+//! ├── ModelRouter      restart at once; re-subscribes to the credential
+//! ├── McpSupervisor
+//! │   └── McpSession(server)   restart with backoff + jitter, at most N in a window, then down
+//! ├── ToolExecutor     restart at once
+//! └── ResearchWriter   restart at once
+//! ```
+//!
+//! Callers hold handles (`FooHandle`), never a bare `ActorRef`: each handle reads the current
+//! actor from a [`Slot`], which the supervisor updates on every restart, so a handle taken
+//! before a restart keeps working after it. Message enums and reply ports are private to
+//! each actor's module.
+
+pub mod mcp_session;
+pub mod model_router;
+pub mod research_writer;
+pub mod secret_keeper;
+pub mod supervisor;
+pub mod tool_executor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, Message, RpcReplyPort};
+use tokio::sync::watch;
+
+/// Where an actor is in its life, as its handles see it.
+pub enum SlotState<M> {
+    /// Running: send here.
+    Running(ActorRef<M>),
+    /// Between a failure and the restart (or not started yet).
+    Restarting,
+    /// Given up on after too many restarts; the text is the last cause.
+    Down(Arc<str>),
+    /// Stopped for good (shutdown).
+    Stopped,
+}
+
+impl<M> Clone for SlotState<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Running(actor) => Self::Running(actor.clone()),
+            Self::Restarting => Self::Restarting,
+            Self::Down(cause) => Self::Down(cause.clone()),
+            Self::Stopped => Self::Stopped,
+        }
+    }
+}
+
+/// The current `ActorRef` of one supervised actor, shared by its handles and its supervisor.
+pub struct Slot<M> {
+    state: Arc<watch::Sender<SlotState<M>>>,
+}
+
+impl<M> Clone for Slot<M> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<M> Default for Slot<M> {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(watch::Sender::new(SlotState::Restarting)),
+        }
+    }
+}
+
+/// Why a handle could not reach its actor.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unreachable {
+    /// It did not come back within the wait.
+    #[error("{actor} is restarting and did not come back within {waited:?}")]
+    Restarting {
+        /// Actor name.
+        actor: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// It is marked down.
+    #[error("{actor} is down: {cause}")]
+    Down {
+        /// Actor name.
+        actor: String,
+        /// The last failure.
+        cause: Arc<str>,
+    },
+    /// It stopped (shutdown).
+    #[error("{actor} has stopped")]
+    Stopped {
+        /// Actor name.
+        actor: String,
+    },
+    /// The call did not get an answer in time.
+    #[error("{actor} did not answer within {waited:?}")]
+    Timeout {
+        /// Actor name.
+        actor: String,
+        /// The deadline.
+        waited: Duration,
+    },
+    /// The actor failed while the call was in its mailbox or in flight.
+    #[error("{actor} failed before answering")]
+    Dropped {
+        /// Actor name.
+        actor: String,
+    },
+}
+
+impl<M: Message> Slot<M> {
+    /// Publishes a (re)started actor.
+    pub fn publish(&self, actor: ActorRef<M>) {
+        self.state.send_replace(SlotState::Running(actor));
+    }
+
+    /// Sets the state.
+    pub fn set(&self, state: SlotState<M>) {
+        self.state.send_replace(state);
+    }
+
+    /// The state now.
+    pub fn state(&self) -> SlotState<M> {
+        self.state.borrow().clone()
+    }
+
+    /// The running actor, waiting up to `wait` while it restarts.
+    pub async fn current(&self, name: &str, wait: Duration) -> Result<ActorRef<M>, Unreachable> {
+        let mut rx = self.state.subscribe();
+        let outcome = tokio::time::timeout(wait, async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    SlotState::Running(actor) => return Ok(actor.clone()),
+                    SlotState::Down(cause) => {
+                        return Err(Unreachable::Down {
+                            actor: name.to_owned(),
+                            cause: cause.clone(),
+                        });
+                    }
+                    SlotState::Stopped => {
+                        return Err(Unreachable::Stopped {
+                            actor: name.to_owned(),
+                        });
+                    }
+                    SlotState::Restarting => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Unreachable::Stopped {
+                        actor: name.to_owned(),
+                    });
+                }
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            Err(Unreachable::Restarting {
+                actor: name.to_owned(),
+                waited: wait,
+            })
+        })
+    }
+
+    /// Calls the current actor: waits for a restart (bounded), then for the answer (bounded).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        name: &str,
+        restart_wait: Duration,
+        deadline: Duration,
+        message: impl FnOnce(RpcReplyPort<T>) -> M,
+    ) -> Result<T, Unreachable> {
+        let actor = self.current(name, restart_wait).await?;
+        match actor.call(message, Some(deadline)).await {
+            Ok(CallResult::Success(value)) => Ok(value),
+            Ok(CallResult::Timeout) => Err(Unreachable::Timeout {
+                actor: name.to_owned(),
+                waited: deadline,
+            }),
+            Ok(CallResult::SenderError) | Err(_) => Err(Unreachable::Dropped {
+                actor: name.to_owned(),
+            }),
+        }
+    }
+}
+
+/// How long a handle waits for a restarting actor that should come back at once.
+pub const RESTART_WAIT: Duration = Duration::from_secs(5);

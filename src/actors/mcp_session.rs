@@ -1,0 +1,389 @@
+//! McpSession: one MCP server's connection, one actor per server.
+//!
+//! - **Owns**: the `rmcp` session (its `Peer` and cancellation token), the server's tool list
+//!   (published, after the allowlist, in a `watch` channel that outlives restarts), calls that
+//!   arrived while connecting.
+//! - **Accepts**: `CallTool`; internally `Connected`, `ConnectFailed`, `ConnectionLost`.
+//! - **Concurrency**: `pre_start` only spawns the connect task, so a restart never blocks the
+//!   supervisor. Each call runs in its own task on a clone of the `Peer` (rmcp multiplexes
+//!   requests), with its own timeout; the handler never awaits the network.
+//! - **Failure**: a failed connect or a dead transport makes the actor fail (`Err` from
+//!   `handle`), and McpSupervisor restarts it with backoff and jitter. Calls queued or in
+//!   flight get an error reply (never silence); the tool registry sees the new tool list.
+//! - **Supervisor**: McpSupervisor. **Shutdown**: `post_stop` cancels the session, which
+//!   closes the connection (and kills a stdio child).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
+use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceError};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::secret_keeper::SecretState;
+use super::{Slot, Unreachable};
+use crate::mcp::{self, McpError, ServerSpec};
+
+/// A server's tools as the registry sees them.
+#[derive(Clone)]
+pub enum ServerTools {
+    /// Not connected yet (or reconnecting after a failure).
+    Connecting,
+    /// Connected: the allowed tools.
+    Ready(Arc<[Tool]>),
+    /// The last attempt failed with this cause.
+    Failed(Arc<str>),
+}
+
+/// Start-up arguments (cloned on every restart).
+#[derive(Clone)]
+pub struct McpSessionArgs {
+    /// The server.
+    pub server: Arc<ServerSpec>,
+    /// Shared HTTP client.
+    pub http: reqwest::Client,
+    /// The bearer token, if the server needs one.
+    pub token: Option<watch::Receiver<SecretState>>,
+    /// Where the tool list is published.
+    pub tools: Arc<watch::Sender<ServerTools>>,
+    /// Connect and initialise deadline.
+    pub connect_timeout: Duration,
+    /// Per-call deadline.
+    pub call_timeout: Duration,
+}
+
+type CallReply = RpcReplyPort<Result<CallToolResult, McpError>>;
+
+/// Messages.
+pub enum McpSessionMsg {
+    /// Call a tool (by the server's own name for it).
+    CallTool {
+        /// Tool name on the server.
+        tool: String,
+        /// Arguments.
+        arguments: Option<JsonObject>,
+        /// Where the result goes.
+        reply: CallReply,
+    },
+    /// The connect task finished.
+    Connected {
+        /// The session's peer.
+        peer: Peer<RoleClient>,
+        /// Closes the session.
+        cancel: RunningServiceCancellationToken,
+        /// Allowed tools.
+        tools: Arc<[Tool]>,
+    },
+    /// The connect task failed.
+    ConnectFailed(McpError),
+    /// The session ended.
+    ConnectionLost(String),
+}
+
+enum Phase {
+    Connecting {
+        pending: Vec<(String, Option<JsonObject>, CallReply)>,
+    },
+    Ready {
+        peer: Peer<RoleClient>,
+    },
+}
+
+/// State.
+pub struct McpSessionState {
+    args: McpSessionArgs,
+    phase: Phase,
+    cancel: Option<RunningServiceCancellationToken>,
+}
+
+/// The actor.
+pub struct McpSession;
+
+impl Actor for McpSession {
+    type Msg = McpSessionMsg;
+    type State = McpSessionState;
+    type Arguments = McpSessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: McpSessionArgs,
+    ) -> Result<McpSessionState, ActorProcessingErr> {
+        let span = tracing::info_span!("mcp_connect", server = %args.server.name, transport = args.server.transport_name());
+        tokio::spawn(connect_and_watch(myself, args.clone()).instrument(span));
+        Ok(McpSessionState {
+            args,
+            phase: Phase::Connecting {
+                pending: Vec::new(),
+            },
+            cancel: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut McpSessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(cancel) = state.cancel.take() {
+            cancel.cancel();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: McpSessionMsg,
+        state: &mut McpSessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            McpSessionMsg::CallTool {
+                tool,
+                arguments,
+                reply,
+            } => match &mut state.phase {
+                Phase::Connecting { pending } => pending.push((tool, arguments, reply)),
+                Phase::Ready { peer } => {
+                    spawn_call(&myself, &state.args, peer.clone(), tool, arguments, reply)
+                }
+            },
+            McpSessionMsg::Connected {
+                peer,
+                cancel,
+                tools,
+            } => {
+                let server = &state.args.server;
+                tracing::info!(server = %server.name, transport = server.transport_name(), location = %server.location(),
+                    tools = tools.len(), "MCP session ready");
+                state.args.tools.send_replace(ServerTools::Ready(tools));
+                state.cancel = Some(cancel);
+                let previous =
+                    std::mem::replace(&mut state.phase, Phase::Ready { peer: peer.clone() });
+                if let Phase::Connecting { pending } = previous {
+                    for (tool, arguments, reply) in pending {
+                        spawn_call(&myself, &state.args, peer.clone(), tool, arguments, reply);
+                    }
+                }
+            }
+            McpSessionMsg::ConnectFailed(error) => {
+                state
+                    .args
+                    .tools
+                    .send_replace(ServerTools::Failed(error.to_string().into()));
+                return Err(error.into());
+            }
+            McpSessionMsg::ConnectionLost(message) => {
+                let error = McpError::ConnectionLost {
+                    server: state.args.server.name.clone(),
+                    message,
+                };
+                state
+                    .args
+                    .tools
+                    .send_replace(ServerTools::Failed(error.to_string().into()));
+                return Err(error.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects, lists tools, reports back, then waits for the session to end and reports that.
+async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs) {
+    let token = args
+        .token
+        .as_ref()
+        .and_then(|t| t.borrow().credential().cloned());
+    let session = match mcp::connect(
+        &args.server,
+        &args.http,
+        token.as_ref(),
+        args.connect_timeout,
+    )
+    .await
+    {
+        Ok(session) => session,
+        Err(error) => {
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(error));
+            return;
+        }
+    };
+    let peer = session.peer().clone();
+    let listed = tokio::time::timeout(args.connect_timeout, peer.list_all_tools()).await;
+    let tools = match listed {
+        Ok(Ok(tools)) => tools
+            .into_iter()
+            .filter(|t| args.server.allows(&t.name))
+            .collect(),
+        Ok(Err(error)) => {
+            let message = format!("tools/list failed: {error}");
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(connect_error(
+                &args.server,
+                message,
+            )));
+            return;
+        }
+        Err(_) => {
+            let message = format!(
+                "tools/list did not answer within {:?}",
+                args.connect_timeout
+            );
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(connect_error(
+                &args.server,
+                message,
+            )));
+            return;
+        }
+    };
+    let cancel = session.cancellation_token();
+    if myself
+        .cast(McpSessionMsg::Connected {
+            peer,
+            cancel,
+            tools,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let reason = match session.waiting().await {
+        Ok(reason) => format!("{reason:?}"),
+        Err(error) => error.to_string(),
+    };
+    let _ = myself.cast(McpSessionMsg::ConnectionLost(reason));
+}
+
+fn connect_error(server: &ServerSpec, message: String) -> McpError {
+    McpError::Connect {
+        server: server.name.clone(),
+        location: server.location(),
+        message,
+    }
+}
+
+fn spawn_call(
+    myself: &ActorRef<McpSessionMsg>,
+    args: &McpSessionArgs,
+    peer: Peer<RoleClient>,
+    tool: String,
+    arguments: Option<JsonObject>,
+    reply: CallReply,
+) {
+    let server = args.server.name.clone();
+    let timeout = args.call_timeout;
+    let myself = myself.clone();
+    tokio::spawn(
+        async move {
+            let mut params = CallToolRequestParams::new(tool.clone());
+            params.arguments = arguments;
+            let result = match tokio::time::timeout(timeout, peer.call_tool(params)).await {
+                Err(_) => Err(McpError::Timeout {
+                    server,
+                    tool,
+                    timeout,
+                }),
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(ServiceError::McpError(error))) => Err(McpError::Call {
+                    server,
+                    tool,
+                    message: error.message.to_string(),
+                }),
+                Ok(Err(error)) => {
+                    if matches!(
+                        error,
+                        ServiceError::TransportClosed | ServiceError::TransportSend(_)
+                    ) {
+                        let _ = myself.cast(McpSessionMsg::ConnectionLost(error.to_string()));
+                    }
+                    Err(McpError::ConnectionLost {
+                        server,
+                        message: error.to_string(),
+                    })
+                }
+            };
+            let _ = reply.send(result);
+        }
+        .in_current_span(),
+    );
+}
+
+/// What callers hold: survives restarts of the session.
+#[derive(Clone)]
+pub struct McpSessionHandle {
+    server: Arc<ServerSpec>,
+    slot: Slot<McpSessionMsg>,
+    tools: watch::Receiver<ServerTools>,
+    restart_wait: Duration,
+    call_timeout: Duration,
+}
+
+impl McpSessionHandle {
+    /// A handle, its slot and the tools channel (for the actor's arguments).
+    pub fn new(
+        server: Arc<ServerSpec>,
+        restart_wait: Duration,
+        call_timeout: Duration,
+    ) -> (Self, Slot<McpSessionMsg>, Arc<watch::Sender<ServerTools>>) {
+        let slot = Slot::default();
+        let tools = Arc::new(watch::Sender::new(ServerTools::Connecting));
+        let handle = Self {
+            server,
+            slot: slot.clone(),
+            tools: tools.subscribe(),
+            restart_wait,
+            call_timeout,
+        };
+        (handle, slot, tools)
+    }
+
+    /// The server this handle talks to.
+    pub fn server(&self) -> &ServerSpec {
+        &self.server
+    }
+
+    /// The tools now.
+    pub fn tools(&self) -> ServerTools {
+        self.tools.borrow().clone()
+    }
+
+    /// Waits until the first connect attempt settles (ready or failed), at most `wait`.
+    pub async fn settled(&self, wait: Duration) -> ServerTools {
+        let mut tools = self.tools.clone();
+        let _ = tokio::time::timeout(
+            wait,
+            tools.wait_for(|t| !matches!(t, ServerTools::Connecting)),
+        )
+        .await;
+        self.tools()
+    }
+
+    /// Calls a tool by the server's name for it.
+    pub async fn call_tool(
+        &self,
+        tool: &str,
+        arguments: Option<JsonObject>,
+    ) -> Result<CallToolResult, McpError> {
+        let tool_name = tool.to_owned();
+        // The actor answers every call; the extra second covers its own timeout firing first.
+        let deadline = self.call_timeout + self.restart_wait + Duration::from_secs(1);
+        let outcome = self
+            .slot
+            .call(&self.server.name, self.restart_wait, deadline, |reply| {
+                McpSessionMsg::CallTool {
+                    tool: tool_name,
+                    arguments,
+                    reply,
+                }
+            })
+            .await;
+        outcome.unwrap_or_else(|unreachable: Unreachable| {
+            Err(McpError::Unavailable {
+                server: self.server.name.clone(),
+                message: unreachable.to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,438 @@
+//! ToolExecutor: the tool registry and the place tool calls run.
+//!
+//! - **Owns**: the registry: the local `save_research` tool plus every allowed tool of every
+//!   MCP server, under the names the model sees, and their OpenAI definitions.
+//! - **Accepts**: `Definitions` (what to offer the model) and `Execute(calls)`.
+//! - **Concurrency**: the handler resolves names against the registry and spawns one task
+//!   per batch; the calls of one model turn run concurrently, each bounded by its session's
+//!   timeout. The handler never waits for a tool.
+//! - **Errors are results**: an unknown tool, arguments that are not a JSON object, a server
+//!   that is down or a tool that fails all come back as an error *result* the model reads
+//!   (prefixed `Error:`), never as a failure of the question or of this actor.
+//! - **Names**: a tool keeps its own name unless two servers offer the same name (or an MCP
+//!   tool is called `save_research`): then every tool of that name is offered as
+//!   `<server>__<tool>`.
+//! - **Supervisor**: the root, restart at once (the registry is rebuilt from the sessions).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rmcp::model::JsonObject;
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use super::mcp_session::{McpSessionHandle, ServerTools};
+use super::research_writer::ResearchWriterHandle;
+use super::{RESTART_WAIT, Slot};
+use crate::llm::wire::{ToolCall, ToolDefinition};
+use crate::mcp;
+use crate::research::ResearchDoc;
+
+/// The local tool's name.
+pub const SAVE_RESEARCH: &str = "save_research";
+
+/// What `save_research` needs to know about the question it is saving for.
+#[derive(Debug, Clone)]
+pub struct QuestionContext {
+    /// The question.
+    pub question: String,
+    /// Its id.
+    pub question_id: String,
+    /// Agent name.
+    pub agent: String,
+    /// The model that asked for the save.
+    pub model: String,
+    /// The route it came by.
+    pub route: String,
+    /// Tools used so far (including this turn's).
+    pub tools_used: Vec<String>,
+    /// Trace id, when traces are exported.
+    pub trace_id: Option<String>,
+}
+
+/// The result of one tool call, as the model will read it.
+#[derive(Debug, Clone)]
+pub struct ToolOutcome {
+    /// The call answered.
+    pub call_id: String,
+    /// Tool name as the model called it.
+    pub name: String,
+    /// Text for the model.
+    pub content: String,
+    /// Whether it is an error.
+    pub is_error: bool,
+    /// The research file, when this was a successful `save_research`.
+    pub saved: Option<PathBuf>,
+}
+
+/// Where a name leads.
+#[derive(Clone)]
+enum Target {
+    SaveResearch,
+    Mcp { server: usize, tool: String },
+}
+
+/// Start-up arguments.
+#[derive(Clone)]
+pub struct ToolExecutorArgs {
+    /// One handle per MCP server.
+    pub servers: Vec<McpSessionHandle>,
+    /// For `save_research`.
+    pub writer: ResearchWriterHandle,
+}
+
+/// Messages.
+pub enum ToolExecutorMsg {
+    /// The tools to offer.
+    Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
+    /// Run one turn's tool calls.
+    Execute(
+        Vec<ToolCall>,
+        Arc<QuestionContext>,
+        RpcReplyPort<Vec<ToolOutcome>>,
+    ),
+}
+
+/// State.
+pub struct ToolExecutorState {
+    args: ToolExecutorArgs,
+    /// The tool lists the registry was built from (`Arc` identity tells a change).
+    built_from: Vec<Option<Arc<[rmcp::model::Tool]>>>,
+    names: HashMap<String, Target>,
+    definitions: Arc<[ToolDefinition]>,
+}
+
+/// The actor.
+pub struct ToolExecutor;
+
+impl ToolExecutorState {
+    /// Rebuilds the registry when a server's tool list changed.
+    fn refresh(&mut self) {
+        let current: Vec<Option<Arc<[rmcp::model::Tool]>>> = self
+            .args
+            .servers
+            .iter()
+            .map(|s| match s.tools() {
+                ServerTools::Ready(tools) => Some(tools),
+                _ => None,
+            })
+            .collect();
+        let same = current.len() == self.built_from.len()
+            && current
+                .iter()
+                .zip(&self.built_from)
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                });
+        if same && !self.definitions.is_empty() {
+            return;
+        }
+        let mut count: HashMap<&str, usize> = HashMap::from([(SAVE_RESEARCH, 1)]);
+        for tool in current.iter().flatten().flat_map(|t| t.iter()) {
+            *count.entry(tool.name.as_ref()).or_default() += 1;
+        }
+        let mut names = HashMap::from([(SAVE_RESEARCH.to_owned(), Target::SaveResearch)]);
+        let mut definitions = vec![save_research_definition()];
+        for (server, tools) in current.iter().enumerate() {
+            let server_name = &self.args.servers[server].server().name;
+            for tool in tools.iter().flat_map(|t| t.iter()) {
+                let exposed = if count[tool.name.as_ref()] > 1 {
+                    format!("{server_name}__{}", tool.name)
+                } else {
+                    tool.name.to_string()
+                };
+                definitions.push(mcp::tool_definition(&exposed, tool));
+                names.insert(
+                    exposed,
+                    Target::Mcp {
+                        server,
+                        tool: tool.name.to_string(),
+                    },
+                );
+            }
+        }
+        self.names = names;
+        self.definitions = definitions.into();
+        self.built_from = current;
+    }
+}
+
+impl Actor for ToolExecutor {
+    type Msg = ToolExecutorMsg;
+    type State = ToolExecutorState;
+    type Arguments = ToolExecutorArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: ToolExecutorArgs,
+    ) -> Result<ToolExecutorState, ActorProcessingErr> {
+        let mut state = ToolExecutorState {
+            args,
+            built_from: Vec::new(),
+            names: HashMap::new(),
+            definitions: Arc::new([]),
+        };
+        state.refresh();
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        message: ToolExecutorMsg,
+        state: &mut ToolExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.refresh();
+        match message {
+            ToolExecutorMsg::Definitions(reply) => {
+                let _ = reply.send(state.definitions.clone());
+            }
+            ToolExecutorMsg::Execute(calls, context, reply) => {
+                let resolved: Vec<(ToolCall, Option<Target>)> = calls
+                    .into_iter()
+                    .map(|call| {
+                        let target = state.names.get(&call.function.name).cloned();
+                        (call, target)
+                    })
+                    .collect();
+                let servers = state.args.servers.clone();
+                let writer = state.args.writer.clone();
+                let available: Vec<String> = state
+                    .definitions
+                    .iter()
+                    .map(|d| d.function.name.clone())
+                    .collect();
+                tokio::spawn(
+                    async move {
+                        let runs = resolved.into_iter().map(|(call, target)| {
+                            run_one(call, target, &servers, &writer, &context, &available)
+                        });
+                        let _ = reply.send(futures::future::join_all(runs).await);
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_one(
+    call: ToolCall,
+    target: Option<Target>,
+    servers: &[McpSessionHandle],
+    writer: &ResearchWriterHandle,
+    context: &QuestionContext,
+    available: &[String],
+) -> ToolOutcome {
+    let name = call.function.name.clone();
+    let outcome = |content: String, is_error: bool, saved: Option<PathBuf>| ToolOutcome {
+        call_id: call.id.clone(),
+        name: name.clone(),
+        content,
+        is_error,
+        saved,
+    };
+    let Some(target) = target else {
+        return outcome(
+            format!(
+                "Error: unknown tool `{name}`. Available tools: {}.",
+                available.join(", ")
+            ),
+            true,
+            None,
+        );
+    };
+    let arguments = match parse_arguments(&call.function.arguments) {
+        Ok(arguments) => arguments,
+        Err(problem) => {
+            return outcome(
+                format!(
+                    "Error: the arguments of `{name}` are not a JSON object ({problem}). Call it again with a JSON object matching its schema."
+                ),
+                true,
+                None,
+            );
+        }
+    };
+    match target {
+        Target::SaveResearch => match save_research(arguments, writer, context).await {
+            Ok(path) => outcome(
+                format!("Research saved to {}", path.display()),
+                false,
+                Some(path),
+            ),
+            Err(message) => outcome(format!("Error: {message}"), true, None),
+        },
+        Target::Mcp { server, tool } => {
+            let span = tracing::info_span!("tool_call", tool = %tool, server = %servers[server].server().name);
+            match servers[server]
+                .call_tool(&tool, arguments)
+                .instrument(span)
+                .await
+            {
+                Ok(result) => {
+                    let text = mcp::result_text(&result);
+                    if result.is_error == Some(true) {
+                        let text = if text.is_empty() {
+                            "the tool reported an error".into()
+                        } else {
+                            text
+                        };
+                        outcome(format!("Error: {text}"), true, None)
+                    } else {
+                        outcome(text, false, None)
+                    }
+                }
+                Err(error) => outcome(format!("Error: {error}"), true, None),
+            }
+        }
+    }
+}
+
+/// The model's arguments: empty means none; anything else must be a JSON object.
+fn parse_arguments(raw: &str) -> Result<Option<JsonObject>, String> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(object)) => Ok(Some(object)),
+        Ok(other) => Err(format!("got {}", json_kind(&other))),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+async fn save_research(
+    arguments: Option<JsonObject>,
+    writer: &ResearchWriterHandle,
+    context: &QuestionContext,
+) -> Result<PathBuf, String> {
+    let arguments = arguments.unwrap_or_default();
+    let text = |field: &str| -> Result<String, String> {
+        match arguments.get(field) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            Some(_) => Err(format!("`{field}` must be a non-empty string")),
+            None => Err(format!("`{field}` is missing")),
+        }
+    };
+    let doc = ResearchDoc {
+        question: context.question.clone(),
+        question_id: context.question_id.clone(),
+        topic: text("topic")?,
+        content: text("research_content")?,
+        agent: context.agent.clone(),
+        model: context.model.clone(),
+        route: context.route.clone(),
+        tools_used: context.tools_used.clone(),
+        trace_id: context.trace_id.clone(),
+    };
+    writer.save(doc).await.map_err(|e| e.to_string())
+}
+
+fn save_research_definition() -> ToolDefinition {
+    ToolDefinition::function(
+        SAVE_RESEARCH,
+        "Save the research for the question as a markdown file. Call it once, with the final write-up.",
+        json!({
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "description": "A short title for the topic researched"},
+                "research_content": {"type": "string", "description": "The research in markdown: definition, key points, sources"}
+            },
+            "required": ["topic", "research_content"],
+            "additionalProperties": false
+        }),
+    )
+}
+
+/// What callers hold.
+#[derive(Clone)]
+pub struct ToolExecutorHandle {
+    slot: Slot<ToolExecutorMsg>,
+    deadline: Duration,
+}
+
+impl ToolExecutorHandle {
+    /// A handle; `deadline` bounds one turn's calls.
+    pub fn new(slot: Slot<ToolExecutorMsg>, deadline: Duration) -> Self {
+        Self { slot, deadline }
+    }
+
+    /// The tools to offer the model now.
+    pub async fn definitions(&self) -> Arc<[ToolDefinition]> {
+        self.slot
+            .call(
+                "tool-executor",
+                RESTART_WAIT,
+                RESTART_WAIT,
+                ToolExecutorMsg::Definitions,
+            )
+            .await
+            .unwrap_or_else(|_| Arc::new([save_research_definition()]))
+    }
+
+    /// Runs one turn's calls; every call gets an outcome, in order.
+    pub async fn execute(
+        &self,
+        calls: Vec<ToolCall>,
+        context: Arc<QuestionContext>,
+    ) -> Vec<ToolOutcome> {
+        let fallback: Vec<(String, String)> = calls
+            .iter()
+            .map(|c| (c.id.clone(), c.function.name.clone()))
+            .collect();
+        match self
+            .slot
+            .call("tool-executor", RESTART_WAIT, self.deadline, |reply| {
+                ToolExecutorMsg::Execute(calls, context, reply)
+            })
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(error) => fallback
+                .into_iter()
+                .map(|(call_id, name)| ToolOutcome {
+                    call_id,
+                    name,
+                    content: format!("Error: {error}"),
+                    is_error: true,
+                    saved: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_must_be_an_object_or_nothing() {
+        assert_eq!(parse_arguments(""), Ok(None));
+        assert!(parse_arguments("{\"q\": 1}").expect("object").is_some());
+        assert!(
+            parse_arguments("{\"q\": ")
+                .expect_err("truncated")
+                .contains("EOF")
+        );
+        assert_eq!(parse_arguments("[1]"), Err("got an array".into()));
+    }
+}

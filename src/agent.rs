@@ -1,0 +1,217 @@
+//! The per-question tool-calling loop: a task, not an actor.
+//!
+//! It owns one conversation and orchestrates the actors: ask the model (ModelRouter), run the
+//! tool calls it asks for (ToolExecutor, concurrently), repeat until the model answers without
+//! tools or `max_turns` is reached. Exactly one research file results from a successful
+//! question: the model's `save_research`, or, if it never called it, the runtime saves the
+//! final answer itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::actors::model_router::ModelRouterHandle;
+use crate::actors::research_writer::ResearchWriterHandle;
+use crate::actors::tool_executor::{QuestionContext, SAVE_RESEARCH, ToolExecutorHandle};
+use crate::config::AgentSettings;
+use crate::llm::LlmError;
+use crate::llm::wire::Message;
+use crate::research::{self, ResearchDoc};
+
+/// What a question needs: the actors' handles and the agent settings.
+#[derive(Clone)]
+pub struct AgentContext {
+    /// Model calls.
+    pub model: ModelRouterHandle,
+    /// Tool calls.
+    pub tools: ToolExecutorHandle,
+    /// Research files.
+    pub writer: ResearchWriterHandle,
+    /// Prompt, turns, timeout.
+    pub settings: Arc<AgentSettings>,
+    /// A suffix for the route in files and the report (`" (demo)"` in the demo).
+    pub route_label: &'static str,
+}
+
+/// Why a question failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The model call failed (after retries).
+    #[error(transparent)]
+    Model(#[from] LlmError),
+    /// The model kept calling tools.
+    #[error("the model did not finish within {0} turns")]
+    TooManyTurns(u32),
+    /// The model answered with nothing.
+    #[error("the model gave an empty answer{}", .0.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    EmptyAnswer(Option<String>),
+    /// The research file could not be written.
+    #[error("cannot save the research: {0}")]
+    Save(String),
+}
+
+impl AgentError {
+    /// The `error.type` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Model(error) => error.kind(),
+            Self::TooManyTurns(_) => "max_turns",
+            Self::EmptyAnswer(_) => "empty_answer",
+            Self::Save(_) => "save_failed",
+        }
+    }
+}
+
+/// What happened to one question, for the report.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    /// Model calls made.
+    pub turns: u32,
+    /// Tool calls made.
+    pub tool_calls: u32,
+    /// Tool calls that returned an error.
+    pub tool_errors: u32,
+    /// Tools used, in first-use order.
+    pub tools_used: Vec<String>,
+    /// Input tokens, summed.
+    pub input_tokens: u64,
+    /// Output tokens, summed.
+    pub output_tokens: u64,
+    /// Route of the last model call.
+    pub route: Option<String>,
+    /// Model of the last call.
+    pub model: Option<String>,
+    /// The research file.
+    pub file: Option<PathBuf>,
+    /// The final answer.
+    pub answer: Option<String>,
+    /// Model call retries.
+    pub retries: u32,
+}
+
+/// A finished question.
+#[derive(Debug)]
+pub struct Answered {
+    /// Counts and the file.
+    pub transcript: Transcript,
+    /// Success or why not.
+    pub result: Result<(), AgentError>,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Answers one question. Never panics on bad model output; the transcript is kept whatever
+/// happens.
+pub async fn answer(context: &AgentContext, question: &str) -> Answered {
+    let started = Instant::now();
+    let mut transcript = Transcript::default();
+    let result = run(context, question, &mut transcript).await;
+    Answered {
+        transcript,
+        result,
+        duration: started.elapsed(),
+    }
+}
+
+async fn run(
+    context: &AgentContext,
+    question: &str,
+    transcript: &mut Transcript,
+) -> Result<(), AgentError> {
+    let settings = &context.settings;
+    let question_id = research::question_id(question);
+    let mut messages = Arc::new(vec![
+        Message::System {
+            content: settings.system_prompt.replace("{question}", question),
+        },
+        Message::User {
+            content: question.to_owned(),
+        },
+    ]);
+    let tools = context.tools.definitions().await;
+    for _ in 0..settings.max_turns {
+        transcript.turns += 1;
+        let outcome = context.model.chat(messages.clone(), tools.clone()).await?;
+        let route = format!("{}{}", outcome.route, context.route_label);
+        transcript.route = Some(route.clone());
+        transcript.model = Some(outcome.model.clone());
+        transcript.retries += outcome.completion.attempts.saturating_sub(1);
+        let response = outcome.completion.response;
+        if let Some(usage) = response.usage {
+            transcript.input_tokens += usage.prompt_tokens;
+            transcript.output_tokens += usage.completion_tokens;
+        }
+        let Some(choice) = response.choices.into_iter().next() else {
+            return Err(AgentError::EmptyAnswer(None));
+        };
+        let calls = choice.message.tool_calls.unwrap_or_default();
+        let conversation = Arc::make_mut(&mut messages);
+        conversation.push(Message::Assistant {
+            content: choice.message.content.clone(),
+            tool_calls: calls.clone(),
+        });
+        if calls.is_empty() {
+            let answer = choice.message.content.filter(|c| !c.trim().is_empty());
+            let Some(answer) = answer.or(choice.message.refusal.clone()) else {
+                return Err(AgentError::EmptyAnswer(choice.finish_reason));
+            };
+            transcript.answer = Some(answer.clone());
+            if transcript.file.is_none() {
+                let doc = ResearchDoc {
+                    question: question.to_owned(),
+                    question_id,
+                    topic: question.to_owned(),
+                    content: answer,
+                    agent: settings.name.clone(),
+                    model: outcome.model,
+                    route,
+                    tools_used: transcript.tools_used.clone(),
+                    trace_id: None,
+                };
+                transcript.file = Some(
+                    context
+                        .writer
+                        .save(doc)
+                        .await
+                        .map_err(|e| AgentError::Save(e.to_string()))?,
+                );
+            }
+            return Ok(());
+        }
+        for call in &calls {
+            transcript.tool_calls += 1;
+            if !transcript.tools_used.contains(&call.function.name) {
+                transcript.tools_used.push(call.function.name.clone());
+            }
+        }
+        let question_context = Arc::new(QuestionContext {
+            question: question.to_owned(),
+            question_id: question_id.clone(),
+            agent: settings.name.clone(),
+            model: outcome.model,
+            route,
+            tools_used: transcript.tools_used.clone(),
+            trace_id: None,
+        });
+        for result in context.tools.execute(calls, question_context).await {
+            if result.is_error {
+                transcript.tool_errors += 1;
+                tracing::debug!(tool = %result.name, "tool call returned an error to the model");
+            }
+            if let (Some(path), true) = (result.saved, result.name == SAVE_RESEARCH) {
+                transcript.file = Some(path);
+            }
+            conversation.push(Message::Tool {
+                tool_call_id: result.call_id,
+                content: result.content,
+            });
+        }
+    }
+    // Out of turns: a saved research file still answers the question.
+    if transcript.file.is_some() {
+        Ok(())
+    } else {
+        Err(AgentError::TooManyTurns(settings.max_turns))
+    }
+}

@@ -1,0 +1,257 @@
+//! Wiring: builds every actor's arguments from the settings, starts the supervision tree,
+//! hands out the handles, and stops it all in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::actors::Slot;
+use crate::actors::mcp_session::{McpSession, McpSessionArgs, McpSessionHandle, ServerTools};
+use crate::actors::model_router::{ModelRouter, ModelRouterArgs, ModelRouterHandle, RouteTarget};
+use crate::actors::research_writer::{ResearchWriter, ResearchWriterArgs, ResearchWriterHandle};
+use crate::actors::secret_keeper::{EnvLookup, SecretKeeper, SecretKeeperHandle};
+use crate::actors::supervisor::{
+    BackoffPolicy, ChildSpec, Leaf, NestedSupervisor, RestartPolicy, SupervisorArgs,
+    SupervisorHandle,
+};
+use crate::actors::tool_executor::{ToolExecutor, ToolExecutorArgs, ToolExecutorHandle};
+use crate::agent::AgentContext;
+use crate::config::Settings;
+use crate::llm::client::{ChatClient, ClientPolicy};
+use crate::mcp::ServerSpec;
+use crate::secrets::SecretSpec;
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A setting that only fails when used (e.g. a URL that cannot be a base).
+    #[error("{0}")]
+    Settings(String),
+    /// The HTTP client could not be built (TLS roots).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The supervision tree did not start.
+    #[error("the actors did not start: {0}")]
+    Spawn(String),
+}
+
+/// The running actors and their handles.
+pub struct Runtime {
+    supervisor: SupervisorHandle,
+    join: tokio::task::JoinHandle<()>,
+    /// Credentials.
+    pub secrets: SecretKeeperHandle,
+    /// Model calls.
+    pub model: ModelRouterHandle,
+    /// Tool calls.
+    pub tools: ToolExecutorHandle,
+    /// Research files.
+    pub writer: ResearchWriterHandle,
+    /// One per MCP server.
+    pub servers: Vec<McpSessionHandle>,
+    router: ModelRouterArgs,
+    settings: Arc<Settings>,
+}
+
+/// The MCP restart policy (`DESIGN.md` §3).
+fn mcp_backoff() -> BackoffPolicy {
+    BackoffPolicy {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+        max_restarts: 10,
+        window: Duration::from_secs(60),
+        cool_down: Duration::from_secs(30),
+    }
+}
+
+impl Runtime {
+    /// Starts the supervision tree. `env` is where secrets' variables are looked up.
+    pub async fn start(settings: Settings, env: EnvLookup) -> Result<Self, StartError> {
+        let settings = Arc::new(settings);
+        let model = &settings.model;
+
+        let mut specs = vec![SecretSpec {
+            name: model.cloud.api_key_secret.clone(),
+            placeholders: model.cloud.placeholder_keys.clone(),
+        }];
+        specs.extend(
+            settings
+                .mcp
+                .servers
+                .iter()
+                .filter(|s| !s.token_secret.is_empty())
+                .map(|s| SecretSpec::new(&s.token_secret)),
+        );
+        let (secrets, secret_args, secret_slot) = SecretKeeperHandle::new(
+            specs,
+            settings.secrets.dir.clone(),
+            settings.secrets.poll_interval,
+            env,
+        );
+
+        let credential = secrets
+            .subscribe(&model.cloud.api_key_secret)
+            .ok_or_else(|| {
+                StartError::Settings("model.cloud.api_key_secret is not declared".into())
+            })?;
+        let client = ChatClient::new(ClientPolicy {
+            request_timeout: model.request_timeout,
+            max_retries: model.max_retries,
+            min_delay: model.retry_min_delay,
+            max_delay: model.retry_max_delay,
+        })?;
+        let target = |base: &str, model: &str| -> Result<RouteTarget, StartError> {
+            Ok(RouteTarget {
+                base_url: crate::llm::base_url(base).map_err(StartError::Settings)?,
+                model: model.to_owned(),
+            })
+        };
+        let router = ModelRouterArgs {
+            client,
+            cloud: target(&model.cloud.base_url, &model.cloud.model)?,
+            local: target(&model.local.base_url, &model.local.model)?,
+            fallback: model.fallback,
+            secret_name: model.cloud.api_key_secret.clone(),
+            credential,
+            temperature: model.temperature,
+            max_tokens: model.max_tokens,
+        };
+        // A call's deadline covers every retry: attempts plus the longest backoffs.
+        let model_deadline =
+            (model.request_timeout + model.retry_max_delay) * (model.max_retries + 1);
+        let router_slot = Slot::default();
+        let model_handle = ModelRouterHandle::new(router_slot.clone(), model_deadline);
+
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut session_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
+        let mut servers = Vec::new();
+        for server in &settings.mcp.servers {
+            let spec = Arc::new(ServerSpec {
+                name: server.name.clone(),
+                endpoint: server.endpoint().map_err(StartError::Settings)?,
+                allow: server.tools.clone(),
+                token_secret: (!server.token_secret.is_empty())
+                    .then(|| server.token_secret.clone()),
+            });
+            let (handle, slot, tools) = McpSessionHandle::new(
+                spec.clone(),
+                settings.mcp.connect_timeout,
+                settings.mcp.call_timeout,
+            );
+            let args = McpSessionArgs {
+                token: spec
+                    .token_secret
+                    .as_deref()
+                    .and_then(|name| secrets.subscribe(name)),
+                server: spec,
+                http: http.clone(),
+                tools,
+                connect_timeout: settings.mcp.connect_timeout,
+                call_timeout: settings.mcp.call_timeout,
+            };
+            session_specs.push(Arc::new(Leaf::new(
+                format!("mcp-session:{}", server.name),
+                || McpSession,
+                args,
+                slot,
+                RestartPolicy::Backoff(mcp_backoff()),
+            )));
+            servers.push(handle);
+        }
+
+        let writer_slot = Slot::default();
+        let writer = ResearchWriterHandle::new(writer_slot.clone());
+        let tools_slot = Slot::default();
+        let tool_deadline =
+            settings.mcp.call_timeout + settings.mcp.connect_timeout + Duration::from_secs(5);
+        let tools = ToolExecutorHandle::new(tools_slot.clone(), tool_deadline);
+
+        let children: Vec<Arc<dyn ChildSpec>> = vec![
+            Arc::new(Leaf::new(
+                "secret-keeper",
+                || SecretKeeper,
+                secret_args,
+                secret_slot,
+                RestartPolicy::Immediate,
+            )),
+            Arc::new(Leaf::new(
+                "model-router",
+                || ModelRouter,
+                router.clone(),
+                router_slot,
+                RestartPolicy::Immediate,
+            )),
+            Arc::new(NestedSupervisor::new("mcp-supervisor", session_specs)),
+            Arc::new(Leaf::new(
+                "tool-executor",
+                || ToolExecutor,
+                ToolExecutorArgs {
+                    servers: servers.clone(),
+                    writer: writer.clone(),
+                },
+                tools_slot,
+                RestartPolicy::Immediate,
+            )),
+            Arc::new(Leaf::new(
+                "research-writer",
+                || ResearchWriter,
+                ResearchWriterArgs {
+                    dir: settings.batch.output_dir.clone(),
+                },
+                writer_slot,
+                RestartPolicy::Immediate,
+            )),
+        ];
+        let (supervisor, join) = SupervisorHandle::spawn(SupervisorArgs {
+            name: "root".into(),
+            children,
+        })
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()))?;
+        Ok(Self {
+            supervisor,
+            join,
+            secrets,
+            model: model_handle,
+            tools,
+            writer,
+            servers,
+            router,
+            settings,
+        })
+    }
+
+    /// Waits (bounded) until every MCP server has connected or failed once, so the first
+    /// question sees the tools. Returns each server's state.
+    pub async fn tools_settled(&self, wait: Duration) -> Vec<(String, ServerTools)> {
+        let waits = self
+            .servers
+            .iter()
+            .map(|s| async move { (s.server().name.clone(), s.settled(wait).await) });
+        futures::future::join_all(waits).await
+    }
+
+    /// The handles a question needs.
+    pub fn agent_context(&self, route_label: &'static str) -> AgentContext {
+        AgentContext {
+            model: self.model.clone(),
+            tools: self.tools.clone(),
+            writer: self.writer.clone(),
+            settings: Arc::new(self.settings.agent.clone()),
+            route_label,
+        }
+    }
+
+    /// The route a question would take now, in words.
+    pub fn describe_route(&self) -> String {
+        self.router.describe()
+    }
+
+    /// Stops every actor, children in reverse start order.
+    pub async fn shutdown(self) {
+        self.supervisor.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+    }
+}

@@ -1,0 +1,466 @@
+//! A batch: which questions, answered how many at once, and the report.
+//!
+//! - [`plan`] reads the questions (inline and from `questions_file`), drops duplicates, and
+//!   marks those already answered (a research file in the output directory carries their
+//!   `question_id`) as skipped unless `force`.
+//! - [`run`] answers the rest with at most `concurrency` in flight. The question list is
+//!   consumed as a stream, so only the questions in flight hold a conversation.
+//! - On shutdown (Ctrl-C / SIGTERM) no new question starts; those in flight get
+//!   `shutdown_grace` to finish, then are marked interrupted.
+//! - The [`Report`] is written atomically to `report.json`; [`Report::summary`] is the table
+//!   printed on stdout.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::research_writer::write_file_atomically;
+use crate::agent::{self, AgentContext};
+use crate::config::BatchSettings;
+use crate::research;
+
+/// One question to answer or skip.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The question.
+    pub question: String,
+    /// Its id.
+    pub id: String,
+    /// Already answered in this file (skipped).
+    pub done: Option<PathBuf>,
+}
+
+/// A problem with the questions themselves.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The questions file cannot be read.
+    #[error("batch.questions_file: cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing to do.
+    #[error("no questions: set batch.questions, batch.questions_file or QUESTION")]
+    Empty,
+}
+
+/// Reads and deduplicates the questions; marks the answered ones.
+pub fn plan(settings: &BatchSettings, force: bool) -> Result<Vec<Planned>, PlanError> {
+    let mut questions: Vec<String> = settings
+        .questions
+        .iter()
+        .map(|q| q.trim().to_owned())
+        .collect();
+    if !settings.questions_file.as_os_str().is_empty() {
+        let path = &settings.questions_file;
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::File {
+            path: path.clone(),
+            source,
+        })?;
+        questions.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    let answered = if force {
+        Default::default()
+    } else {
+        research::scan(&settings.output_dir)
+    };
+    let mut seen = HashSet::new();
+    let planned: Vec<Planned> = questions
+        .into_iter()
+        .filter(|q| !q.is_empty())
+        .filter_map(|question| {
+            let id = research::question_id(&question);
+            seen.insert(id.clone()).then(|| Planned {
+                done: answered.get(&id).cloned(),
+                question,
+                id,
+            })
+        })
+        .collect();
+    if planned.is_empty() {
+        return Err(PlanError::Empty);
+    }
+    Ok(planned)
+}
+
+/// How a question ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Answered, research file written.
+    Ok,
+    /// Failed; see `error`.
+    Failed,
+    /// Answered by an earlier run.
+    Skipped,
+    /// Stopped by shutdown.
+    Interrupted,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The question.
+    pub question: String,
+    /// Its id.
+    pub question_id: String,
+    /// Outcome.
+    pub status: Status,
+    /// Research file.
+    pub file: Option<PathBuf>,
+    /// Seconds taken.
+    pub duration_s: f64,
+    /// Route of the last model call.
+    pub route: Option<String>,
+    /// Model of the last call.
+    pub model: Option<String>,
+    /// Model calls.
+    pub turns: u32,
+    /// Tool calls.
+    pub tool_calls: u32,
+    /// Tool calls that returned errors to the model.
+    pub tool_errors: u32,
+    /// Model call retries.
+    pub retries: u32,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Trace id (when traces are exported).
+    pub trace_id: Option<String>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// `error.type` label.
+    pub error_type: Option<String>,
+    /// The final answer (not written to the report file: the research file has it).
+    #[serde(skip)]
+    pub answer: Option<String>,
+}
+
+impl Row {
+    fn empty(planned: &Planned, status: Status) -> Self {
+        Row {
+            question: planned.question.clone(),
+            question_id: planned.id.clone(),
+            status,
+            file: planned.done.clone(),
+            duration_s: 0.0,
+            route: None,
+            model: None,
+            turns: 0,
+            tool_calls: 0,
+            tool_errors: 0,
+            retries: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            trace_id: None,
+            error: None,
+            error_type: None,
+            answer: None,
+        }
+    }
+}
+
+/// Totals over the rows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Questions in the batch.
+    pub questions: usize,
+    /// Answered now.
+    pub ok: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Skipped (answered before).
+    pub skipped: usize,
+    /// Interrupted.
+    pub interrupted: usize,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Tool calls.
+    pub tool_calls: u64,
+    /// Wall time of the batch.
+    pub duration_s: f64,
+}
+
+/// The batch report (`report.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// agentry version.
+    pub agentry_version: &'static str,
+    /// Whether this was `agentry demo` (scripted model, embedded corpus).
+    pub demo: bool,
+    /// When the batch started (UTC, RFC 3339).
+    pub started_at: String,
+    /// Agent name.
+    pub agent: String,
+    /// Where the research files are.
+    pub output_dir: PathBuf,
+    /// Totals.
+    pub totals: Totals,
+    /// One row per question, in the order given.
+    pub questions: Vec<Row>,
+}
+
+impl Report {
+    /// 0 when nothing failed or was interrupted, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.totals.failed + self.totals.interrupted == 0 {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Writes `report.json` atomically.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        json.push(b'\n');
+        write_file_atomically(path, &json)
+    }
+
+    /// The short table for stdout.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let width = self
+            .questions
+            .iter()
+            .map(|r| r.question.chars().count().min(48))
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        let _ = writeln!(
+            out,
+            "{:<9} {:<width$} {:>6} {:>5} {:>8}  file / error",
+            "status", "question", "secs", "tools", "tokens"
+        );
+        for row in &self.questions {
+            let question: String = row.question.chars().take(48).collect();
+            let status = format!("{:?}", row.status).to_lowercase();
+            let detail = match (&row.error, &row.file) {
+                (Some(error), _) => error.chars().take(120).collect::<String>(),
+                (None, Some(file)) => file.display().to_string(),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{status:<9} {question:<width$} {:>6.1} {:>5} {:>8}  {detail}",
+                row.duration_s,
+                row.tool_calls,
+                row.input_tokens + row.output_tokens
+            );
+        }
+        let t = &self.totals;
+        let _ = writeln!(
+            out,
+            "{} questions: {} ok, {} failed, {} skipped, {} interrupted in {:.1}s; {} tokens in, {} out",
+            t.questions,
+            t.ok,
+            t.failed,
+            t.skipped,
+            t.interrupted,
+            t.duration_s,
+            t.input_tokens,
+            t.output_tokens
+        );
+        out
+    }
+}
+
+/// Batch-wide knobs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Questions in flight at most.
+    pub concurrency: usize,
+    /// Deadline per question.
+    pub question_timeout: Duration,
+    /// Grace for in-flight questions at shutdown.
+    pub shutdown_grace: Duration,
+    /// Show a progress bar when stderr is a terminal.
+    pub progress: bool,
+    /// Demo label for the report.
+    pub demo: bool,
+    /// Output directory (for the report).
+    pub output_dir: PathBuf,
+}
+
+/// Answers the planned questions; the report has one row per planned question.
+pub async fn run(
+    context: &AgentContext,
+    planned: Vec<Planned>,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+) -> Report {
+    let started = std::time::Instant::now();
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let total = planned.len();
+    let progress = Progress::new(total as u64, options.progress);
+    let mut rows: Vec<Option<Row>> = vec![None; total];
+    let mut work = Vec::new();
+    for (index, item) in planned.into_iter().enumerate() {
+        if item.done.is_some() {
+            progress.finished(&Row::empty(&item, Status::Skipped));
+            rows[index] = Some(Row::empty(&item, Status::Skipped));
+        } else {
+            work.push((index, item));
+        }
+    }
+    let mut finished =
+        futures::stream::iter(work)
+            .map(|(index, item)| async move {
+                (index, answer_one(context, item, options, shutdown).await)
+            })
+            .buffer_unordered(options.concurrency.max(1));
+    while let Some((index, row)) = finished.next().await {
+        progress.finished(&row);
+        rows[index] = Some(row);
+    }
+    progress.done();
+    let questions: Vec<Row> = rows.into_iter().flatten().collect();
+    let mut totals = Totals {
+        questions: questions.len(),
+        duration_s: started.elapsed().as_secs_f64(),
+        ..Totals::default()
+    };
+    for row in &questions {
+        match row.status {
+            Status::Ok => totals.ok += 1,
+            Status::Failed => totals.failed += 1,
+            Status::Skipped => totals.skipped += 1,
+            Status::Interrupted => totals.interrupted += 1,
+        }
+        totals.input_tokens += row.input_tokens;
+        totals.output_tokens += row.output_tokens;
+        totals.tool_calls += u64::from(row.tool_calls);
+    }
+    Report {
+        agentry_version: env!("CARGO_PKG_VERSION"),
+        demo: options.demo,
+        started_at,
+        agent: context.settings.name.clone(),
+        output_dir: options.output_dir.clone(),
+        totals,
+        questions,
+    }
+}
+
+async fn answer_one(
+    context: &AgentContext,
+    item: Planned,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+) -> Row {
+    if shutdown.is_cancelled() {
+        let mut row = Row::empty(&item, Status::Interrupted);
+        row.error = Some("not started: shutting down".into());
+        return row;
+    }
+    let span = tracing::info_span!("question", id = %item.id);
+    let question = item.question.clone();
+    let work = tokio::time::timeout(options.question_timeout, agent::answer(context, &question));
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(options.shutdown_grace).await;
+    };
+    let mut row = Row::empty(&item, Status::Failed);
+    tokio::select! {
+        outcome = tracing::Instrument::instrument(work, span) => match outcome {
+            Ok(answered) => {
+                let t = answered.transcript;
+                row.duration_s = answered.duration.as_secs_f64();
+                row.file = t.file;
+                row.route = t.route;
+                row.model = t.model;
+                row.turns = t.turns;
+                row.tool_calls = t.tool_calls;
+                row.tool_errors = t.tool_errors;
+                row.retries = t.retries;
+                row.input_tokens = t.input_tokens;
+                row.output_tokens = t.output_tokens;
+                row.answer = t.answer;
+                match answered.result {
+                    Ok(()) => row.status = Status::Ok,
+                    Err(error) => {
+                        row.error_type = Some(error.kind().to_owned());
+                        row.error = Some(error.to_string());
+                    }
+                }
+            }
+            Err(_) => {
+                row.duration_s = options.question_timeout.as_secs_f64();
+                row.error_type = Some("timeout".into());
+                row.error = Some(format!("no answer within agent.question_timeout ({})", humantime::format_duration(options.question_timeout)));
+            }
+        },
+        () = grace => {
+            row.status = Status::Interrupted;
+            row.error = Some("interrupted by shutdown".into());
+        }
+    }
+    if let (Status::Failed, Some(error)) = (row.status, &row.error) {
+        tracing::warn!(question = %row.question, %error, "question failed");
+    }
+    row
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new(total: u64, enabled: bool) -> Self {
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self {
+            bar,
+            total,
+            done: Default::default(),
+        }
+    }
+
+    fn finished(&self, row: &Row) {
+        let n = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let status = format!("{:?}", row.status).to_lowercase();
+        let question: String = row.question.chars().take(60).collect();
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(format!("{status}: {question}"));
+            }
+            None => eprintln!("[{n}/{}] {status:<11} {question}", self.total),
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

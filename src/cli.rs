@@ -1,0 +1,100 @@
+//! Command-line types (clap). Behaviour lives in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// agentry: research agents on supervised actors.
+#[derive(Debug, Parser)]
+#[command(name = "agentry", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer the configured questions (config file, QUESTION, …) and write a report.
+    Run(RunArgs),
+    /// Answer one question now.
+    Ask {
+        /// The question.
+        question: String,
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the tools each configured MCP server offers (after the allowlist).
+    Tools {
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Inspect the configuration.
+    Config {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// A DEMO: the whole pipeline against a built-in scripted model and search server on
+    /// loopback. No keys, no Docker, no network.
+    Demo(DemoArgs),
+}
+
+/// `agentry config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate and print the resolved settings and the route a question would take.
+    Check {
+        /// Settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// Flags every command that reads settings takes.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CommonArgs {
+    /// A config file (TOML, YAML or JSON) layered over the embedded defaults.
+    #[arg(long, short = 'c', value_name = "FILE", env = "AGENTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for research files (batch.output_dir).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+/// `agentry run`
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Questions answered at once (batch.concurrency).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Report path (batch.report).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Answer questions again even if a research file already answers them.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `agentry demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's research files.
+    #[arg(long, value_name = "DIR", default_value = "definitions/demo")]
+    pub output_dir: PathBuf,
+    /// Ask these instead of the built-in demo questions (repeatable).
+    #[arg(long = "question", short = 'q', value_name = "TEXT")]
+    pub questions: Vec<String>,
+    /// Questions answered at once.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Answer again even if already answered.
+    #[arg(long)]
+    pub force: bool,
+}

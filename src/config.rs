@@ -1,0 +1,708 @@
+//! Typed, validated settings, layered with the `config` crate.
+//!
+//! Layers, later wins (`DESIGN.md` §5):
+//! 1. `config/default.toml`, embedded in the binary;
+//! 2. the user's file (`--config`, TOML, YAML or JSON);
+//! 3. `AGENTRY__SECTION__KEY` environment variables (e.g. `AGENTRY__BATCH__CONCURRENCY=8`);
+//! 4. the variables the Python agent read: `MODEL_RUNNER_URL`, `MODEL_RUNNER_MODEL`,
+//!    `OPENAI_MODEL_NAME`, `OPENAI_BASE_URL`, `MCP_SERVER_URL`, `QUESTION`;
+//! 5. command-line flags ([`Overrides`]).
+//!
+//! Every error names the key and the layer it came from (file path or variable name). The
+//! environment is passed in as a map, never read from the process here, so tests need no
+//! `set_var`. Secret *values* never pass through this module: it only names secrets.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The embedded defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of agentry's own environment overrides (`AGENTRY__BATCH__CONCURRENCY`).
+const ENV_PREFIX: &str = "AGENTRY";
+
+/// A configuration problem. Each variant says where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The user's file could not be read or parsed.
+    #[error("cannot read config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key is unknown or has a value of the wrong type.
+    #[error("{key}: {message} (set in {origin})")]
+    Key {
+        /// Dotted key, e.g. `batch.concurrency`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+        /// The layer that set it: a file path, a variable name, or "the defaults".
+        origin: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// All settings, as the layers resolve them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The agent: prompt, turns, timeouts.
+    pub agent: AgentSettings,
+    /// The batch of questions.
+    pub batch: BatchSettings,
+    /// Model routes and HTTP behaviour.
+    pub model: ModelSettings,
+    /// Where secrets live and how often they are re-read.
+    pub secrets: SecretSettings,
+    /// MCP servers.
+    pub mcp: McpSettings,
+    /// Logs, traces and metrics.
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Agent name, used in files, the report and spans.
+    pub name: String,
+    /// System prompt with `{question}` substituted.
+    pub system_prompt: String,
+    /// Most model calls per question.
+    pub max_turns: u32,
+    /// Deadline for one question.
+    #[serde(with = "humantime_serde")]
+    pub question_timeout: Duration,
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Inline questions.
+    pub questions: Vec<String>,
+    /// A file of questions, one per line (empty: none).
+    pub questions_file: PathBuf,
+    /// Questions answered at once.
+    pub concurrency: usize,
+    /// Directory for research files.
+    pub output_dir: PathBuf,
+    /// Report path (empty: `<output_dir>/report.json`).
+    pub report: PathBuf,
+    /// Grace period for in-flight questions after Ctrl-C / SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl BatchSettings {
+    /// The report path, defaulting to `<output_dir>/report.json`.
+    pub fn report_path(&self) -> PathBuf {
+        if self.report.as_os_str().is_empty() {
+            self.output_dir.join("report.json")
+        } else {
+            self.report.clone()
+        }
+    }
+}
+
+/// Where questions go when the cloud key is absent or rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Use the local model.
+    Local,
+    /// Fail the question.
+    None,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Where questions go without a usable cloud key.
+    pub fallback: Fallback,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Completion token limit.
+    pub max_tokens: u32,
+    /// Deadline for one HTTP request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retries after transient failures.
+    pub max_retries: u32,
+    /// Smallest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_min_delay: Duration,
+    /// Largest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// The OpenAI (or compatible) cloud route.
+    pub cloud: CloudModel,
+    /// The local (Docker Model Runner) route.
+    pub local: LocalModel,
+}
+
+/// `[model.cloud]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudModel {
+    /// OpenAI-compatible base URL.
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// Name of the API key secret.
+    pub api_key_secret: String,
+    /// Values that mean "no key".
+    pub placeholder_keys: Vec<String>,
+}
+
+/// `[model.local]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalModel {
+    /// OpenAI-compatible base URL.
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSettings {
+    /// Directory of secret files (`/run/secrets`).
+    pub dir: PathBuf,
+    /// How often sources are re-read.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+/// `[mcp]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSettings {
+    /// Deadline for connecting and initialising one server.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline for one tool call.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// The servers.
+    #[serde(default)]
+    pub servers: Vec<McpServerSettings>,
+}
+
+/// How to reach an MCP server, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// Legacy SSE when the URL path ends in `/sse`, else Streamable HTTP.
+    Auto,
+    /// Legacy HTTP+SSE (2024-11-05).
+    Sse,
+    /// Streamable HTTP.
+    StreamableHttp,
+    /// A child process over stdin/stdout.
+    Stdio,
+}
+
+/// `[[mcp.servers]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSettings {
+    /// Unique name (used in logs, the report and tool-name prefixes).
+    pub name: String,
+    /// Server URL for HTTP transports.
+    #[serde(default)]
+    pub url: String,
+    /// Transport.
+    #[serde(default = "default_transport")]
+    pub transport: TransportKind,
+    /// Allowed tools (empty: all).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Name of a bearer-token secret (empty: none).
+    #[serde(default)]
+    pub token_secret: String,
+    /// Command for stdio servers.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables passed through to a stdio child (nothing else is).
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+fn default_transport() -> TransportKind {
+    TransportKind::Auto
+}
+
+/// The endpoint an MCP server resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpEndpoint {
+    /// Legacy HTTP+SSE.
+    LegacySse(Url),
+    /// Streamable HTTP.
+    StreamableHttp(Url),
+    /// A child process.
+    Stdio {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Variables passed through.
+        env: Vec<String>,
+    },
+}
+
+impl McpServerSettings {
+    /// Resolves the transport (`auto` by URL path) into an endpoint.
+    pub fn endpoint(&self) -> Result<McpEndpoint, String> {
+        if self.transport == TransportKind::Stdio {
+            if self.command.is_empty() {
+                return Err(
+                    "transport \"stdio\" needs `command = [\"program\", \"arg\", ...]`".into(),
+                );
+            }
+            return Ok(McpEndpoint::Stdio {
+                command: self.command.clone(),
+                env: self.env.clone(),
+            });
+        }
+        let url =
+            Url::parse(&self.url).map_err(|e| format!("url {:?} is not a URL: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url {:?} must be http:// or https://", self.url));
+        }
+        Ok(match self.transport {
+            TransportKind::Sse => McpEndpoint::LegacySse(url),
+            TransportKind::StreamableHttp => McpEndpoint::StreamableHttp(url),
+            TransportKind::Auto if url.path().trim_end_matches('/').ends_with("/sse") => {
+                McpEndpoint::LegacySse(url)
+            }
+            _ => McpEndpoint::StreamableHttp(url),
+        })
+    }
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// OTLP endpoint (empty: none).
+    pub otlp_endpoint: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// For collectors.
+    Json,
+}
+
+/// Command-line overrides, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--concurrency`
+    pub concurrency: Option<usize>,
+    /// `--output-dir`
+    pub output_dir: Option<PathBuf>,
+    /// `--report`
+    pub report: Option<PathBuf>,
+    /// Questions given on the command line replace all others.
+    pub questions: Option<Vec<String>>,
+}
+
+/// Everything the loader reads: the user's file, the environment, the flags.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// A snapshot of the process environment.
+    pub env: BTreeMap<String, String>,
+    /// Command-line flags.
+    pub overrides: Overrides,
+}
+
+impl Sources {
+    /// Sources with the current process environment.
+    pub fn from_process(file: Option<PathBuf>, overrides: Overrides) -> Self {
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            overrides,
+        }
+    }
+}
+
+/// The Python agent's variables and the keys they set.
+const LEGACY_VARIABLES: &[(&str, &str)] = &[
+    ("MODEL_RUNNER_URL", "model.local.base_url"),
+    ("MODEL_RUNNER_MODEL", "model.local.model"),
+    ("OPENAI_MODEL_NAME", "model.cloud.model"),
+    ("OPENAI_BASE_URL", "model.cloud.base_url"),
+    ("MCP_SERVER_URL", "mcp.servers[0].url"),
+];
+
+/// Loads and validates the settings from all layers.
+pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+    let layers = Layers::read(sources)?;
+    let merged = layers.merged()?;
+    let mut settings: Settings = serde_path_to_error::deserialize(merged).map_err(|error| {
+        let key = error.path().to_string();
+        ConfigError::Key {
+            origin: layers.origin_of(&key),
+            message: error.into_inner().to_string(),
+            key,
+        }
+    })?;
+    apply_questions(&mut settings, sources, layers.user_sets_questions());
+    if let Some(dir) = sources.file.as_deref().and_then(Path::parent) {
+        settings.batch.questions_file = relative_to(dir, &settings.batch.questions_file);
+    }
+    apply_overrides(&mut settings, &sources.overrides);
+    validate(&settings)?;
+    Ok(settings)
+}
+
+/// The layers, kept apart so an error can name the one that set a key.
+struct Layers {
+    user_file: Option<(PathBuf, FileFormat, String)>,
+    agentry_env: BTreeMap<String, String>,
+    legacy_env: Vec<(&'static str, &'static str, String)>,
+}
+
+impl Layers {
+    fn read(sources: &Sources) -> Result<Self, ConfigError> {
+        let user_file = match &sources.file {
+            None => None,
+            Some(path) => {
+                let format = match path.extension().and_then(|e| e.to_str()) {
+                    Some("toml") => FileFormat::Toml,
+                    Some("yaml" | "yml") => FileFormat::Yaml,
+                    Some("json") => FileFormat::Json,
+                    _ => {
+                        return Err(ConfigError::File {
+                            path: path.clone(),
+                            message: "unknown format: use a .toml, .yaml or .json file".into(),
+                        });
+                    }
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                Some((path.clone(), format, text))
+            }
+        };
+        let prefix = format!("{ENV_PREFIX}__");
+        let agentry_env = sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let legacy_env = LEGACY_VARIABLES
+            .iter()
+            .filter_map(|(var, key)| {
+                let value = sources.env.get(*var)?.trim();
+                (!value.is_empty()).then(|| (*var, *key, value.to_owned()))
+            })
+            .collect();
+        Ok(Self {
+            user_file,
+            agentry_env,
+            legacy_env,
+        })
+    }
+
+    fn merged(&self) -> Result<Config, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some((path, format, text)) = &self.user_file {
+            // Parse the file alone first, so a syntax error names the file.
+            Config::builder()
+                .add_source(File::from_str(text, *format))
+                .build()
+                .map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            builder = builder.add_source(File::from_str(text, *format));
+        }
+        builder = builder.add_source(self.agentry_environment());
+        for (var, key, value) in &self.legacy_env {
+            builder = builder
+                .set_override(*key, value.as_str())
+                .map_err(|e| ConfigError::Key {
+                    key: (*key).into(),
+                    message: e.to_string(),
+                    origin: format!("${var}"),
+                })?;
+        }
+        builder.build().map_err(|e| ConfigError::Key {
+            key: String::new(),
+            message: e.to_string(),
+            origin: "the merged configuration".into(),
+        })
+    }
+
+    fn agentry_environment(&self) -> Environment {
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(self.agentry_env.clone().into_iter().collect()))
+    }
+
+    /// Names the last layer that sets `key` (later layers win, so that is the one in effect).
+    fn origin_of(&self, key: &str) -> String {
+        let wanted = key.replace('[', ".").replace(']', "");
+        for (var, legacy_key, _) in self.legacy_env.iter().rev() {
+            if legacy_key.replace('[', ".").replace(']', "") == wanted {
+                return format!("${var}");
+            }
+        }
+        let env_name = format!("{ENV_PREFIX}__{}", wanted.replace('.', "__")).to_uppercase();
+        if let Some((name, _)) = self.agentry_env.iter().find(|(name, _)| {
+            name.to_uppercase() == env_name || env_name.starts_with(&name.to_uppercase())
+        }) {
+            return format!("${name}");
+        }
+        match &self.user_file {
+            Some((path, format, text)) if layer_has_key(text, *format, &wanted) => {
+                path.display().to_string()
+            }
+            _ => "the embedded defaults (config/default.toml)".into(),
+        }
+    }
+
+    fn user_sets_questions(&self) -> bool {
+        self.user_file.as_ref().is_some_and(|(_, format, text)| {
+            layer_has_key(text, *format, "batch.questions")
+                || layer_has_key(text, *format, "batch.questions_file")
+        }) || self
+            .agentry_env
+            .keys()
+            .any(|k| k.to_uppercase().starts_with("AGENTRY__BATCH__QUESTIONS"))
+    }
+}
+
+/// Whether one layer's text sets a dotted key (array indices as `.N`). A missing prefix of
+/// the key (an unknown field's parent) counts as set.
+fn layer_has_key(text: &str, format: FileFormat, dotted: &str) -> bool {
+    let Ok(value) = Config::builder()
+        .add_source(File::from_str(text, format))
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+    else {
+        return false;
+    };
+    let mut node = &value;
+    for part in dotted.split('.').filter(|p| !p.is_empty()) {
+        let next = match part.parse::<usize>() {
+            Ok(index) => node.get(index),
+            Err(_) => node.get(part),
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `QUESTION` adds one question; when no other layer gave questions, it replaces the default.
+fn apply_questions(settings: &mut Settings, sources: &Sources, user_sets_questions: bool) {
+    let Some(question) = sources
+        .env
+        .get("QUESTION")
+        .map(|q| q.trim())
+        .filter(|q| !q.is_empty())
+    else {
+        return;
+    };
+    if !user_sets_questions {
+        settings.batch.questions.clear();
+    }
+    if !settings.batch.questions.iter().any(|q| q == question) {
+        settings.batch.questions.push(question.to_owned());
+    }
+}
+
+fn apply_overrides(settings: &mut Settings, overrides: &Overrides) {
+    if let Some(concurrency) = overrides.concurrency {
+        settings.batch.concurrency = concurrency;
+    }
+    if let Some(dir) = &overrides.output_dir {
+        settings.batch.output_dir = dir.clone();
+    }
+    if let Some(report) = &overrides.report {
+        settings.batch.report = report.clone();
+    }
+    if let Some(questions) = &overrides.questions {
+        settings.batch.questions = questions.clone();
+        settings.batch.questions_file = PathBuf::new();
+    }
+}
+
+fn relative_to(dir: &Path, path: &Path) -> PathBuf {
+    if path.as_os_str().is_empty() || path.is_absolute() || dir.as_os_str().is_empty() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn validate(settings: &Settings) -> Result<(), ConfigError> {
+    let Settings {
+        agent,
+        batch,
+        model,
+        secrets,
+        mcp,
+        ..
+    } = settings;
+    if agent.max_turns == 0 {
+        return Err(invalid("agent.max_turns", "must be at least 1"));
+    }
+    if agent.question_timeout.is_zero() {
+        return Err(invalid("agent.question_timeout", "must be longer than 0s"));
+    }
+    if batch.concurrency == 0 {
+        return Err(invalid("batch.concurrency", "must be at least 1"));
+    }
+    if batch.output_dir.as_os_str().is_empty() {
+        return Err(invalid("batch.output_dir", "must name a directory"));
+    }
+    if !(0.0..=2.0).contains(&model.temperature) {
+        return Err(invalid("model.temperature", "must be between 0 and 2"));
+    }
+    if model.max_tokens == 0 {
+        return Err(invalid("model.max_tokens", "must be at least 1"));
+    }
+    if model.request_timeout.is_zero() {
+        return Err(invalid("model.request_timeout", "must be longer than 0s"));
+    }
+    if model.retry_min_delay > model.retry_max_delay {
+        return Err(invalid(
+            "model.retry_min_delay",
+            "must not exceed model.retry_max_delay",
+        ));
+    }
+    for (key, url) in [
+        ("model.cloud.base_url", &model.cloud.base_url),
+        ("model.local.base_url", &model.local.base_url),
+    ] {
+        crate::llm::base_url(url).map_err(|e| invalid(key, e))?;
+    }
+    if model.cloud.api_key_secret.trim().is_empty() {
+        return Err(invalid(
+            "model.cloud.api_key_secret",
+            "must name a secret, e.g. \"openai_api_key\"",
+        ));
+    }
+    for (key, name) in [("model.cloud.api_key_secret", &model.cloud.api_key_secret)]
+        .into_iter()
+        .chain(
+            mcp.servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.token_secret.is_empty())
+                .map(|(i, s)| {
+                    let key: &'static str = if i == 0 {
+                        "mcp.servers[0].token_secret"
+                    } else {
+                        "mcp.servers[].token_secret"
+                    };
+                    (key, &s.token_secret)
+                }),
+        )
+    {
+        if looks_like_a_secret_value(name) {
+            return Err(invalid(
+                key,
+                "this looks like a key, not a secret's name. Put the value in a file (e.g. \
+                 secrets/openai_api_key, mounted at /run/secrets/openai_api_key) and give its \
+                 name here; configuration never holds secret values",
+            ));
+        }
+    }
+    if secrets.poll_interval.is_zero() {
+        return Err(invalid("secrets.poll_interval", "must be longer than 0s"));
+    }
+    if mcp.connect_timeout.is_zero() || mcp.call_timeout.is_zero() {
+        return Err(invalid(
+            "mcp",
+            "connect_timeout and call_timeout must be longer than 0s",
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, server) in mcp.servers.iter().enumerate() {
+        let key = |field: &str| format!("mcp.servers[{i}].{field}");
+        if server.name.trim().is_empty()
+            || !server
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                key("name"),
+                format!(
+                    "{:?} must be non-empty letters, digits, '-' or '_'",
+                    server.name
+                ),
+            ));
+        }
+        if !names.insert(server.name.as_str()) {
+            return Err(invalid(
+                key("name"),
+                format!("{:?} is used by two servers", server.name),
+            ));
+        }
+        server.endpoint().map_err(|message| {
+            invalid(
+                key(if server.transport == TransportKind::Stdio {
+                    "command"
+                } else {
+                    "url"
+                }),
+                message,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A secret's name is a short identifier; a value is long, or has the shape of a key.
+fn looks_like_a_secret_value(name: &str) -> bool {
+    name.starts_with("sk-") || name.len() > 64 || name.chars().any(|c| c.is_whitespace())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1625 @@
+//! A loopback, OpenAI-compatible Chat Completions server.
+//!
+//! [`ModelServer`] listens on `127.0.0.1:<ephemeral port>` and speaks the
+//! OpenAI Chat Completions wire format closely enough that an agent cannot
+//! tell it from the real API: the same success body, the same error JSON
+//! (`{"error":{"message","type","param","code"}}`), the same status codes,
+//! `Retry-After` / `retry-after-ms` headers on 429s, and request validation
+//! that rejects the mistakes the real API rejects (unanswered `tool_calls`,
+//! orphan `tool` messages, bad tool names, non-string `arguments`, ...).
+//!
+//! What the "model" answers is decided by a [`Behaviour`]: the scripted demo
+//! researcher ([`super::scripted::ScriptedResearcher`]), a FIFO of canned
+//! replies ([`Queue`]) for tests, or any closure ([`FnBehaviour`]).
+//!
+//! Every chat-completion request is recorded ([`ModelServer::requests`]) and
+//! concurrency is measured ([`ModelServer::peak_in_flight`]), so integration
+//! tests can assert on exactly what the agent sent and how.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use agentry::demo::model_server::{ModelServer, Queue, Reply};
+//!
+//! let server = ModelServer::start(Arc::new(Queue::new([
+//!     Reply::rate_limited(std::time::Duration::from_secs(1)),
+//!     Reply::text("hello"),
+//! ])))
+//! .await?;
+//! let base_url = server.base_url(); // http://127.0.0.1:PORT/v1
+//! # let _ = base_url;
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Model name listed by `GET /v1/models` even before any request names one.
+pub const DEMO_MODEL: &str = "agentry-demo";
+
+/// Largest request body accepted (long conversations are large).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long [`ModelServer::shutdown`] waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Roles the real API accepts in `messages[].role`.
+const ROLES: [&str; 6] = [
+    "system",
+    "assistant",
+    "user",
+    "function",
+    "tool",
+    "developer",
+];
+
+// ---------------------------------------------------------------------------
+// Behaviour and replies
+// ---------------------------------------------------------------------------
+
+/// Decides what the simulated model answers to one (already validated)
+/// chat-completion request.
+///
+/// Called synchronously on the server's task; keep it cheap and non-blocking.
+/// Use [`Reply::Delay`] (or [`ModelServer::with_latency`]) to simulate slow
+/// models instead of sleeping.
+pub trait Behaviour: Send + Sync + 'static {
+    /// Produces the reply to `request`.
+    fn reply(&self, request: &ChatRequestView<'_>) -> Reply;
+}
+
+/// One tool call the simulated model makes. The server assigns its id
+/// (`call_<n>`, unique for the server's lifetime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptedToolCall {
+    /// Function name, e.g. `search`.
+    pub name: String,
+    /// Raw `function.arguments` string. It is sent verbatim, so it may be
+    /// invalid JSON on purpose to test the client's robustness.
+    pub arguments: String,
+}
+
+impl ScriptedToolCall {
+    /// A call whose arguments are `arguments` serialized as JSON.
+    pub fn new(name: impl Into<String>, arguments: &Value) -> Self {
+        Self {
+            name: name.into(),
+            arguments: arguments.to_string(),
+        }
+    }
+
+    /// A call whose `arguments` string is sent exactly as given.
+    pub fn raw(name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+}
+
+/// What the server sends back for one chat-completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A successful (HTTP 200) completion.
+    Message {
+        /// Assistant text; `None` is sent as `"content": null`.
+        content: Option<String>,
+        /// Tool calls; an empty list omits `tool_calls` from the message.
+        tool_calls: Vec<ScriptedToolCall>,
+        /// `finish_reason`; `None` means `"tool_calls"` when there are tool
+        /// calls and `"stop"` otherwise. Use `"length"` to simulate truncation.
+        finish_reason: Option<String>,
+    },
+    /// An error with the OpenAI error body
+    /// `{"error":{"message","type","param":null,"code"}}`.
+    Error {
+        /// HTTP status, e.g. 429, 500, 503.
+        status: u16,
+        /// When set, sent as `Retry-After` (whole seconds, rounded up) and
+        /// `retry-after-ms` headers.
+        retry_after: Option<Duration>,
+        /// `error.type`, e.g. `requests`, `server_error`, `invalid_request_error`.
+        kind: String,
+        /// `error.code`, e.g. `rate_limit_exceeded`; `None` is sent as `null`.
+        code: Option<String>,
+        /// `error.message`.
+        message: String,
+    },
+    /// HTTP 200 with `Content-Type: application/json` and this (broken) body.
+    Malformed(String),
+    /// Drop the connection without sending a complete response.
+    Disconnect,
+    /// Wait this long (counted as in flight), then send the inner reply.
+    Delay(Duration, Box<Reply>),
+}
+
+impl Reply {
+    /// A plain assistant message (`finish_reason: "stop"`).
+    pub fn text(content: impl Into<String>) -> Self {
+        Reply::Message {
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            finish_reason: None,
+        }
+    }
+
+    /// A message cut short by `max_tokens` (`finish_reason: "length"`).
+    pub fn truncated(content: impl Into<String>) -> Self {
+        Reply::Message {
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            finish_reason: Some("length".to_owned()),
+        }
+    }
+
+    /// One tool call with JSON arguments (`content: null`,
+    /// `finish_reason: "tool_calls"`).
+    pub fn tool_call(name: impl Into<String>, arguments: &Value) -> Self {
+        Self::tool_calls(vec![ScriptedToolCall::new(name, arguments)])
+    }
+
+    /// Several (parallel) tool calls in one message.
+    pub fn tool_calls(calls: Vec<ScriptedToolCall>) -> Self {
+        Reply::Message {
+            content: None,
+            tool_calls: calls,
+            finish_reason: None,
+        }
+    }
+
+    /// Any error status with an OpenAI error body.
+    pub fn error(
+        status: u16,
+        kind: impl Into<String>,
+        code: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Reply::Error {
+            status,
+            retry_after: None,
+            kind: kind.into(),
+            code: code.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    /// HTTP 429 `rate_limit_exceeded` (type `requests`) with `Retry-After`
+    /// and `retry-after-ms` headers.
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        Reply::Error {
+            status: 429,
+            retry_after: Some(retry_after),
+            kind: "requests".to_owned(),
+            code: Some("rate_limit_exceeded".to_owned()),
+            message: format!(
+                "Rate limit reached for {DEMO_MODEL} in organization org-demo on requests per \
+                 min (RPM): Limit 3, Used 3, Requested 1. Please try again in {:.3}s. Visit \
+                 https://platform.openai.com/account/rate-limits to learn more.",
+                retry_after.as_secs_f64()
+            ),
+        }
+    }
+
+    /// HTTP 500 `server_error`, worded like the real API.
+    pub fn server_error() -> Self {
+        Self::error(
+            500,
+            "server_error",
+            None,
+            "The server had an error while processing your request. Sorry about that!",
+        )
+    }
+
+    /// HTTP 503 `server_error` ("overloaded").
+    pub fn overloaded() -> Self {
+        Self::error(
+            503,
+            "server_error",
+            None,
+            "The server is overloaded or not ready yet.",
+        )
+    }
+
+    /// HTTP 200 with a body that is not valid JSON (or not a completion).
+    pub fn malformed(body: impl Into<String>) -> Self {
+        Reply::Malformed(body.into())
+    }
+
+    /// Sends `self` after waiting `delay`.
+    pub fn delayed(self, delay: Duration) -> Self {
+        Reply::Delay(delay, Box::new(self))
+    }
+}
+
+/// Read-only view of one validated chat-completion request, handed to
+/// [`Behaviour::reply`].
+#[derive(Clone, Copy)]
+pub struct ChatRequestView<'a> {
+    body: &'a Value,
+    bearer: Option<&'a str>,
+    number: u64,
+}
+
+impl fmt::Debug for ChatRequestView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatRequestView")
+            .field("number", &self.number)
+            .field("bearer", &self.bearer.map(|_| "<redacted>"))
+            .field("body", self.body)
+            .finish()
+    }
+}
+
+impl<'a> ChatRequestView<'a> {
+    /// Wraps a request body (useful to unit-test behaviours without a server).
+    pub fn new(body: &'a Value, bearer: Option<&'a str>, number: u64) -> Self {
+        Self {
+            body,
+            bearer,
+            number,
+        }
+    }
+
+    /// The whole parsed request body.
+    pub fn body(&self) -> &'a Value {
+        self.body
+    }
+
+    /// The requested `model` (empty if absent).
+    pub fn model(&self) -> &'a str {
+        self.body.get("model").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The `messages` array (empty if absent).
+    pub fn messages(&self) -> &'a [Value] {
+        self.body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Names of the functions offered in `tools`, in order.
+    pub fn tool_names(&self) -> Vec<&'a str> {
+        self.body
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether a function called `name` is offered.
+    pub fn offers_tool(&self, name: &str) -> bool {
+        self.tool_names().contains(&name)
+    }
+
+    /// The bearer token sent, if any. Never log it.
+    pub fn bearer(&self) -> Option<&'a str> {
+        self.bearer
+    }
+
+    /// 0-based number of this request among all chat-completion requests the
+    /// server received (including rejected ones); equals its index in
+    /// [`ModelServer::requests`].
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// `max_tokens` (or `max_completion_tokens`), if sent.
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.body
+            .get("max_tokens")
+            .or_else(|| self.body.get("max_completion_tokens"))
+            .and_then(Value::as_u64)
+    }
+
+    /// `temperature`, if sent.
+    pub fn temperature(&self) -> Option<f64> {
+        self.body.get("temperature").and_then(Value::as_f64)
+    }
+
+    /// Text of the last `user` message, if any.
+    pub fn last_user_text(&self) -> Option<String> {
+        self.messages()
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(message_text)
+    }
+}
+
+/// The text of a message's `content`: the string itself, or the `text` parts
+/// of a content-part array joined with newlines; empty for `null`/absent.
+pub fn message_text(message: &Value) -> String {
+    match message.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| match p {
+                Value::String(s) => Some(s.as_str()),
+                _ => p.get("text").and_then(Value::as_str),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Deterministic token estimate used for `usage`: one token per four
+/// characters, rounded up.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// A [`Behaviour`] that answers with a fixed script of replies, in order.
+///
+/// Once the script is exhausted every further request gets an HTTP 500
+/// saying so, which makes an unexpected extra request fail loudly.
+#[derive(Debug, Default)]
+pub struct Queue {
+    replies: Mutex<VecDeque<Reply>>,
+}
+
+impl Queue {
+    /// A queue holding `replies`.
+    pub fn new(replies: impl IntoIterator<Item = Reply>) -> Self {
+        Self {
+            replies: Mutex::new(replies.into_iter().collect()),
+        }
+    }
+
+    /// Appends a reply to the end of the script.
+    pub fn push(&self, reply: Reply) {
+        lock(&self.replies).push_back(reply);
+    }
+
+    /// How many scripted replies are left.
+    pub fn remaining(&self) -> usize {
+        lock(&self.replies).len()
+    }
+}
+
+impl Behaviour for Queue {
+    fn reply(&self, request: &ChatRequestView<'_>) -> Reply {
+        lock(&self.replies).pop_front().unwrap_or_else(|| {
+            Reply::error(
+                500,
+                "server_error",
+                Some("script_exhausted"),
+                format!(
+                    "The demo model server's scripted reply queue ran out at request #{}.",
+                    request.number()
+                ),
+            )
+        })
+    }
+}
+
+/// A [`Behaviour`] backed by a closure.
+pub struct FnBehaviour<F>(pub F);
+
+impl<F> FnBehaviour<F>
+where
+    F: Fn(&ChatRequestView<'_>) -> Reply + Send + Sync + 'static,
+{
+    /// Wraps `f`.
+    pub fn new(f: F) -> Self {
+        Self(f)
+    }
+}
+
+impl<F> fmt::Debug for FnBehaviour<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnBehaviour")
+    }
+}
+
+impl<F> Behaviour for FnBehaviour<F>
+where
+    F: Fn(&ChatRequestView<'_>) -> Reply + Send + Sync + 'static,
+{
+    fn reply(&self, request: &ChatRequestView<'_>) -> Reply {
+        (self.0)(request)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------
+
+/// One chat-completion request as received.
+#[derive(Clone)]
+pub struct RecordedRequest {
+    /// 0-based request number (its index in [`ModelServer::requests`]).
+    pub number: u64,
+    /// Parsed JSON body; `Value::Null` when the body was not valid JSON.
+    pub body: Value,
+    /// Bearer token from `Authorization: Bearer <token>`, if any.
+    pub bearer: Option<String>,
+    /// The W3C `traceparent` header, if any.
+    pub traceparent: Option<String>,
+    /// When the request arrived.
+    pub at: Instant,
+    /// HTTP status sent back; `None` while in flight or if the connection
+    /// was dropped without a response.
+    pub status: Option<u16>,
+}
+
+impl fmt::Debug for RecordedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordedRequest")
+            .field("number", &self.number)
+            .field("body", &self.body)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("traceparent", &self.traceparent)
+            .field("at", &self.at)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+struct Shared {
+    behaviour: Arc<dyn Behaviour>,
+    latency_ms: AtomicU64,
+    accepted_key: Mutex<Option<String>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    models_seen: Mutex<BTreeSet<String>>,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    next_call_id: AtomicU64,
+    started: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data
+    // half-updated in a way that matters for a test double.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn record(&self, mut request: RecordedRequest) -> u64 {
+        let mut requests = lock(&self.requests);
+        let number = requests.len() as u64;
+        request.number = number;
+        requests.push(request);
+        number
+    }
+
+    fn set_status(&self, number: u64, status: u16) {
+        if let Some(r) = lock(&self.requests).get_mut(number as usize) {
+            r.status = Some(status);
+        }
+    }
+}
+
+/// Counts a request as in flight until dropped (also when the client goes
+/// away and the handler future is cancelled).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A running loopback OpenAI-compatible server. Stops on
+/// [`shutdown`](Self::shutdown) or when dropped.
+pub struct ModelServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for ModelServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelServer")
+            .field("addr", &self.addr)
+            .field("request_count", &self.request_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelServer {
+    /// Binds `127.0.0.1:0` and starts serving with `behaviour`.
+    pub async fn start(behaviour: Arc<dyn Behaviour>) -> std::io::Result<ModelServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let shared = Arc::new(Shared {
+            behaviour,
+            latency_ms: AtomicU64::new(0),
+            accepted_key: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
+            models_seen: Mutex::new(BTreeSet::new()),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            next_call_id: AtomicU64::new(1),
+            started,
+        });
+        let router = Router::new()
+            .route(
+                "/v1/chat/completions",
+                post(chat_completions).fallback(method_not_allowed),
+            )
+            .route("/v1/models", get(list_models).fallback(method_not_allowed))
+            .fallback(not_found)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(Arc::clone(&shared));
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "demo model server stopped with an error");
+            }
+        });
+        tracing::debug!(%addr, "demo model server listening");
+        Ok(ModelServer {
+            addr,
+            shared,
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    /// Adds a fixed delay to every completion (counted as in flight).
+    pub fn with_latency(self, latency: Duration) -> Self {
+        self.set_latency(latency);
+        self
+    }
+
+    /// Changes the per-completion delay while running.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.shared.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Requires `Authorization: Bearer <key>` (builder form of
+    /// [`set_accepted_key`](Self::set_accepted_key)).
+    pub fn require_key(self, key: Option<String>) -> Self {
+        self.set_accepted_key(key);
+        self
+    }
+
+    /// Sets (or, with `None`, clears) the only accepted bearer token. When
+    /// set, any other token (or none) gets OpenAI's 401 `invalid_api_key`.
+    pub fn set_accepted_key(&self, key: Option<String>) {
+        *lock(&self.shared.accepted_key) = key;
+    }
+
+    /// The OpenAI base URL, `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every chat-completion request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Number of chat-completion requests received so far.
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+
+    /// Chat-completion requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most chat-completion requests ever handled at the same time.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting connections and waits (up to a few seconds) for
+    /// in-flight requests to finish.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+        }
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------
+
+/// An OpenAI-style API error.
+#[derive(Debug, Clone, PartialEq)]
+struct ApiError {
+    status: u16,
+    kind: &'static str,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn invalid(
+        message: impl Into<String>,
+        param: Option<String>,
+        code: Option<&'static str>,
+    ) -> Self {
+        ApiError {
+            status: 400,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param,
+            code,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        error_response(
+            self.status,
+            self.kind,
+            self.param.as_deref(),
+            self.code,
+            &self.message,
+            None,
+        )
+    }
+}
+
+fn error_response(
+    status: u16,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> Response {
+    let body = json!({
+        "error": { "message": message, "type": kind, "param": param, "code": code }
+    });
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(delay) = retry_after {
+        let headers = response.headers_mut();
+        let secs = delay.as_millis().div_ceil(1000);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+        headers.insert(
+            "retry-after-ms",
+            HeaderValue::from(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+        );
+    }
+    response
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Masks a key the way OpenAI's 401 message does: a few leading and
+/// trailing characters, stars in between.
+fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let n = chars.len();
+    let (head, tail) = match n {
+        0..=5 => return "*".repeat(n),
+        6..=11 => (2, 2),
+        _ => (5, 4),
+    };
+    let mut out: String = chars[..head].iter().collect();
+    out.push_str(&"*".repeat(n - head - tail));
+    out.extend(&chars[n - tail..]);
+    out
+}
+
+fn check_key(shared: &Shared, bearer: Option<&str>) -> Result<(), ApiError> {
+    let accepted = lock(&shared.accepted_key);
+    let Some(accepted) = accepted.as_deref() else {
+        return Ok(());
+    };
+    match bearer {
+        Some(token) if token == accepted => Ok(()),
+        Some(token) => Err(ApiError {
+            status: 401,
+            kind: "invalid_request_error",
+            message: format!(
+                "Incorrect API key provided: {}. You can find your API key at \
+                 https://platform.openai.com/account/api-keys.",
+                mask_key(token)
+            ),
+            param: None,
+            code: Some("invalid_api_key"),
+        }),
+        None => Err(ApiError {
+            status: 401,
+            kind: "invalid_request_error",
+            message: "You didn't provide an API key. You need to provide your API key in an \
+                      Authorization header using Bearer auth (i.e. Authorization: Bearer \
+                      YOUR_KEY), or as the password field (with blank username) if you're \
+                      accessing the API from your browser and are prompted for a username and \
+                      password. You can obtain an API key from \
+                      https://platform.openai.com/account/api-keys."
+                .to_owned(),
+            param: None,
+            code: None,
+        }),
+    }
+}
+
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = Instant::now();
+    let bearer = bearer_token(&headers);
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let number = shared.record(RecordedRequest {
+        number: 0,
+        body: parsed.as_ref().cloned().unwrap_or(Value::Null),
+        bearer: bearer.clone(),
+        traceparent,
+        at,
+        status: None,
+    });
+    let _in_flight = InFlight::enter(&shared);
+
+    let (body, mut reply) = match prepare(&shared, number, parsed, bearer.as_deref()) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            shared.set_status(number, error.status);
+            return error.into_response();
+        }
+    };
+
+    let latency = shared.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let response = loop {
+        match reply {
+            Reply::Delay(delay, inner) => {
+                tokio::time::sleep(delay).await;
+                reply = *inner;
+            }
+            Reply::Message {
+                content,
+                tool_calls,
+                finish_reason,
+            } => {
+                break completion_response(
+                    &shared,
+                    number,
+                    &body,
+                    content,
+                    tool_calls,
+                    finish_reason,
+                );
+            }
+            Reply::Error {
+                status,
+                retry_after,
+                kind,
+                code,
+                message,
+            } => break error_response(status, &kind, None, code.as_deref(), &message, retry_after),
+            Reply::Malformed(text) => {
+                let mut response = (StatusCode::OK, text).into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                break response;
+            }
+            Reply::Disconnect => {
+                // A body that fails on its first poll makes hyper abort the
+                // connection before a complete response is written.
+                let failing = futures::stream::once(async {
+                    Err::<Bytes, std::io::Error>(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "scripted disconnect",
+                    ))
+                });
+                return Response::new(Body::from_stream(failing));
+            }
+        }
+    };
+    shared.set_status(number, response.status().as_u16());
+    response
+}
+
+/// Auth, JSON parsing, validation, then the behaviour's reply.
+fn prepare(
+    shared: &Shared,
+    number: u64,
+    parsed: Result<Value, serde_json::Error>,
+    bearer: Option<&str>,
+) -> Result<(Value, Reply), ApiError> {
+    check_key(shared, bearer)?;
+    let body = parsed.map_err(|_| {
+        ApiError::invalid(
+            "We could not parse the JSON body of your request. (HINT: This likely means you \
+             aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, \
+             but what was sent was not valid JSON. If you have trouble figuring out how to fix \
+             this, please contact us through our help center at help.openai.com.)",
+            None,
+            None,
+        )
+    })?;
+    validate(&body)?;
+    if let Some(model) = body.get("model").and_then(Value::as_str) {
+        lock(&shared.models_seen).insert(model.to_owned());
+    }
+    let reply = shared
+        .behaviour
+        .reply(&ChatRequestView::new(&body, bearer, number));
+    Ok((body, reply))
+}
+
+fn completion_response(
+    shared: &Shared,
+    number: u64,
+    body: &Value,
+    content: Option<String>,
+    tool_calls: Vec<ScriptedToolCall>,
+    finish_reason: Option<String>,
+) -> Response {
+    let prompt_tokens = prompt_tokens(body);
+    let mut completion_estimate = content.as_deref().map(estimate_tokens).unwrap_or(0);
+    let mut message = serde_json::Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert("content".into(), json!(content));
+    if !tool_calls.is_empty() {
+        let calls: Vec<Value> = tool_calls
+            .iter()
+            .map(|call| {
+                completion_estimate +=
+                    estimate_tokens(&call.name) + estimate_tokens(&call.arguments);
+                let id = shared.next_call_id.fetch_add(1, Ordering::SeqCst);
+                json!({
+                    "id": format!("call_{id}"),
+                    "type": "function",
+                    "function": { "name": call.name, "arguments": call.arguments },
+                })
+            })
+            .collect();
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    message.insert("refusal".into(), Value::Null);
+    message.insert("annotations".into(), json!([]));
+    let finish_reason = finish_reason.unwrap_or_else(|| {
+        if tool_calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }
+        .to_owned()
+    });
+    let completion_tokens = completion_estimate.max(1);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(shared.started);
+    let response = json!({
+        "id": format!("chatcmpl-demo{:x}{number:06}", shared.started),
+        "object": "chat.completion",
+        "created": created,
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{
+            "index": 0,
+            "message": Value::Object(message),
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_demo",
+    });
+    let mut response = axum::Json(response).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("req_demo_{number}")) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Deterministic prompt-token estimate: per message 3 tokens of framing
+/// plus its text, tool calls and tool-call ids; plus the tool schemas.
+fn prompt_tokens(body: &Value) -> u64 {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let mut total = 3; // reply priming
+    for message in messages {
+        total += 3 + estimate_tokens(&message_text(message));
+        if let Some(id) = message.get("tool_call_id").and_then(Value::as_str) {
+            total += estimate_tokens(id);
+        }
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let f = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or("");
+            total +=
+                estimate_tokens(f("/function/name")) + estimate_tokens(f("/function/arguments"));
+        }
+    }
+    if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
+        total += estimate_tokens(&tools.to_string());
+    }
+    total
+}
+
+async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let bearer = bearer_token(&headers);
+    if let Err(error) = check_key(&shared, bearer.as_deref()) {
+        return error.into_response();
+    }
+    let mut names = lock(&shared.models_seen).clone();
+    names.insert(DEMO_MODEL.to_owned());
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|id| json!({ "id": id, "object": "model", "created": shared.started, "owned_by": "agentry-demo" }))
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+fn not_found_response(method: &Method, path: &str) -> Response {
+    error_response(
+        404,
+        "invalid_request_error",
+        None,
+        None,
+        &format!("Invalid URL ({method} {path})"),
+        None,
+    )
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    not_found_response(&method, uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        405,
+        "invalid_request_error",
+        None,
+        None,
+        &format!("Invalid method for URL ({method} {})", uri.path()),
+        None,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn missing(param: String) -> ApiError {
+    ApiError::invalid(
+        format!("Missing required parameter: '{param}'."),
+        Some(param),
+        Some("missing_required_parameter"),
+    )
+}
+
+fn wrong_type(param: String, expected: &str, got: &Value) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(got)
+        ),
+        Some(param),
+        Some("invalid_type"),
+    )
+}
+
+fn field<'v>(object: &'v Value, key: &str) -> Option<&'v Value> {
+    object.get(key).filter(|v| !v.is_null())
+}
+
+fn require_str<'v>(
+    object: &'v Value,
+    key: &str,
+    param: impl Fn() -> String,
+) -> Result<&'v str, ApiError> {
+    match field(object, key) {
+        None => Err(missing(param())),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(wrong_type(param(), "a string", other)),
+    }
+}
+
+/// Validates a request body the way the real API does; the first problem
+/// found is returned as a 400.
+fn validate(body: &Value) -> Result<(), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::invalid(
+            format!(
+                "Invalid type for request body: expected an object, but got {} instead.",
+                type_name(body)
+            ),
+            None,
+            Some("invalid_type"),
+        ));
+    }
+    match field(body, "model") {
+        None => {
+            return Err(ApiError::invalid(
+                "you must provide a model parameter",
+                Some("model".into()),
+                None,
+            ));
+        }
+        Some(Value::String(_)) => {}
+        Some(other) => return Err(wrong_type("model".into(), "a string", other)),
+    }
+    let messages = match field(body, "messages") {
+        None => return Err(missing("messages".into())),
+        Some(Value::Array(messages)) => messages,
+        Some(other) => return Err(wrong_type("messages".into(), "an array of objects", other)),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got \
+             an empty array instead.",
+            Some("messages".into()),
+            Some("empty_array"),
+        ));
+    }
+    validate_messages(messages)?;
+    if let Some(tools) = field(body, "tools") {
+        validate_tools(tools)?;
+    }
+    validate_sampling(body)
+}
+
+fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
+    // The assistant message whose tool calls are being answered:
+    // (its index, the ids it asked for, the ids answered so far).
+    let mut open: Option<(usize, Vec<String>, HashSet<String>)> = None;
+    for (i, message) in messages.iter().enumerate() {
+        if !message.is_object() {
+            return Err(wrong_type(format!("messages[{i}]"), "an object", message));
+        }
+        let role = require_str(message, "role", || format!("messages[{i}].role"))?;
+        if !ROLES.contains(&role) {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid value: '{role}'. Supported values are: 'system', 'assistant', \
+                     'user', 'function', 'tool', and 'developer'."
+                ),
+                Some(format!("messages[{i}].role")),
+                Some("invalid_value"),
+            ));
+        }
+        let content = field(message, "content");
+        match content {
+            None | Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(other) => {
+                return Err(wrong_type(
+                    format!("messages[{i}].content"),
+                    "one of a string or array of objects",
+                    other,
+                ));
+            }
+        }
+        if role == "tool" {
+            let id = require_str(message, "tool_call_id", || {
+                format!("messages[{i}].tool_call_id")
+            })?;
+            if content.is_none() {
+                return Err(missing(format!("messages[{i}].content")));
+            }
+            let Some((_, ids, answered)) = open.as_mut() else {
+                return Err(ApiError::invalid(
+                    "Invalid parameter: messages with role 'tool' must be a response to a \
+                     preceeding message with 'tool_calls'.",
+                    Some(format!("messages.[{i}].role")),
+                    None,
+                ));
+            };
+            if !ids.iter().any(|known| known == id) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "Invalid parameter: 'tool_call_id' of '{id}' not found in 'tool_calls' \
+                         of previous message."
+                    ),
+                    Some(format!("messages.[{i}].tool_call_id")),
+                    None,
+                ));
+            }
+            answered.insert(id.to_owned());
+            continue;
+        }
+        if let Some(pending) = open.take() {
+            unanswered_error(&pending)?;
+        }
+        match role {
+            "assistant" => {
+                let ids = validate_tool_calls(message, i)?;
+                if ids.is_empty() && content.is_none() && field(message, "function_call").is_none()
+                {
+                    return Err(ApiError::invalid(
+                        "Invalid value for 'content': expected a string, got null.",
+                        Some(format!("messages.[{i}].content")),
+                        None,
+                    ));
+                }
+                if !ids.is_empty() {
+                    open = Some((i, ids, HashSet::new()));
+                }
+            }
+            "function" => {}
+            _ => {
+                if content.is_none() {
+                    return Err(missing(format!("messages[{i}].content")));
+                }
+            }
+        }
+    }
+    if let Some(pending) = open {
+        unanswered_error(&pending)?;
+    }
+    Ok(())
+}
+
+fn unanswered_error(
+    (index, ids, answered): &(usize, Vec<String>, HashSet<String>),
+) -> Result<(), ApiError> {
+    let unanswered: Vec<&str> = ids
+        .iter()
+        .filter(|id| !answered.contains(*id))
+        .map(String::as_str)
+        .collect();
+    if unanswered.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        format!(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding \
+             to each 'tool_call_id'. The following tool_call_ids did not have response messages: \
+             {}",
+            unanswered.join(", ")
+        ),
+        Some(format!("messages.[{index}].role")),
+        None,
+    ))
+}
+
+/// Checks an assistant message's `tool_calls` and returns their ids.
+fn validate_tool_calls(message: &Value, i: usize) -> Result<Vec<String>, ApiError> {
+    let calls = match field(message, "tool_calls") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(calls)) => calls,
+        Some(other) => {
+            return Err(wrong_type(
+                format!("messages[{i}].tool_calls"),
+                "an array",
+                other,
+            ));
+        }
+    };
+    let mut ids = Vec::with_capacity(calls.len());
+    for (j, call) in calls.iter().enumerate() {
+        let p = |suffix: &str| format!("messages[{i}].tool_calls[{j}]{suffix}");
+        if !call.is_object() {
+            return Err(wrong_type(p(""), "an object", call));
+        }
+        let id = require_str(call, "id", || p(".id"))?;
+        let kind = require_str(call, "type", || p(".type"))?;
+        if kind != "function" {
+            return Err(ApiError::invalid(
+                format!("Invalid value: '{kind}'. Supported values are: 'function'."),
+                Some(p(".type")),
+                Some("invalid_value"),
+            ));
+        }
+        let function = match field(call, "function") {
+            None => return Err(missing(p(".function"))),
+            Some(f @ Value::Object(_)) => f,
+            Some(other) => return Err(wrong_type(p(".function"), "an object", other)),
+        };
+        require_str(function, "name", || p(".function.name"))?;
+        require_str(function, "arguments", || p(".function.arguments"))?;
+        ids.push(id.to_owned());
+    }
+    Ok(ids)
+}
+
+fn valid_function_name(name: &str) -> Result<(), (&'static str, String)> {
+    let len = name.chars().count();
+    if len == 0 {
+        return Err((
+            "string_below_min_length",
+            "string too short. Expected a string with minimum length 1, but got an empty string \
+             instead."
+                .to_owned(),
+        ));
+    }
+    if len > 64 {
+        return Err((
+            "string_above_max_length",
+            format!(
+                "string too long. Expected a string with maximum length 64, but got a string with \
+                 length {len} instead."
+            ),
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err((
+            "invalid_value",
+            "string does not match pattern. Expected a string that matches the pattern \
+             '^[a-zA-Z0-9_-]+$'."
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_tools(tools: &Value) -> Result<(), ApiError> {
+    let Value::Array(tools) = tools else {
+        return Err(wrong_type("tools".into(), "an array of objects", tools));
+    };
+    for (i, tool) in tools.iter().enumerate() {
+        let p = |suffix: &str| format!("tools[{i}]{suffix}");
+        if !tool.is_object() {
+            return Err(wrong_type(p(""), "an object", tool));
+        }
+        let kind = require_str(tool, "type", || p(".type"))?;
+        if kind != "function" {
+            return Err(ApiError::invalid(
+                format!("Invalid value: '{kind}'. Supported values are: 'function'."),
+                Some(p(".type")),
+                Some("invalid_value"),
+            ));
+        }
+        let function = match field(tool, "function") {
+            None => return Err(missing(p(".function"))),
+            Some(f @ Value::Object(_)) => f,
+            Some(other) => return Err(wrong_type(p(".function"), "an object", other)),
+        };
+        let name = require_str(function, "name", || p(".function.name"))?;
+        if let Err((code, detail)) = valid_function_name(name) {
+            let param = p(".function.name");
+            return Err(ApiError::invalid(
+                format!("Invalid '{param}': {detail}"),
+                Some(param),
+                Some(code),
+            ));
+        }
+        if let Some(description) = field(function, "description")
+            && !description.is_string()
+        {
+            return Err(wrong_type(
+                p(".function.description"),
+                "a string",
+                description,
+            ));
+        }
+        if let Some(parameters) = field(function, "parameters")
+            && !parameters.is_object()
+        {
+            return Err(wrong_type(
+                p(".function.parameters"),
+                "an object",
+                parameters,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_sampling(body: &Value) -> Result<(), ApiError> {
+    if let Some(temperature) = field(body, "temperature") {
+        let Some(t) = temperature.as_f64() else {
+            return Err(wrong_type("temperature".into(), "a number", temperature));
+        };
+        if t < 0.0 {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid 'temperature': decimal below minimum value. Expected a value >= 0, \
+                     but got {t} instead."
+                ),
+                Some("temperature".into()),
+                Some("decimal_below_min_value"),
+            ));
+        }
+        if t > 2.0 {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, \
+                     but got {t} instead."
+                ),
+                Some("temperature".into()),
+                Some("decimal_above_max_value"),
+            ));
+        }
+    }
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(value) = field(body, key) {
+            match value.as_i64() {
+                None => return Err(wrong_type(key.into(), "an integer", value)),
+                Some(n) if n < 1 => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "Invalid '{key}': integer below minimum value. Expected a value >= \
+                             1, but got {n} instead."
+                        ),
+                        Some(key.into()),
+                        Some("integer_below_min_value"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if field(body, "stream").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::invalid(
+            "The agentry demo model server does not support 'stream': true.",
+            Some("stream".into()),
+            Some("unsupported_value"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_with(messages: Value) -> Value {
+        json!({ "model": "m", "messages": messages })
+    }
+
+    fn param_of(body: &Value) -> Option<String> {
+        validate(body).err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn masks_keys_like_openai() {
+        assert_eq!(
+            mask_key("sk-abcdefghijklmnopxyz1"),
+            format!("sk-ab{}xyz1", "*".repeat(14))
+        );
+        assert_eq!(mask_key("sk-12345"), "sk****45");
+        assert_eq!(mask_key("abc"), "***");
+        assert!(!mask_key("sk-secret-value-1234").contains("secret"));
+    }
+
+    #[test]
+    fn estimates_tokens_deterministically() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+    }
+
+    #[test]
+    fn accepts_a_complete_tool_round_trip() {
+        let body = body_with(json!([
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "b", "content": "1"},
+            {"role": "tool", "tool_call_id": "a", "content": "2"},
+            {"role": "assistant", "content": "done"}
+        ]));
+        assert_eq!(validate(&body), Ok(()));
+    }
+
+    #[test]
+    fn rejects_structural_mistakes() {
+        assert_eq!(param_of(&json!({"messages": []})).as_deref(), Some("model"));
+        assert_eq!(
+            param_of(&json!({"model": "m"})).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(param_of(&body_with(json!([]))).as_deref(), Some("messages"));
+        assert_eq!(
+            param_of(&body_with(json!([{"role": "robot", "content": "x"}]))).as_deref(),
+            Some("messages[0].role")
+        );
+        // A tool message with no preceding tool_calls.
+        assert_eq!(
+            param_of(&body_with(json!([
+                {"role": "user", "content": "u"},
+                {"role": "tool", "tool_call_id": "x", "content": "r"}
+            ])))
+            .as_deref(),
+            Some("messages.[1].role")
+        );
+        // Answering an id that was not asked for.
+        let call =
+            json!({"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+        assert_eq!(
+            param_of(&body_with(json!([
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "zzz", "content": "r"}
+            ])))
+            .as_deref(),
+            Some("messages.[2].tool_call_id")
+        );
+        // Unanswered tool call, at the end and in the middle.
+        let unanswered = body_with(json!([
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "tool_calls": [call]}
+        ]));
+        assert_eq!(param_of(&unanswered).as_deref(), Some("messages.[1].role"));
+        let middle = body_with(json!([
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "user", "content": "again"}
+        ]));
+        let error = validate(&middle).err();
+        assert!(error.is_some_and(|e| e.message.contains("did not have response messages: a")));
+        // Arguments must be a JSON string, not an object.
+        let object_args = body_with(json!([
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": {}}}
+            ]},
+            {"role": "tool", "tool_call_id": "a", "content": "r"}
+        ]));
+        assert_eq!(
+            param_of(&object_args).as_deref(),
+            Some("messages[1].tool_calls[0].function.arguments")
+        );
+    }
+
+    #[test]
+    fn rejects_bad_tools_and_sampling() {
+        let with_tools = |tools: Value| json!({"model": "m", "messages": [{"role": "user", "content": "u"}], "tools": tools});
+        assert_eq!(
+            param_of(&with_tools(json!([{"type": "retrieval"}]))).as_deref(),
+            Some("tools[0].type")
+        );
+        assert_eq!(
+            param_of(&with_tools(
+                json!([{"type": "function", "function": {"name": "a.b"}}])
+            ))
+            .as_deref(),
+            Some("tools[0].function.name")
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            param_of(&with_tools(
+                json!([{"type": "function", "function": {"name": long}}])
+            ))
+            .as_deref(),
+            Some("tools[0].function.name")
+        );
+        assert_eq!(
+            param_of(&with_tools(json!([
+                {"type": "function", "function": {"name": "ok-name_1", "parameters": "{}"}}
+            ])))
+            .as_deref(),
+            Some("tools[0].function.parameters")
+        );
+        assert_eq!(
+            validate(&with_tools(json!([
+                {"type": "function", "function": {"name": "ok-name_1", "parameters": {"type": "object"}}}
+            ]))),
+            Ok(())
+        );
+        let hot = json!({"model": "m", "messages": [{"role": "user", "content": "u"}], "temperature": 2.5});
+        assert_eq!(param_of(&hot).as_deref(), Some("temperature"));
+    }
+
+    #[test]
+    fn view_reads_the_request() {
+        let body = json!({
+            "model": "gpt-x",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hello"}]}
+            ],
+            "tools": [{"type": "function", "function": {"name": "search", "parameters": {}}}],
+            "max_tokens": 10
+        });
+        let view = ChatRequestView::new(&body, Some("k"), 7);
+        assert_eq!(view.model(), "gpt-x");
+        assert_eq!(view.tool_names(), vec!["search"]);
+        assert!(view.offers_tool("search"));
+        assert_eq!(view.last_user_text().as_deref(), Some("hello"));
+        assert_eq!(view.max_tokens(), Some(10));
+        assert_eq!(view.number(), 7);
+    }
+
+    #[test]
+    fn queue_runs_out_with_a_500() {
+        let queue = Queue::new([Reply::text("one")]);
+        let body = json!({});
+        let view = ChatRequestView::new(&body, None, 0);
+        assert_eq!(queue.reply(&view), Reply::text("one"));
+        assert!(matches!(
+            queue.reply(&view),
+            Reply::Error { status: 500, .. }
+        ));
+        assert_eq!(queue.remaining(), 0);
+    }
+}

@@ -1,0 +1,49 @@
+//! # agentry
+//!
+//! A runtime for research agents built from supervised actors (ractor on tokio). It answers a
+//! batch of questions from configuration: for each, a model (OpenAI, or a local
+//! OpenAI-compatible model) searches through MCP tools and saves a research file.
+//!
+//! ## Layout
+//! | module | what it holds |
+//! |---|---|
+//! | [`cli`], [`commands`] | clap types; what each subcommand does (exit codes 0 / 1 / 2) |
+//! | [`config`] | typed settings from `config/default.toml`, a user file, the environment |
+//! | [`app`] | wiring: starts the supervision tree, hands out handles, stops in order |
+//! | [`actors`] | SecretKeeper, ModelRouter, McpSession, ToolExecutor, ResearchWriter, supervisors |
+//! | [`agent`] | the per-question tool-calling loop (a task, not an actor) |
+//! | [`batch`] | planning, bounded concurrency, the report |
+//! | [`llm`] | OpenAI Chat Completions wire types and HTTP client with retries |
+//! | [`mcp`] | MCP transports (rmcp; legacy SSE of our own) and tool conversion |
+//! | [`secrets`] | secret values that never print; sources and fingerprints |
+//! | [`research`] | research file names and format |
+//! | [`telemetry`] | logging set-up |
+//! | [`demo`] | the loopback model and search servers of `agentry demo` (also the tests' peers) |
+//!
+//! ## Supervision tree
+//! ```text
+//! RootSupervisor
+//! ├── SecretKeeper      ├── ModelRouter      ├── ToolExecutor      ├── ResearchWriter
+//! └── McpSupervisor ── McpSession(server) …   (restart with backoff; down after N in a window)
+//! ```
+//!
+//! ## One question's path
+//! `batch::run` starts `agent::answer` for up to `concurrency` questions. Each turn the agent
+//! sends its conversation to ModelRouter (which picks cloud or local from the credential
+//! SecretKeeper publishes, and spawns the HTTP call); tool calls go to ToolExecutor, which
+//! runs them concurrently on McpSessions (or `save_research` on ResearchWriter). The answer
+//! ends in exactly one research file and one report row.
+
+pub mod actors;
+pub mod agent;
+pub mod app;
+pub mod batch;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod llm;
+pub mod mcp;
+pub mod research;
+pub mod secrets;
+pub mod telemetry;

@@ -1,0 +1,118 @@
+use std::time::Duration;
+
+/// A failed model call, named by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LlmError {
+    /// 429: wait (the server may say how long) and retry.
+    #[error("rate limited by {url} (HTTP 429){}", retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
+    RateLimited {
+        /// The `Retry-After` the server sent.
+        retry_after: Option<Duration>,
+        /// Endpoint (no credentials in it).
+        url: String,
+    },
+    /// 408, 409 or 5xx: retry with backoff.
+    #[error("{url} answered HTTP {status}: {message}")]
+    Server {
+        /// Status code.
+        status: u16,
+        /// The API's error message.
+        message: String,
+        /// The `Retry-After` the server sent, if any.
+        retry_after: Option<Duration>,
+        /// Endpoint.
+        url: String,
+    },
+    /// Could not connect, or the connection broke: retry with backoff.
+    #[error("cannot reach {url}: {source}")]
+    Connect {
+        /// Endpoint.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No complete answer within the request timeout: retry with backoff.
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout {
+        /// Endpoint.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// 401: the key was rejected. Reload the credential; never retry with the same one.
+    #[error("{url} rejected the API key (HTTP 401)")]
+    Auth {
+        /// Endpoint.
+        url: String,
+    },
+    /// 400, 403, 404, 422…: the request itself is wrong; do not retry.
+    #[error("{url} refused the request (HTTP {status}): {message}")]
+    Rejected {
+        /// Status code.
+        status: u16,
+        /// The API's error message.
+        message: String,
+        /// Endpoint.
+        url: String,
+    },
+    /// The response is not the Chat Completions shape.
+    #[error("{url} sent a response agentry cannot read: {message}")]
+    Protocol {
+        /// Endpoint.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// No route can take the request (no key and no fallback, or the key was rejected).
+    #[error("no model route: {reason}")]
+    NoRoute {
+        /// Why, naming the secret and its fingerprint where one is involved.
+        reason: String,
+    },
+    /// The router did not answer (restarting, stopped, or past the deadline).
+    #[error("the model router is unavailable: {reason}")]
+    Unavailable {
+        /// What happened to it.
+        reason: String,
+    },
+}
+
+impl LlmError {
+    /// Whether a retry may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Connect { .. }
+                | Self::Timeout { .. }
+        )
+    }
+
+    /// The delay the server asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The `error.type` telemetry label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Server { .. } => "server_error",
+            Self::Connect { .. } => "connect_error",
+            Self::Timeout { .. } => "timeout",
+            Self::Auth { .. } => "auth_rejected",
+            Self::Rejected { .. } => "request_rejected",
+            Self::Protocol { .. } => "protocol_error",
+            Self::NoRoute { .. } => "no_route",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+}

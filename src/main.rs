@@ -1,0 +1,23 @@
+//! The `agentry` binary: parse the command line, run, exit with the command's code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = agentry::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(agentry::commands::execute(cli));
+    // Tasks still running (HTTP connections closing) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,291 @@
+//! MCP client side: connecting over each transport, and converting tools and results.
+//!
+//! - Streamable HTTP and stdio come from `rmcp`; legacy HTTP+SSE (protocol 2024-11-05, what
+//!   `docker mcp gateway run --transport=sse` serves) is [`legacy_sse`], an rmcp `Transport`.
+//! - [`connect`] opens a session: transport, `initialize` with agentry's `clientInfo`, done.
+//!   Every step is bounded by the connect timeout.
+//! - [`tool_definition`] turns an MCP tool (JSON Schema input) into an OpenAI function tool;
+//!   [`result_text`] turns a `CallToolResult` into the text the model reads.
+//!
+//! The session's lifecycle (restarts, the tool list over time) belongs to the `McpSession`
+//! actor; nothing here keeps state.
+
+pub mod legacy_sse;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use rmcp::model::{
+    CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, Implementation,
+    ProtocolVersion, Tool,
+};
+use rmcp::service::{RoleClient, RunningService, ServiceExt};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use serde_json::{Value, json};
+
+use crate::config::McpEndpoint;
+use crate::llm::wire::ToolDefinition;
+use crate::secrets::Credential;
+
+/// A live MCP session.
+pub type Session = RunningService<RoleClient, ClientConfig>;
+
+/// One configured server, resolved.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// Unique name.
+    pub name: String,
+    /// Where and how.
+    pub endpoint: McpEndpoint,
+    /// Allowed tool names (empty: all).
+    pub allow: Vec<String>,
+    /// Name of the bearer-token secret, if any.
+    pub token_secret: Option<String>,
+}
+
+impl ServerSpec {
+    /// Whether a tool passes the allowlist.
+    pub fn allows(&self, tool: &str) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|t| t == tool)
+    }
+
+    /// The transport's name for logs and telemetry (`network.transport`-like).
+    pub fn transport_name(&self) -> &'static str {
+        match self.endpoint {
+            McpEndpoint::LegacySse(_) => "sse",
+            McpEndpoint::StreamableHttp(_) => "streamable-http",
+            McpEndpoint::Stdio { .. } => "stdio",
+        }
+    }
+
+    /// Where the server is, for messages (a URL or the program name, never arguments).
+    pub fn location(&self) -> String {
+        match &self.endpoint {
+            McpEndpoint::LegacySse(url) | McpEndpoint::StreamableHttp(url) => url.to_string(),
+            McpEndpoint::Stdio { command, .. } => format!(
+                "stdio:{}",
+                command.first().map(String::as_str).unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// A failed MCP operation, by what the caller does next.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum McpError {
+    /// Could not open or initialise the session: the supervisor retries with backoff.
+    #[error("MCP server {server} ({location}): cannot connect: {message}")]
+    Connect {
+        /// Server name.
+        server: String,
+        /// URL or program.
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The session died (transport closed): the supervisor restarts it.
+    #[error("MCP server {server}: connection lost: {message}")]
+    ConnectionLost {
+        /// Server name.
+        server: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No result within the call timeout.
+    #[error("MCP server {server}: tool {tool} did not answer within {timeout:?}")]
+    Timeout {
+        /// Server name.
+        server: String,
+        /// Tool name.
+        tool: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The server answered the call with a JSON-RPC error.
+    #[error("MCP server {server}: tool {tool} failed: {message}")]
+    Call {
+        /// Server name.
+        server: String,
+        /// Tool name.
+        tool: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server is restarting or marked down.
+    #[error("MCP server {server} is unavailable: {message}")]
+    Unavailable {
+        /// Server name.
+        server: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl McpError {
+    /// The `error.type` telemetry label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect_error",
+            Self::ConnectionLost { .. } => "connection_lost",
+            Self::Timeout { .. } => "timeout",
+            Self::Call { .. } => "tool_error",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// agentry's `clientInfo`: name and crate version; tools only, no client capabilities.
+///
+/// The protocol version offered is the newest that still has `initialize` (2025-11-25):
+/// servers answer with the version they speak, down to 2024-11-05 for legacy SSE.
+pub fn client_info() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("agentry", env!("CARGO_PKG_VERSION")),
+    )
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+}
+
+/// Opens and initialises a session, bounded by `timeout`.
+pub async fn connect(
+    spec: &ServerSpec,
+    http: &reqwest::Client,
+    token: Option<&Credential>,
+    timeout: Duration,
+) -> Result<Session, McpError> {
+    let failed = |message: String| McpError::Connect {
+        server: spec.name.clone(),
+        location: spec.location(),
+        message,
+    };
+    let open = async {
+        match &spec.endpoint {
+            McpEndpoint::StreamableHttp(url) => {
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                config.auth_header = token.map(|t| t.expose().to_owned());
+                let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
+                client_info()
+                    .serve(transport)
+                    .await
+                    .map_err(|e| failed(e.to_string()))
+            }
+            McpEndpoint::LegacySse(url) => {
+                let mut headers = HeaderMap::new();
+                if let Some(token) = token {
+                    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                        .map_err(|_| {
+                            failed(format!(
+                                "token {} ({}) cannot go in an HTTP header",
+                                token.name(),
+                                token.fingerprint()
+                            ))
+                        })?;
+                    value.set_sensitive(true);
+                    headers.insert(AUTHORIZATION, value);
+                }
+                let config = legacy_sse::LegacySseConfig {
+                    url: url.clone(),
+                    headers,
+                    connect_timeout: timeout,
+                    post_timeout: timeout,
+                };
+                let transport = legacy_sse::LegacySseTransport::connect(http.clone(), config)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                client_info()
+                    .serve(transport)
+                    .await
+                    .map_err(|e| failed(e.to_string()))
+            }
+            McpEndpoint::Stdio { command, env } => {
+                let (program, args) = command
+                    .split_first()
+                    .ok_or_else(|| failed("empty command".into()))?;
+                let mut child = tokio::process::Command::new(program);
+                child
+                    .args(args)
+                    .env_clear()
+                    .envs(passthrough_env(env))
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true);
+                let (transport, _stderr) = TokioChildProcess::builder(child)
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| failed(format!("cannot start {program}: {e}")))?;
+                client_info()
+                    .serve(transport)
+                    .await
+                    .map_err(|e| failed(e.to_string()))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, open)
+        .await
+        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+}
+
+/// The variables a stdio child gets: only those named, and never one holding a secret of ours
+/// (those are named `*_KEY`, `*_TOKEN`, `*_SECRET`, `*_PASSWORD` by convention and refused).
+fn passthrough_env(names: &[String]) -> HashMap<String, String> {
+    names
+        .iter()
+        .filter(|name| {
+            let upper = name.to_uppercase();
+            let secret = ["KEY", "TOKEN", "SECRET", "PASSWORD"].iter().any(|s| upper.ends_with(s) || upper.ends_with(&format!("{s}_FILE")));
+            if secret {
+                tracing::warn!(variable = %name, "not passed to an MCP child process: it looks like a secret");
+            }
+            !secret
+        })
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+        .collect()
+}
+
+/// The OpenAI function tool for an MCP tool, under the name the model will see.
+pub fn tool_definition(exposed_name: &str, tool: &Tool) -> ToolDefinition {
+    let mut parameters = Value::Object((*tool.input_schema).clone());
+    // OpenAI wants an object schema with `properties`; some servers omit it for no-arg tools.
+    if let Some(object) = parameters.as_object_mut() {
+        object.entry("type").or_insert_with(|| json!("object"));
+        object.entry("properties").or_insert_with(|| json!({}));
+    }
+    ToolDefinition::function(
+        exposed_name,
+        tool.description.as_deref().unwrap_or_default(),
+        parameters,
+    )
+}
+
+/// Whether the server says a tool is safe to call twice (`readOnlyHint` or `idempotentHint`).
+pub fn is_retry_safe(tool: &Tool) -> bool {
+    tool.annotations
+        .as_ref()
+        .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
+}
+
+/// The text the model reads for a tool result: text blocks joined, other content described,
+/// structured content as JSON when there is no text.
+pub fn result_text(result: &CallToolResult) -> String {
+    let mut parts: Vec<String> = result
+        .content
+        .iter()
+        .map(|block| match block {
+            ContentBlock::Text(text) => text.text.clone(),
+            ContentBlock::Image(image) => format!("[image: {}]", image.mime_type),
+            ContentBlock::Audio(audio) => format!("[audio: {}]", audio.mime_type),
+            ContentBlock::Resource(_) => "[embedded resource]".to_owned(),
+            ContentBlock::ResourceLink(link) => format!("[resource: {}]", link.uri),
+            _ => "[content of a kind agentry does not read]".to_owned(),
+        })
+        .collect();
+    if parts.is_empty() {
+        if let Some(structured) = &result.structured_content {
+            parts.push(structured.to_string());
+        }
+    }
+    parts.join("\n")
+}

@@ -1,0 +1,217 @@
+//! Research files: safe names, the markdown format, and finding the questions already answered.
+//!
+//! A file is `<output_dir>/<stem>.md` with a front matter block (JSON-quoted values, so any
+//! question text is safe YAML) and the content:
+//!
+//! ```text
+//! ---
+//! question: "Define Machine Learning"
+//! question_id: "q-3f1c0a9e2b7d"
+//! topic: "Machine Learning"
+//! generated_at: "2026-11-28T22:40:11Z"
+//! agent: "research-assistant"
+//! model: "gpt-4o-mini"
+//! route: "cloud"
+//! tools_used: ["search", "save_research"]
+//! trace_id: null
+//! ---
+//!
+//! # Machine Learning
+//! ...
+//! ```
+//!
+//! `question_id` (a hash of the normalised question) is how a rerun knows what is done: the
+//! files themselves are the record, so a crash loses nothing already written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Longest file stem in bytes (well under every file system's 255-byte name limit).
+pub const MAX_STEM_BYTES: usize = 80;
+
+/// A stable id for a question: whitespace and case do not matter.
+pub fn question_id(question: &str) -> String {
+    let normalised = question
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    let digest = Sha256::digest(normalised.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("q-{hex}")
+}
+
+/// A file stem from a topic: lowercase letters and digits joined by '-', no separators, no
+/// dots, no control characters, at most [`MAX_STEM_BYTES`] bytes, never empty.
+pub fn safe_stem(topic: &str) -> String {
+    let mut stem = String::new();
+    let mut dash = false;
+    for c in topic.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            if dash && !stem.is_empty() {
+                stem.push('-');
+            }
+            dash = false;
+            if stem.len() + c.len_utf8() + 1 > MAX_STEM_BYTES {
+                break;
+            }
+            stem.push(c);
+        } else {
+            dash = true;
+        }
+    }
+    if stem.is_empty() {
+        "research".to_owned()
+    } else {
+        stem
+    }
+}
+
+/// Everything a research file records.
+#[derive(Debug, Clone)]
+pub struct ResearchDoc {
+    /// The question as asked.
+    pub question: String,
+    /// Its id.
+    pub question_id: String,
+    /// The topic (the model's, or the question).
+    pub topic: String,
+    /// Markdown content.
+    pub content: String,
+    /// Agent name.
+    pub agent: String,
+    /// Model that answered.
+    pub model: String,
+    /// Route (`cloud`, `local`, `local (demo)`).
+    pub route: String,
+    /// Tools used, in first-use order.
+    pub tools_used: Vec<String>,
+    /// Trace id, when traces are exported.
+    pub trace_id: Option<String>,
+}
+
+/// The file's text, stamped with the current UTC time.
+pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
+    let generated_at = humantime::format_rfc3339_seconds(now).to_string();
+    let title = doc.topic.lines().next().unwrap_or_default().trim();
+    format!(
+        "---\nquestion: {}\nquestion_id: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n# {}\n\n{}\n",
+        json!(doc.question),
+        json!(doc.question_id),
+        json!(doc.topic),
+        json!(generated_at),
+        json!(doc.agent),
+        json!(doc.model),
+        json!(doc.route),
+        json!(doc.tools_used),
+        json!(doc.trace_id),
+        title,
+        doc.content.trim_end(),
+    )
+}
+
+/// The `question_id` in a research file's front matter.
+pub fn read_question_id(text: &str) -> Option<String> {
+    let front = text.strip_prefix("---\n")?;
+    let end = front.find("\n---")?;
+    front[..end]
+        .lines()
+        .find_map(|line| line.strip_prefix("question_id: "))
+        .and_then(|value| serde_json::from_str::<String>(value).ok())
+}
+
+/// The research files in `dir`, by question id. Unreadable or foreign files are skipped.
+pub fn scan(dir: &Path) -> HashMap<String, PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .filter_map(|path| {
+            use std::io::Read;
+            // The front matter is at the start: 4 KiB holds it.
+            let mut head = Vec::with_capacity(4096);
+            std::fs::File::open(&path)
+                .ok()?
+                .take(4096)
+                .read_to_end(&mut head)
+                .ok()?;
+            let id = read_question_id(&String::from_utf8_lossy(&head))?;
+            Some((id, path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_topics_give_safe_bounded_names() {
+        for topic in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            ".hidden",
+            "a\0b",
+            "..",
+            "",
+            "   ",
+            "C:\\Windows\\system32",
+            "\u{202e}txt.exe",
+        ] {
+            let stem = safe_stem(topic);
+            assert!(!stem.is_empty(), "{topic:?}");
+            assert!(
+                !stem.contains(['/', '\\', '\0', '.']),
+                "{topic:?} -> {stem:?}"
+            );
+            assert!(!stem.starts_with('-'), "{topic:?} -> {stem:?}");
+            assert!(
+                stem.chars().all(|c| !c.is_control()),
+                "{topic:?} -> {stem:?}"
+            );
+        }
+        assert_eq!(safe_stem("../../etc/passwd"), "etc-passwd");
+        assert_eq!(safe_stem("Machine Learning"), "machine-learning");
+        let long = safe_stem(&"é".repeat(500));
+        assert!(long.len() <= MAX_STEM_BYTES, "{}", long.len());
+        assert!(safe_stem(&format!("{}\0{}", "x".repeat(300), "y")).len() <= MAX_STEM_BYTES);
+    }
+
+    #[test]
+    fn question_ids_ignore_case_and_spacing() {
+        assert_eq!(
+            question_id("Define  Machine learning"),
+            question_id(" define machine Learning ")
+        );
+        assert_ne!(question_id("Define Rust"), question_id("Define Go"));
+    }
+
+    #[test]
+    fn the_front_matter_round_trips_any_question() {
+        let doc = ResearchDoc {
+            question: "What is \"---\"\nand: yaml?".into(),
+            question_id: question_id("x"),
+            topic: "Topic".into(),
+            content: "Body".into(),
+            agent: "a".into(),
+            model: "m".into(),
+            route: "local".into(),
+            tools_used: vec!["search".into()],
+            trace_id: None,
+        };
+        let text = render(&doc, SystemTime::UNIX_EPOCH);
+        assert_eq!(read_question_id(&text), Some(doc.question_id.clone()));
+        assert!(
+            text.contains("generated_at: \"1970-01-01T00:00:00Z\""),
+            "{text}"
+        );
+        assert!(text.ends_with("# Topic\n\nBody\n"), "{text}");
+    }
+}
