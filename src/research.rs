@@ -97,9 +97,18 @@ pub struct ResearchDoc {
 /// The file's text, stamped with the current UTC time.
 pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
     let generated_at = humantime::format_rfc3339_seconds(now).to_string();
-    let title = doc.topic.lines().next().unwrap_or_default().trim();
+    let content = doc.content.trim();
+    // A write-up that opens with its own heading keeps it; otherwise the topic is the title.
+    let title = if content.starts_with("# ") {
+        String::new()
+    } else {
+        format!(
+            "# {}\n\n",
+            doc.topic.lines().next().unwrap_or_default().trim()
+        )
+    };
     format!(
-        "---\nquestion: {}\nquestion_id: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n# {}\n\n{}\n",
+        "---\nquestion: {}\nquestion_id: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n{}{}\n",
         json!(doc.question),
         json!(doc.question_id),
         json!(doc.topic),
@@ -110,7 +119,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
         json!(doc.tools_used),
         json!(doc.trace_id),
         title,
-        doc.content.trim_end(),
+        content,
     )
 }
 

@@ -111,8 +111,7 @@ impl Actor for McpSession {
         myself: ActorRef<Self::Msg>,
         args: McpSessionArgs,
     ) -> Result<McpSessionState, ActorProcessingErr> {
-        let span = tracing::info_span!("mcp_connect", server = %args.server.name, transport = args.server.transport_name());
-        tokio::spawn(connect_and_watch(myself, args.clone()).instrument(span));
+        tokio::spawn(connect_and_watch(myself, args.clone()).in_current_span());
         Ok(McpSessionState {
             args,
             phase: Phase::Connecting {

@@ -11,6 +11,19 @@ Tools:
     echo(text)                     returns `text` unchanged
     fail(message)                  always raises, so the caller sees a tool
                                    result with isError=true carrying `message`
+    slow(seconds)                  sleeps `seconds`, then answers; logs
+                                   `tool=slow ...` to stderr when it starts, so
+                                   a test knows the call is in flight
+    chatty()                       mid-call, sends the client a `ping` request
+                                   (and waits for its answer) and an info-level
+                                   `notifications/message` "chatty says hello";
+                                   then answers "pong ok"
+    barrier(group, parties, timeout=30)
+                                   returns once `parties` calls with the same
+                                   `group` are in progress at the same time; if
+                                   they are not within `timeout` seconds, fails
+                                   (isError) saying how many arrived. Proves
+                                   that a client's calls really overlap.
 
 Usage:
     python mcp_search_server.py --transport {sse,streamable-http,stdio}
@@ -50,7 +63,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
 from mcp.types import ToolAnnotations
 
 LOG_PREFIX = "[mcp-peer]"
@@ -218,7 +231,7 @@ def format_results(results: list[dict[str, str]]) -> str:
 
 
 def build_server(host: str) -> FastMCP:
-    """A FastMCP server with the three test tools registered."""
+    """A FastMCP server with the test tools registered."""
     mcp = FastMCP(
         name="agentry-test-search",
         instructions="Offline search over a small fixed corpus, for tests.",
@@ -246,7 +259,8 @@ def build_server(host: str) -> FastMCP:
     @mcp.tool(structured_output=False)
     def echo(text: str) -> str:
         """Return the given text unchanged."""
-        log(f"tool=echo text={text!r}")
+        shown = text if len(text) <= 80 else f"{text[:80]}... ({len(text)} chars)"
+        log(f"tool=echo text={shown!r}")
         return text
 
     @mcp.tool(structured_output=False)
@@ -255,7 +269,52 @@ def build_server(host: str) -> FastMCP:
         log(f"tool=fail message={message!r}")
         raise RuntimeError(message)
 
+    @mcp.tool(structured_output=False)
+    async def slow(seconds: float) -> str:
+        """Sleep for `seconds`, then answer."""
+        log(f"tool=slow seconds={seconds}")
+        await asyncio.sleep(seconds)
+        return f"slept {seconds}s"
+
+    @mcp.tool(structured_output=False)
+    async def chatty(ctx: Context) -> str:
+        """Ping the client and send it a log message mid-call, then answer."""
+        log("tool=chatty")
+        await ctx.session.send_ping()
+        await ctx.info("chatty says hello")
+        return "pong ok"
+
+    barriers: dict[str, Barrier] = {}
+
+    @mcp.tool(structured_output=False)
+    async def barrier(group: str, parties: int, timeout: float = 30.0) -> str:
+        """Wait until `parties` calls with this `group` are in progress at once."""
+        state = barriers.setdefault(group, Barrier(parties))
+        log(f"tool=barrier group={group!r} arrived={state.arrived + 1}/{parties}")
+        await state.wait(timeout)
+        return f"{parties} calls met at barrier {group}"
+
     return mcp
+
+
+class Barrier:
+    """A one-shot meeting point for `parties` concurrent tool calls."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self.all_here = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.all_here.set()
+        try:
+            await asyncio.wait_for(self.all_here.wait(), timeout)
+        except TimeoutError:
+            raise RuntimeError(
+                f"only {self.arrived} of {self.parties} calls arrived within {timeout}s"
+            ) from None
 
 
 # ---------------------------------------------------------------------------

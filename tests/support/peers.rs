@@ -84,7 +84,11 @@ pub fn server_everything_command() -> Vec<String> {
          to install the test peers (it runs `npm ci --prefix tests/peers`)",
         entry.display()
     );
-    vec!["node".to_owned(), entry.display().to_string(), "stdio".to_owned()]
+    vec![
+        "node".to_owned(),
+        entry.display().to_string(),
+        "stdio".to_owned(),
+    ]
 }
 
 /// A running `mcp_search_server.py` on an HTTP transport, bound to
@@ -153,7 +157,11 @@ impl PythonMcpServer {
     /// The MCP endpoint: `http://127.0.0.1:PORT/sse` for SSE (messages go to
     /// `/messages/`), `http://127.0.0.1:PORT/mcp` for streamable HTTP.
     pub fn url(&self) -> String {
-        let path = if self.transport == "sse" { "sse" } else { "mcp" };
+        let path = if self.transport == "sse" {
+            "sse"
+        } else {
+            "mcp"
+        };
         format!("http://127.0.0.1:{}/{path}", self.port)
     }
 
@@ -182,8 +190,7 @@ impl PythonMcpServer {
         append_log(&self.log, "--- restarted on the same port ---");
         let deadline = tokio::time::Instant::now() + REBIND_TIMEOUT;
         loop {
-            match spawn_until_ready(&self.transport, self.port, &self.extra_args, &self.log).await
-            {
+            match spawn_until_ready(&self.transport, self.port, &self.extra_args, &self.log).await {
                 Ok((child, _)) => {
                     self.child = child;
                     return;

@@ -1,0 +1,131 @@
+//! Runs the `agentry` binary in a scratch directory with a clean environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// A finished run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Everything the process printed.
+    pub fn output(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// Panics with the output unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// One invocation of the binary, in its own temporary working directory.
+pub struct Agentry {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Agentry {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).expect("secrets dir");
+        let env = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), dir.path().display().to_string()),
+            // Never the machine's /run/secrets.
+            (
+                "AGENTRY__SECRETS__DIR".into(),
+                secrets.display().to_string(),
+            ),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        Self { dir, env }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Writes a file under the working directory and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("parent dir");
+        }
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// Runs `agentry <args>` (bounded: a hang fails the test).
+    pub async fn run(&self, args: &[&str]) -> Run {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("agentry starts");
+        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("agentry finished within 120 s")
+            .expect("agentry output");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The research files (not the report) in `dir` under the working directory.
+    pub fn research_files(&self, dir: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join(dir))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "md"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    /// The report as JSON.
+    pub fn report(&self, path: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.path().join(path)).expect("report exists");
+        serde_json::from_str(&text).expect("report is JSON")
+    }
+}
+
+/// A config file that points agentry at a model server and (optionally) an MCP server.
+pub fn config(model_url: &str, mcp_url: Option<&str>, extra: &str) -> String {
+    // `extra` holds other tables ([batch], [agent]); [model] and [mcp] are written here.
+    let mcp = match mcp_url {
+        Some(url) => format!("[[mcp.servers]]\nname = \"peer\"\nurl = \"{url}\"\ntools = []\n"),
+        None => "[mcp]\nservers = []\n".to_owned(),
+    };
+    format!(
+        "{extra}\n[model]\nretry_min_delay = \"10ms\"\nretry_max_delay = \"200ms\"\n[model.local]\nbase_url = \"{model_url}\"\nmodel = \"test-model\"\n{mcp}"
+    )
+}

@@ -1,0 +1,21 @@
+//! agentry's integration tests: one binary (built once), a module per topic.
+#![allow(unreachable_pub, missing_docs)]
+//!
+//! Peers are real where they can run here: the official Python MCP SDK server
+//! (`tests/peers/mcp_search_server.py`), `@modelcontextprotocol/server-everything` over stdio,
+//! and agentry's OpenAI-compatible test server (`agentry::demo::model_server`). `.ci/run`
+//! installs the Python and npm peers.
+
+#[path = "../support/peers.rs"]
+mod peers;
+
+mod harness;
+
+mod batch;
+mod demo_model_server;
+mod demo_scripted_flow;
+mod demo_search_server;
+mod model_errors;
+mod secrets_containment;
+mod seed_flow;
+mod tools_and_files;
