@@ -138,14 +138,13 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     signals.abort();
     runtime.shutdown().await;
 
-    if mode != Mode::Ask {
-        if let Err(error) = report.write(&report_path) {
+    if mode != Mode::Ask
+        && let Err(error) = report.write(&report_path) {
             eprintln!(
                 "error: cannot write the report {}: {error}",
                 report_path.display()
             );
         }
-    }
     let single = report.questions.len() == 1 && report.totals.skipped == 0;
     if single || mode == Mode::Ask {
         let row = &report.questions[0];
@@ -411,7 +410,7 @@ async fn demo(args: DemoArgs) -> i32 {
     };
     telemetry::init(&settings.telemetry);
     let model = match demo::model_server::ModelServer::start(Arc::new(
-        demo::scripted::ScriptedResearcher::default(),
+        demo::scripted::ScriptedResearcher,
     ))
     .await
     {

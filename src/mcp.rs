@@ -282,10 +282,9 @@ pub fn result_text(result: &CallToolResult) -> String {
             _ => "[content of a kind agentry does not read]".to_owned(),
         })
         .collect();
-    if parts.is_empty() {
-        if let Some(structured) = &result.structured_content {
+    if parts.is_empty()
+        && let Some(structured) = &result.structured_content {
             parts.push(structured.to_string());
         }
-    }
     parts.join("\n")
 }

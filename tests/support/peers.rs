@@ -1,6 +1,6 @@
 //! Test peers: the MCP servers that integration tests talk to.
 //!
-//! Two peers are installed by `.ci/run` (run it once on a new checkout):
+//! Two peers, installed on first use by `tests/peers/install.sh` (also run by `.ci/run`):
 //!
 //! * `tests/peers/mcp_search_server.py`, an offline search server on the
 //!   official MCP Python SDK, run from the venv at `.peers/venv`. It serves
@@ -11,9 +11,8 @@
 //!   MCP project, installed by npm into `tests/peers/node_modules`; see
 //!   [`server_everything_command`].
 //!
-//! Included by the integration tests through `tests/support.rs`
-//! (`pub mod peers;`). Each test binary uses only part of it, hence the
-//! allowances below.
+//! Included by the integration tests (`tests/it/main.rs`) with `#[path]`. Each test
+//! binary uses only part of it, hence the allowances below.
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
@@ -42,6 +41,7 @@ pub fn repo_root() -> PathBuf {
 /// # Panics
 /// If the venv is missing, with a hint to run `.ci/run`.
 pub fn python() -> PathBuf {
+    ensure_installed();
     let path = repo_root().join(".peers/venv/bin/python");
     assert!(
         path.exists(),
@@ -50,6 +50,24 @@ pub fn python() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Installs the peers on first use in this test process (`tests/peers/install.sh`: a venv
+/// and `npm ci`, skipped when already up to date), so `cargo test` works on a fresh clone.
+pub fn ensure_installed() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let output = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/peers/install.sh"))
+            .output()
+            .expect("bash runs tests/peers/install.sh");
+        assert!(
+            output.status.success(),
+            "installing the test peers failed (needs python3 with venv/pip, node and npm):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
 }
 
 /// Path of the Python MCP search server script.
@@ -76,6 +94,7 @@ pub fn search_server_stdio_command() -> Vec<String> {
 /// # Panics
 /// If the npm package is not installed, with a hint to run `.ci/run`.
 pub fn server_everything_command() -> Vec<String> {
+    ensure_installed();
     let entry = repo_root()
         .join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     assert!(

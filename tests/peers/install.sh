@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the test peers (idempotent; quick when already done):
+#   1. Python venv at .peers/venv with tests/peers/requirements.txt
+#      (skipped when .peers/venv/requirements.sha256 matches the file).
+#   2. npm packages of tests/peers/package-lock.json in tests/peers/node_modules
+#      (skipped when node_modules/.agentry-lock.sha256 matches the lockfile).
+# Called by .ci/run, and by the integration tests themselves on first use, so a plain
+# `cargo test --workspace` works on a fresh clone.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+root="$PWD"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- 1. Python peers -----------------------------------------------------------
+venv="$root/.peers/venv"
+requirements="$root/tests/peers/requirements.txt"
+stamp="$venv/requirements.sha256"
+python="${PYTHON:-python3}"
+
+want_hash="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want_hash" ]] \
+    && "$venv/bin/python" -c 'import mcp' 2>/dev/null; then
+    step "Python peers: .peers/venv is up to date (requirements $want_hash)"
+else
+    if [[ ! -x "$venv/bin/python" ]]; then
+        step "Python peers: creating venv at .peers/venv with $("$python" --version 2>&1)"
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+    fi
+    step "Python peers: pip install -r tests/peers/requirements.txt"
+    rm -f "$stamp"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$want_hash" > "$stamp"
+fi
+
+# --- 2. Node peers -------------------------------------------------------------
+peers="$root/tests/peers"
+node_stamp="$peers/node_modules/.agentry-lock.sha256"
+want_node_hash="$(cat "$peers/package.json" "$peers/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if [[ -f "$node_stamp" && "$(cat "$node_stamp")" == "$want_node_hash" ]]; then
+    step "Node peers: tests/peers/node_modules is up to date (lock $want_node_hash)"
+else
+    step "Node peers: npm ci --prefix tests/peers"
+    npm ci --prefix "$peers" --no-audit --no-fund
+    echo "$want_node_hash" > "$node_stamp"
+fi
+
