@@ -64,7 +64,9 @@ fn main() -> ExitCode {
 
 async fn run() -> u8 {
     let Some(url) = std::env::args().skip(1).last() else {
-        eprintln!("usage: conformance_client <server-url>   (scenario in MCP_CONFORMANCE_SCENARIO)");
+        eprintln!(
+            "usage: conformance_client <server-url>   (scenario in MCP_CONFORMANCE_SCENARIO)"
+        );
         return 2;
     };
     let scenario = std::env::var("MCP_CONFORMANCE_SCENARIO").unwrap_or_default();
@@ -87,7 +89,8 @@ async fn run() -> u8 {
         .filter(|(name, _)| name.starts_with("AGENTRY__"))
         .collect();
     for (name, value) in DEFAULT_TIMEOUTS {
-        env.entry(name.to_owned()).or_insert_with(|| value.to_owned());
+        env.entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
     }
     let sources = Sources {
         file: None,
@@ -211,7 +214,10 @@ fn plan(scenario: &str, context: &Value, tools: &[Tool]) -> Result<Vec<Call>, St
                 .find(|t| t.name == "json_schema_2020_12_tool")
                 .ok_or("the server did not list json_schema_2020_12_tool")?;
             let schema = Value::Object((*focal.input_schema).clone());
-            vec![("json_schema_echo".into(), object(json!({ "schema": schema })))]
+            vec![(
+                "json_schema_echo".into(),
+                object(json!({ "schema": schema })),
+            )]
         }
         _ => tools
             .iter()

@@ -139,12 +139,13 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     runtime.shutdown().await;
 
     if mode != Mode::Ask
-        && let Err(error) = report.write(&report_path) {
-            eprintln!(
-                "error: cannot write the report {}: {error}",
-                report_path.display()
-            );
-        }
+        && let Err(error) = report.write(&report_path)
+    {
+        eprintln!(
+            "error: cannot write the report {}: {error}",
+            report_path.display()
+        );
+    }
     let single = report.questions.len() == 1 && report.totals.skipped == 0;
     if single || mode == Mode::Ask {
         let row = &report.questions[0];
@@ -409,17 +410,16 @@ async fn demo(args: DemoArgs) -> i32 {
         }
     };
     telemetry::init(&settings.telemetry);
-    let model = match demo::model_server::ModelServer::start(Arc::new(
-        demo::scripted::ScriptedResearcher,
-    ))
-    .await
-    {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("error: cannot start the demo model server on 127.0.0.1: {error}");
-            return EXIT_FAILED;
-        }
-    };
+    let model =
+        match demo::model_server::ModelServer::start(Arc::new(demo::scripted::ScriptedResearcher))
+            .await
+        {
+            Ok(server) => server,
+            Err(error) => {
+                eprintln!("error: cannot start the demo model server on 127.0.0.1: {error}");
+                return EXIT_FAILED;
+            }
+        };
     let search = match demo::search_server::SearchServer::start().await {
         Ok(server) => server,
         Err(error) => {

@@ -283,8 +283,9 @@ pub fn result_text(result: &CallToolResult) -> String {
         })
         .collect();
     if parts.is_empty()
-        && let Some(structured) = &result.structured_content {
-            parts.push(structured.to_string());
-        }
+        && let Some(structured) = &result.structured_content
+    {
+        parts.push(structured.to_string());
+    }
     parts.join("\n")
 }

@@ -130,7 +130,10 @@ impl LogCapture {
             "the transport logged nothing; the capture is broken:\n{text}"
         );
         for secret in secrets {
-            assert!(!text.contains(secret), "secret {secret:?} was logged:\n{text}");
+            assert!(
+                !text.contains(secret),
+                "secret {secret:?} was logged:\n{text}"
+            );
         }
     }
 }
@@ -251,7 +254,10 @@ async fn python_peer_session_lists_and_calls_tools() {
         assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
     }
     let search = tools.iter().find(|t| t.name == "search").expect("search");
-    let query = search.input_schema.get("properties").and_then(|p| p.get("query"));
+    let query = search
+        .input_schema
+        .get("properties")
+        .and_then(|p| p.get("query"));
     assert!(
         query.is_some_and(Value::is_object),
         "{:?}",
@@ -260,7 +266,10 @@ async fn python_peer_session_lists_and_calls_tools() {
 
     let found = bounded(
         "search",
-        client.call_tool(tool("search", json!({"query": "rust concurrency", "max_results": 2}))),
+        client.call_tool(tool(
+            "search",
+            json!({"query": "rust concurrency", "max_results": 2}),
+        )),
     )
     .await
     .expect("search call");
@@ -273,21 +282,32 @@ async fn python_peer_session_lists_and_calls_tools() {
 
     // Non-ASCII, an escaped newline, a raw U+2028 (not a line end for SSE).
     let unicode = "héllo\nwörld ✓ 🦀 日本語 \u{2028} end";
-    let echoed = bounded("echo", client.call_tool(tool("echo", json!({"text": unicode}))))
-        .await
-        .expect("unicode echo");
+    let echoed = bounded(
+        "echo",
+        client.call_tool(tool("echo", json!({"text": unicode}))),
+    )
+    .await
+    .expect("unicode echo");
     assert_eq!(text_of(&echoed), unicode);
 
     // A ~2 MiB result of multi-byte characters: it arrives in many body
     // chunks, which split characters and the event between them.
-    let mut big = "🦀日本語é-".repeat(120_000);
+    let mut big = "🦀日本語é-".repeat(140_000);
     big.push_str("THE END");
     assert!(big.len() > 2 * 1024 * 1024);
-    let echoed = bounded("big echo", client.call_tool(tool("echo", json!({"text": big}))))
-        .await
-        .expect("big echo");
+    let echoed = bounded(
+        "big echo",
+        client.call_tool(tool("echo", json!({"text": big}))),
+    )
+    .await
+    .expect("big echo");
     let got = text_of(&echoed);
-    assert!(got == big, "big echo differs: {} bytes back, {} sent", got.len(), big.len());
+    assert!(
+        got == big,
+        "big echo differs: {} bytes back, {} sent",
+        got.len(),
+        big.len()
+    );
 
     // A failing tool is a result with isError, not a protocol error; the
     // session goes on.
@@ -300,13 +320,21 @@ async fn python_peer_session_lists_and_calls_tools() {
     assert_eq!(failed.is_error, Some(true), "{failed:?}");
     assert!(text_of(&failed).contains("planned failure ✗"), "{failed:?}");
 
-    let quit = bounded("close", client.cancel()).await.expect("service task");
+    let quit = bounded("close", client.cancel())
+        .await
+        .expect("service task");
     assert!(matches!(quit, QuitReason::Cancelled), "{quit:?}");
 
     let logs_text = logs.text();
-    assert!(logs_text.contains("tools/call"), "method names are traced:\n{logs_text}");
+    assert!(
+        logs_text.contains("tools/call"),
+        "method names are traced:\n{logs_text}"
+    );
     // The session id lives in the endpoint's query: never logged.
-    assert!(!logs_text.contains("session_id="), "session id logged:\n{logs_text}");
+    assert!(
+        !logs_text.contains("session_id="),
+        "session id logged:\n{logs_text}"
+    );
 }
 
 #[tokio::test]
@@ -314,36 +342,50 @@ async fn python_peer_server_to_client_ping_and_log_mid_call() {
     let _logs = LogCapture::install();
     let server = PythonMcpServer::start("sse").await;
     let recorder = Recorder::default();
-    let client = bounded("initialize", recorder.clone().serve(connect(&server, None).await))
-        .await
-        .expect("initialize");
+    let client = bounded(
+        "initialize",
+        recorder.clone().serve(connect(&server, None).await),
+    )
+    .await
+    .expect("initialize");
 
     // `chatty` waits for our answer to its ping before it answers: the ping
     // request came in on the stream and our response went out as a POST.
-    let result = bounded("chatty", client.call_tool(CallToolRequestParams::new("chatty")))
-        .await
-        .expect("chatty");
+    let result = bounded(
+        "chatty",
+        client.call_tool(CallToolRequestParams::new("chatty")),
+    )
+    .await
+    .expect("chatty");
     assert_eq!(text_of(&result), "pong ok", "{result:?}");
     assert_eq!(*recorder.pings.lock().expect("pings"), 1);
 
     // The log notification was sent before the result, on the same stream,
     // so it has been handled by now.
     #[allow(deprecated)]
-    let logged: Vec<Value> = recorder.logs.lock().expect("logs").iter().map(|m| m.data.clone()).collect();
-    assert!(
-        logged.contains(&json!("chatty says hello")),
-        "{logged:?}"
-    );
-    bounded("close", client.cancel()).await.expect("service task");
+    let logged: Vec<Value> = recorder
+        .logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .map(|m| m.data.clone())
+        .collect();
+    assert!(logged.contains(&json!("chatty says hello")), "{logged:?}");
+    bounded("close", client.cancel())
+        .await
+        .expect("service task");
 }
 
 #[tokio::test]
 async fn python_peer_fifty_concurrent_calls() {
     let _logs = LogCapture::install();
     let server = PythonMcpServer::start("sse").await;
-    let client = bounded("initialize", Recorder::default().serve(connect(&server, None).await))
-        .await
-        .expect("initialize");
+    let client = bounded(
+        "initialize",
+        Recorder::default().serve(connect(&server, None).await),
+    )
+    .await
+    .expect("initialize");
     const CALLS: usize = 50;
 
     // Each `barrier` call returns only once all 50 are in progress at the
@@ -374,7 +416,9 @@ async fn python_peer_fifty_concurrent_calls() {
         let result = result.expect("echo call");
         assert_eq!(text_of(&result), sent);
     }
-    bounded("close", client.cancel()).await.expect("service task");
+    bounded("close", client.cancel())
+        .await
+        .expect("service task");
 }
 
 #[tokio::test]
@@ -391,7 +435,10 @@ async fn python_peer_bearer_token_is_required_and_never_shown() {
     for presented in [None, Some(WRONG)] {
         let error = bounded(
             "rejected connect",
-            LegacySseTransport::connect(reqwest::Client::new(), sse_config(&server.url(), presented)),
+            LegacySseTransport::connect(
+                reqwest::Client::new(),
+                sse_config(&server.url(), presented),
+            ),
         )
         .await
         .expect_err("connect without the right token must fail");
@@ -410,11 +457,16 @@ async fn python_peer_bearer_token_is_required_and_never_shown() {
     )
     .await
     .expect("initialize with the token");
-    let echoed = bounded("echo", client.call_tool(tool("echo", json!({"text": "authorised"}))))
-        .await
-        .expect("echo with the token");
+    let echoed = bounded(
+        "echo",
+        client.call_tool(tool("echo", json!({"text": "authorised"}))),
+    )
+    .await
+    .expect("echo with the token");
     assert_eq!(text_of(&echoed), "authorised");
-    bounded("close", client.cancel()).await.expect("service task");
+    bounded("close", client.cancel())
+        .await
+        .expect("service task");
 
     assert!(
         server.stderr().contains("rejected: 401"),
@@ -428,15 +480,21 @@ async fn python_peer_bearer_token_is_required_and_never_shown() {
 async fn python_peer_killed_mid_call_ends_the_session() {
     let logs = LogCapture::install();
     let mut server = PythonMcpServer::start("sse").await;
-    let client = bounded("initialize", Recorder::default().serve(connect(&server, None).await))
-        .await
-        .expect("initialize");
+    let client = bounded(
+        "initialize",
+        Recorder::default().serve(connect(&server, None).await),
+    )
+    .await
+    .expect("initialize");
     let peer = client.peer().clone();
 
     // A call that would take a day, in flight when the server dies.
     let in_flight = tokio::spawn({
         let peer = peer.clone();
-        async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await }
+        async move {
+            peer.call_tool(tool("slow", json!({"seconds": 86_400})))
+                .await
+        }
     });
     bounded("the slow call reaching the server", async {
         while !server.stderr().contains("tool=slow") {
@@ -452,7 +510,9 @@ async fn python_peer_killed_mid_call_ends_the_session() {
         .expect("service task");
     assert!(matches!(quit, QuitReason::Closed), "{quit:?}");
 
-    let in_flight = bounded("the in-flight call", in_flight).await.expect("join");
+    let in_flight = bounded("the in-flight call", in_flight)
+        .await
+        .expect("join");
     assert!(
         matches!(in_flight, Err(ServiceError::TransportClosed)),
         "{in_flight:?}"
@@ -465,14 +525,22 @@ async fn python_peer_killed_mid_call_ends_the_session() {
     // Legacy SSE has no resumption: a new transport, a new session, on the
     // restarted server.
     server.restart_same_port().await;
-    let client = bounded("re-initialize", Recorder::default().serve(connect(&server, None).await))
-        .await
-        .expect("a new session on the restarted server");
-    let echoed = bounded("echo", client.call_tool(tool("echo", json!({"text": "again"}))))
-        .await
-        .expect("echo on the new session");
+    let client = bounded(
+        "re-initialize",
+        Recorder::default().serve(connect(&server, None).await),
+    )
+    .await
+    .expect("a new session on the restarted server");
+    let echoed = bounded(
+        "echo",
+        client.call_tool(tool("echo", json!({"text": "again"}))),
+    )
+    .await
+    .expect("echo on the new session");
     assert_eq!(text_of(&echoed), "again");
-    bounded("close", client.cancel()).await.expect("service task");
+    bounded("close", client.cancel())
+        .await
+        .expect("service task");
 
     let text = logs.text();
     assert!(text.contains("legacy SSE reader stopped"), "{text}");
@@ -487,22 +555,34 @@ async fn python_peer_close_semantics() {
     // and closing twice is harmless.
     let mut transport = connect(&server, None).await;
     bounded("close", transport.close()).await.expect("close");
-    assert!(bounded("receive after close", transport.receive()).await.is_none());
+    assert!(
+        bounded("receive after close", transport.receive())
+            .await
+            .is_none()
+    );
     let error = bounded("send after close", transport.send(ping(1)))
         .await
         .expect_err("send after close");
     assert!(matches!(error, LegacySseError::Closed), "{error:?}");
-    bounded("second close", transport.close()).await.expect("second close");
+    bounded("second close", transport.close())
+        .await
+        .expect("second close");
 
     // Through rmcp: closing the service closes the transport; a call in
     // flight fails instead of waiting for its answer, later calls fail too.
-    let mut client = bounded("initialize", Recorder::default().serve(connect(&server, None).await))
-        .await
-        .expect("initialize");
+    let mut client = bounded(
+        "initialize",
+        Recorder::default().serve(connect(&server, None).await),
+    )
+    .await
+    .expect("initialize");
     let peer = client.peer().clone();
     let in_flight = tokio::spawn({
         let peer = peer.clone();
-        async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await }
+        async move {
+            peer.call_tool(tool("slow", json!({"seconds": 86_400})))
+                .await
+        }
     });
     bounded("the slow call reaching the server", async {
         while !server.stderr().contains("tool=slow") {
@@ -510,9 +590,13 @@ async fn python_peer_close_semantics() {
         }
     })
     .await;
-    let quit = bounded("client close", client.close()).await.expect("service task");
+    let quit = bounded("client close", client.close())
+        .await
+        .expect("service task");
     assert!(matches!(quit, QuitReason::Cancelled), "{quit:?}");
-    let in_flight = bounded("the in-flight call", in_flight).await.expect("join");
+    let in_flight = bounded("the in-flight call", in_flight)
+        .await
+        .expect("join");
     assert!(in_flight.is_err(), "{in_flight:?}");
     let after = bounded("a call after close", peer.list_all_tools()).await;
     assert!(after.is_err(), "{after:?}");
@@ -538,10 +622,12 @@ async fn read_head(stream: &mut TcpStream) -> Head {
     }
     let raw = String::from_utf8_lossy(&buf).into_owned();
     let method = raw.split(' ').next().unwrap_or_default().to_owned();
-    let length = raw
-        .to_ascii_lowercase()
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:")?.trim().parse::<usize>().ok());
+    let length = raw.to_ascii_lowercase().lines().find_map(|line| {
+        line.strip_prefix("content-length:")?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    });
     if let Some(length) = length {
         let mut body = vec![0u8; length];
         let _ = stream.read_exact(&mut body).await;
@@ -632,8 +718,8 @@ async fn fake_unreachable_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
     drop(listener);
-    let url = Url::parse(&format!("http://127.0.0.1:{port}/sse?token={QUERY_SECRET}"))
-        .expect("URL");
+    let url =
+        Url::parse(&format!("http://127.0.0.1:{port}/sse?token={QUERY_SECRET}")).expect("URL");
     let error = connect_err(url).await;
     assert!(matches!(error, LegacySseError::Connect { .. }), "{error:?}");
 }
@@ -651,7 +737,9 @@ async fn fake_without_response_headers_hits_the_connect_timeout() {
         panic!("expected a connect error: {error:?}");
     };
     assert!(
-        source.downcast_ref::<tokio::time::error::Elapsed>().is_some(),
+        source
+            .downcast_ref::<tokio::time::error::Elapsed>()
+            .is_some(),
         "expected the connect timeout: {error:?}"
     );
 }
@@ -674,7 +762,13 @@ async fn fake_stream_without_endpoint_hits_the_connect_timeout() {
     .await;
     let error = connect_err(url).await;
     assert!(
-        matches!(error, LegacySseError::NoEndpoint { timed_out: true, .. }),
+        matches!(
+            error,
+            LegacySseError::NoEndpoint {
+                timed_out: true,
+                ..
+            }
+        ),
         "{error:?}"
     );
 }
@@ -689,7 +783,13 @@ async fn fake_stream_ending_before_endpoint() {
     .await;
     let error = connect_err(url).await;
     assert!(
-        matches!(error, LegacySseError::NoEndpoint { timed_out: false, .. }),
+        matches!(
+            error,
+            LegacySseError::NoEndpoint {
+                timed_out: false,
+                ..
+            }
+        ),
         "{error:?}"
     );
 }
@@ -732,21 +832,32 @@ async fn fake_wrong_content_type_is_a_protocol_error() {
     })
     .await;
     let error = connect_err(url).await;
-    assert!(matches!(error, LegacySseError::Protocol { .. }), "{error:?}");
+    assert!(
+        matches!(error, LegacySseError::Protocol { .. }),
+        "{error:?}"
+    );
 }
 
-/// A fake session: the GET gets an `endpoint` event, then `events`, then is
-/// held open for `hold_open` (or until the client closes it); POSTs get
-/// `post_status`. Every request head is reported on the returned channel, and
-/// so is the client closing the GET ("GET closed by client").
-async fn fake_session(
-    events: &'static [u8],
-    post_status: u16,
-    hold_open: Duration,
-) -> (Url, mpsc::UnboundedReceiver<String>) {
+/// A fake legacy SSE server session; see [`fake_session`].
+struct FakeSession {
+    url: Url,
+    /// Every request head, and "GET closed by client" when that happens.
+    seen: mpsc::UnboundedReceiver<String>,
+    /// Lets the GET go on from its `endpoint` event to the `events`.
+    release: Arc<tokio::sync::Notify>,
+}
+
+/// A fake session: the GET gets an `endpoint` event, then, once `release`d
+/// (so the events never share a network read with the endpoint), `events`;
+/// then it is held open for `hold_open` or until the client closes it. POSTs
+/// get `post_status`.
+async fn fake_session(events: &'static [u8], post_status: u16, hold_open: Duration) -> FakeSession {
     let (seen_tx, seen) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
     let url = fake(move |mut stream, port| {
         let seen_tx = seen_tx.clone();
+        let gate = Arc::clone(&gate);
         async move {
             let head = read_head(&mut stream).await;
             let _ = seen_tx.send(head.raw.clone());
@@ -756,7 +867,7 @@ async fn fake_session(
                     ": ping\n\nevent: endpoint\ndata: http://127.0.0.1:{port}/messages/?session_id=abc\n\n"
                 );
                 let _ = stream.write_all(endpoint.as_bytes()).await;
-                let _ = stream.flush().await;
+                gate.notified().await;
                 let _ = stream.write_all(events).await;
                 if client_closes(&mut stream, hold_open).await && !hold_open.is_zero() {
                     let _ = seen_tx.send("GET closed by client".to_owned());
@@ -769,16 +880,19 @@ async fn fake_session(
         }
     })
     .await;
-    (url, seen)
+    FakeSession { url, seen, release }
 }
 
-async fn fake_connect(url: Url) -> LegacySseTransport {
-    bounded(
+/// Connects to a fake session, then lets it send its events.
+async fn fake_connect(session: &FakeSession) -> LegacySseTransport {
+    let transport = bounded(
         "connect to fake",
-        LegacySseTransport::connect(reqwest::Client::new(), fake_config(url)),
+        LegacySseTransport::connect(reqwest::Client::new(), fake_config(session.url.clone())),
     )
     .await
-    .expect("connect to fake session")
+    .expect("connect to fake session");
+    session.release.notify_one();
+    transport
 }
 
 #[tokio::test]
@@ -789,9 +903,9 @@ async fn fake_messages_are_delivered_then_stream_end_is_none() {
         event: mystery\ndata: {}\n\n\
         event: endpoint\ndata: /elsewhere\n\n\
         event: message\r\ndata: {\"jsonrpc\":\"2.0\",\r\ndata: \"method\":\"notifications/tools/list_changed\"}\r\n\r\n";
-    let (url, mut seen) = fake_session(events, 202, Duration::ZERO).await;
-    let mut transport = fake_connect(url).await;
-    let get = bounded("GET head", seen.recv())
+    let mut session = fake_session(events, 202, Duration::ZERO).await;
+    let mut transport = fake_connect(&session).await;
+    let get = bounded("GET head", session.seen.recv())
         .await
         .expect("GET seen")
         .to_ascii_lowercase();
@@ -804,9 +918,15 @@ async fn fake_messages_are_delivered_then_stream_end_is_none() {
     // A response, then (skipping junk, foreign events and a second endpoint)
     // a notification split over two CRLF data lines.
     let first = bounded("first message", transport.receive()).await;
-    assert!(matches!(first, Some(JsonRpcMessage::Response(_))), "{first:?}");
+    assert!(
+        matches!(first, Some(JsonRpcMessage::Response(_))),
+        "{first:?}"
+    );
     let second = bounded("second message", transport.receive()).await;
-    assert!(matches!(second, Some(JsonRpcMessage::Notification(_))), "{second:?}");
+    assert!(
+        matches!(second, Some(JsonRpcMessage::Notification(_))),
+        "{second:?}"
+    );
     // The fake then ends the stream: the session is over.
     let end = bounded("end of stream", transport.receive()).await;
     assert!(end.is_none(), "{end:?}");
@@ -820,9 +940,9 @@ async fn fake_messages_are_delivered_then_stream_end_is_none() {
 #[tokio::test]
 async fn fake_post_500_is_a_send_error_and_the_session_survives() {
     let logs = LogCapture::install();
-    let (url, mut seen) = fake_session(b"", 500, BOUND * 2).await;
-    let mut transport = fake_connect(url).await;
-    let _get = bounded("GET head", seen.recv()).await;
+    let mut session = fake_session(b"", 500, BOUND * 2).await;
+    let mut transport = fake_connect(&session).await;
+    let _get = bounded("GET head", session.seen.recv()).await;
 
     let error = bounded("POST", transport.send(ping(3)))
         .await
@@ -839,11 +959,14 @@ async fn fake_post_500_is_a_send_error_and_the_session_survives() {
     );
 
     // The POST went to the announced endpoint, with the configured headers.
-    let post = bounded("POST head", seen.recv())
+    let post = bounded("POST head", session.seen.recv())
         .await
         .expect("POST seen")
         .to_ascii_lowercase();
-    assert!(post.starts_with("post /messages/?session_id=abc "), "{post}");
+    assert!(
+        post.starts_with("post /messages/?session_id=abc "),
+        "{post}"
+    );
     assert!(post.contains("content-type: application/json"), "{post}");
     assert!(
         post.contains(&format!("authorization: bearer {FAKE_TOKEN}")),
@@ -862,17 +985,21 @@ async fn fake_post_500_is_a_send_error_and_the_session_survives() {
 #[tokio::test]
 async fn fake_drop_and_close_release_the_stream() {
     for close in [false, true] {
-        let (url, mut seen) = fake_session(b"", 202, BOUND * 2).await;
-        let mut transport = fake_connect(url).await;
-        let _get = bounded("GET head", seen.recv()).await;
+        let mut session = fake_session(b"", 202, BOUND * 2).await;
+        let mut transport = fake_connect(&session).await;
+        let _get = bounded("GET head", session.seen.recv()).await;
         if close {
             bounded("close", transport.close()).await.expect("close");
             assert!(bounded("receive", transport.receive()).await.is_none());
         } else {
             drop(transport);
         }
-        let closed = bounded("the fake seeing the GET closed", seen.recv()).await;
-        assert_eq!(closed.as_deref(), Some("GET closed by client"), "close={close}");
+        let closed = bounded("the fake seeing the GET closed", session.seen.recv()).await;
+        assert_eq!(
+            closed.as_deref(),
+            Some("GET closed by client"),
+            "close={close}"
+        );
     }
 }
 
@@ -884,9 +1011,12 @@ async fn fake_malformed_or_oversized_stream_ends_the_session() {
         event.resize(17 * 1024 * 1024, b'x');
         event
     });
-    for (what, events) in [("malformed", &b"bogus: field\n\n"[..]), ("oversized", &huge[..])] {
-        let (url, _seen) = fake_session(events, 202, BOUND * 2).await;
-        let mut transport = fake_connect(url).await;
+    for (what, events) in [
+        ("malformed", &b"bogus: field\n\n"[..]),
+        ("oversized", &huge[..]),
+    ] {
+        let session = fake_session(events, 202, BOUND * 2).await;
+        let mut transport = fake_connect(&session).await;
         let end = bounded(what, transport.receive()).await;
         assert!(end.is_none(), "{what}: {end:?}");
         let error = bounded("send", transport.send(ping(5)))

@@ -74,7 +74,12 @@ impl Agentry {
 
     /// Runs `agentry <args>` (bounded: a hang fails the test).
     pub async fn run(&self, args: &[&str]) -> Run {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
+        Self::finish(self.spawn(args)).await
+    }
+
+    /// Starts `agentry <args>` without waiting.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
             .args(args)
             .current_dir(self.dir.path())
             .env_clear()
@@ -84,7 +89,11 @@ impl Agentry {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("agentry starts");
+            .expect("agentry starts")
+    }
+
+    /// Waits for a spawned run (bounded: a hang fails the test).
+    pub async fn finish(child: tokio::process::Child) -> Run {
         let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
             .await
             .expect("agentry finished within 120 s")

@@ -18,4 +18,5 @@ mod demo_search_server;
 mod model_errors;
 mod secrets_containment;
 mod seed_flow;
+mod shutdown;
 mod tools_and_files;
