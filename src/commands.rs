@@ -13,7 +13,7 @@ use crate::app::Runtime;
 use crate::batch::{self, Planned, RunOptions};
 use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs};
 use crate::config::{
-    self, Fallback, McpServerSettings, Overrides, Settings, Sources, TransportKind,
+    self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind,
 };
 use crate::demo;
 use crate::secrets::{self, SecretSpec};
@@ -349,7 +349,21 @@ fn config_check(common: CommonArgs) -> i32 {
     println!("\n# MCP servers");
     for server in &settings.mcp.servers {
         match server.endpoint() {
-            Ok(endpoint) => println!("{}: {endpoint:?}, tools {:?}", server.name, server.tools),
+            Ok(endpoint) => {
+                let target = match &endpoint {
+                    McpEndpoint::LegacySse(url) => format!("legacy SSE {url}"),
+                    McpEndpoint::StreamableHttp(url) => format!("Streamable HTTP {url}"),
+                    McpEndpoint::Stdio { command, env } => {
+                        format!("stdio {command:?}, passing {env:?}")
+                    }
+                };
+                let tools = if server.tools.is_empty() {
+                    "all tools".to_owned()
+                } else {
+                    format!("tools {:?}", server.tools)
+                };
+                println!("{}: {target}, {tools}", server.name);
+            }
             Err(error) => problems.push(format!("mcp server {}: {error}", server.name)),
         }
     }

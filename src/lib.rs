@@ -47,3 +47,19 @@ pub mod mcp;
 pub mod research;
 pub mod secrets;
 pub mod telemetry;
+
+/// An error and its causes on one line (`error sending request: dns error: …`): reqwest and
+/// hyper put the useful part in the source chain.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -171,7 +171,7 @@ pub async fn connect(
                 client_info()
                     .serve(transport)
                     .await
-                    .map_err(|e| failed(e.to_string()))
+                    .map_err(|e| failed(crate::error_chain(&e)))
             }
             McpEndpoint::LegacySse(url) => {
                 let mut headers = HeaderMap::new();
@@ -195,11 +195,11 @@ pub async fn connect(
                 };
                 let transport = legacy_sse::LegacySseTransport::connect(http.clone(), config)
                     .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| failed(crate::error_chain(&e)))?;
                 client_info()
                     .serve(transport)
                     .await
-                    .map_err(|e| failed(e.to_string()))
+                    .map_err(|e| failed(crate::error_chain(&e)))
             }
             McpEndpoint::Stdio { command, env } => {
                 let (program, args) = command
@@ -219,7 +219,7 @@ pub async fn connect(
                 client_info()
                     .serve(transport)
                     .await
-                    .map_err(|e| failed(e.to_string()))
+                    .map_err(|e| failed(crate::error_chain(&e)))
             }
         }
     };

@@ -256,7 +256,6 @@ impl Actor for Supervisor {
             return Ok(());
         };
         state.children[index].running = None;
-        tracing::warn!(supervisor = %state.name, child = state.children[index].spec.name(), %cause, "child failed; restarting");
         state.schedule_restart(&myself, index, cause);
         Ok(())
     }
@@ -274,6 +273,7 @@ impl SupervisorState {
         child.spec.restarts().fetch_add(1, Ordering::Relaxed);
         let delay = match child.spec.policy() {
             RestartPolicy::Immediate => {
+                tracing::warn!(supervisor = %self.name, child = child.spec.name(), %cause, "child failed; restarting now");
                 child.spec.mark(ChildState::Restarting);
                 Duration::ZERO
             }
@@ -301,11 +301,16 @@ impl SupervisorState {
                     policy.cool_down
                 } else {
                     let delay = policy.delay(child.attempt);
+                    // The first failure of a run of failures is news; the retries that follow are not.
+                    if child.attempt == 0 {
+                        tracing::warn!(supervisor = %self.name, child = child.spec.name(), %cause, ?delay, "child failed; restarting with backoff");
+                    } else {
+                        tracing::debug!(supervisor = %self.name, child = child.spec.name(), %cause, ?delay, attempt = child.attempt, "restart failed; backing off");
+                    }
                     child.attempt = child.attempt.saturating_add(1);
                     if !child.down {
                         child.spec.mark(ChildState::Restarting);
                     }
-                    tracing::info!(supervisor = %self.name, child = child.spec.name(), ?delay, "restart scheduled");
                     delay
                 }
             }

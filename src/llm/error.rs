@@ -25,7 +25,7 @@ pub enum LlmError {
         url: String,
     },
     /// Could not connect, or the connection broke: retry with backoff.
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", crate::error_chain(source))]
     Connect {
         /// Endpoint.
         url: String,

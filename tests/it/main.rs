@@ -1,10 +1,11 @@
 //! agentry's integration tests: one binary (built once), a module per topic.
-#![allow(unreachable_pub, missing_docs)]
 //!
 //! Peers are real where they can run here: the official Python MCP SDK server
 //! (`tests/peers/mcp_search_server.py`), `@modelcontextprotocol/server-everything` over stdio,
 //! and agentry's OpenAI-compatible test server (`agentry::demo::model_server`). `.ci/run`
 //! installs the Python and npm peers.
+
+#![allow(unreachable_pub, missing_docs)]
 
 #[path = "../support/peers.rs"]
 mod peers;
