@@ -59,17 +59,13 @@ pub struct Slot<M> {
 
 impl<M> Clone for Slot<M> {
     fn clone(&self) -> Self {
-        Self {
-            state: self.state.clone(),
-        }
+        Self { state: self.state.clone() }
     }
 }
 
 impl<M> Default for Slot<M> {
     fn default() -> Self {
-        Self {
-            state: Arc::new(watch::Sender::new(SlotState::Restarting)),
-        }
+        Self { state: Arc::new(watch::Sender::new(SlotState::Restarting)) }
     }
 }
 
@@ -138,32 +134,20 @@ impl<M: Message> Slot<M> {
                 match &*rx.borrow_and_update() {
                     SlotState::Running(actor) => return Ok(actor.clone()),
                     SlotState::Down(cause) => {
-                        return Err(Unreachable::Down {
-                            actor: name.to_owned(),
-                            cause: cause.clone(),
-                        });
+                        return Err(Unreachable::Down { actor: name.to_owned(), cause: cause.clone() });
                     }
                     SlotState::Stopped => {
-                        return Err(Unreachable::Stopped {
-                            actor: name.to_owned(),
-                        });
+                        return Err(Unreachable::Stopped { actor: name.to_owned() });
                     }
                     SlotState::Restarting => {}
                 }
                 if rx.changed().await.is_err() {
-                    return Err(Unreachable::Stopped {
-                        actor: name.to_owned(),
-                    });
+                    return Err(Unreachable::Stopped { actor: name.to_owned() });
                 }
             }
         })
         .await;
-        outcome.unwrap_or_else(|_| {
-            Err(Unreachable::Restarting {
-                actor: name.to_owned(),
-                waited: wait,
-            })
-        })
+        outcome.unwrap_or_else(|_| Err(Unreachable::Restarting { actor: name.to_owned(), waited: wait }))
     }
 
     /// Calls the current actor: waits for a restart (bounded), then for the answer (bounded).
@@ -177,13 +161,8 @@ impl<M: Message> Slot<M> {
         let actor = self.current(name, restart_wait).await?;
         match actor.call(message, Some(deadline)).await {
             Ok(CallResult::Success(value)) => Ok(value),
-            Ok(CallResult::Timeout) => Err(Unreachable::Timeout {
-                actor: name.to_owned(),
-                waited: deadline,
-            }),
-            Ok(CallResult::SenderError) | Err(_) => Err(Unreachable::Dropped {
-                actor: name.to_owned(),
-            }),
+            Ok(CallResult::Timeout) => Err(Unreachable::Timeout { actor: name.to_owned(), waited: deadline }),
+            Ok(CallResult::SenderError) | Err(_) => Err(Unreachable::Dropped { actor: name.to_owned() }),
         }
     }
 }

@@ -107,27 +107,15 @@ pub async fn answer(context: &AgentContext, question: &str) -> Answered {
     let started = Instant::now();
     let mut transcript = Transcript::default();
     let result = run(context, question, &mut transcript).await;
-    Answered {
-        transcript,
-        result,
-        duration: started.elapsed(),
-    }
+    Answered { transcript, result, duration: started.elapsed() }
 }
 
-async fn run(
-    context: &AgentContext,
-    question: &str,
-    transcript: &mut Transcript,
-) -> Result<(), AgentError> {
+async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
     let settings = &context.settings;
     let question_id = research::question_id(question);
     let mut messages = Arc::new(vec![
-        Message::System {
-            content: settings.system_prompt.replace("{question}", question),
-        },
-        Message::User {
-            content: question.to_owned(),
-        },
+        Message::System { content: settings.system_prompt.replace("{question}", question) },
+        Message::User { content: question.to_owned() },
     ]);
     let tools = context.tools.definitions().await;
     for _ in 0..settings.max_turns {
@@ -147,10 +135,7 @@ async fn run(
         };
         let calls = choice.message.tool_calls.unwrap_or_default();
         let conversation = Arc::make_mut(&mut messages);
-        conversation.push(Message::Assistant {
-            content: choice.message.content.clone(),
-            tool_calls: calls.clone(),
-        });
+        conversation.push(Message::Assistant { content: choice.message.content.clone(), tool_calls: calls.clone() });
         if calls.is_empty() {
             let answer = choice.message.content.filter(|c| !c.trim().is_empty());
             let Some(answer) = answer.or(choice.message.refusal.clone()) else {
@@ -169,13 +154,7 @@ async fn run(
                     tools_used: transcript.tools_used.clone(),
                     trace_id: None,
                 };
-                transcript.file = Some(
-                    context
-                        .writer
-                        .save(doc)
-                        .await
-                        .map_err(|e| AgentError::Save(e.to_string()))?,
-                );
+                transcript.file = Some(context.writer.save(doc).await.map_err(|e| AgentError::Save(e.to_string()))?);
             }
             return Ok(());
         }
@@ -202,16 +181,9 @@ async fn run(
             if let (Some(path), true) = (result.saved, result.name == SAVE_RESEARCH) {
                 transcript.file = Some(path);
             }
-            conversation.push(Message::Tool {
-                tool_call_id: result.call_id,
-                content: result.content,
-            });
+            conversation.push(Message::Tool { tool_call_id: result.call_id, content: result.content });
         }
     }
     // Out of turns: a saved research file still answers the question.
-    if transcript.file.is_some() {
-        Ok(())
-    } else {
-        Err(AgentError::TooManyTurns(settings.max_turns))
-    }
+    if transcript.file.is_some() { Ok(()) } else { Err(AgentError::TooManyTurns(settings.max_turns)) }
 }

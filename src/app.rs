@@ -10,8 +10,7 @@ use crate::actors::model_router::{ModelRouter, ModelRouterArgs, ModelRouterHandl
 use crate::actors::research_writer::{ResearchWriter, ResearchWriterArgs, ResearchWriterHandle};
 use crate::actors::secret_keeper::{EnvLookup, SecretKeeper, SecretKeeperHandle};
 use crate::actors::supervisor::{
-    BackoffPolicy, ChildSpec, Leaf, NestedSupervisor, RestartPolicy, SupervisorArgs,
-    SupervisorHandle,
+    BackoffPolicy, ChildSpec, Leaf, NestedSupervisor, RestartPolicy, SupervisorArgs, SupervisorHandle,
 };
 use crate::actors::tool_executor::{ToolExecutor, ToolExecutorArgs, ToolExecutorHandle};
 use crate::agent::AgentContext;
@@ -82,18 +81,12 @@ impl Runtime {
                 .filter(|s| !s.token_secret.is_empty())
                 .map(|s| SecretSpec::new(&s.token_secret)),
         );
-        let (secrets, secret_args, secret_slot) = SecretKeeperHandle::new(
-            specs,
-            settings.secrets.dir.clone(),
-            settings.secrets.poll_interval,
-            env,
-        );
+        let (secrets, secret_args, secret_slot) =
+            SecretKeeperHandle::new(specs, settings.secrets.dir.clone(), settings.secrets.poll_interval, env);
 
         let credential = secrets
             .subscribe(&model.cloud.api_key_secret)
-            .ok_or_else(|| {
-                StartError::Settings("model.cloud.api_key_secret is not declared".into())
-            })?;
+            .ok_or_else(|| StartError::Settings("model.cloud.api_key_secret is not declared".into()))?;
         let client = ChatClient::new(ClientPolicy {
             request_timeout: model.request_timeout,
             max_retries: model.max_retries,
@@ -113,18 +106,16 @@ impl Runtime {
             fallback: model.fallback,
             secret_name: model.cloud.api_key_secret.clone(),
             credential,
+            secrets: secrets.clone(),
             temperature: model.temperature,
             max_tokens: model.max_tokens,
         };
         // A call's deadline covers every retry: attempts plus the longest backoffs.
-        let model_deadline =
-            (model.request_timeout + model.retry_max_delay) * (model.max_retries + 1);
+        let model_deadline = (model.request_timeout + model.retry_max_delay) * (model.max_retries + 1);
         let router_slot = Slot::default();
         let model_handle = ModelRouterHandle::new(router_slot.clone(), model_deadline);
 
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = reqwest::Client::builder().user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION"))).build()?;
         let mut session_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         let mut servers = Vec::new();
         for server in &settings.mcp.servers {
@@ -132,20 +123,14 @@ impl Runtime {
                 name: server.name.clone(),
                 endpoint: server.endpoint().map_err(StartError::Settings)?,
                 allow: server.tools.clone(),
-                token_secret: (!server.token_secret.is_empty())
-                    .then(|| server.token_secret.clone()),
+                token_secret: (!server.token_secret.is_empty()).then(|| server.token_secret.clone()),
             });
-            let (handle, slot, tools) = McpSessionHandle::new(
-                spec.clone(),
-                settings.mcp.connect_timeout,
-                settings.mcp.call_timeout,
-            );
+            let (handle, slot, tools) =
+                McpSessionHandle::new(spec.clone(), settings.mcp.connect_timeout, settings.mcp.call_timeout);
             let args = McpSessionArgs {
-                token: spec
-                    .token_secret
-                    .as_deref()
-                    .and_then(|name| secrets.subscribe(name)),
+                token: spec.token_secret.as_deref().and_then(|name| secrets.subscribe(name)),
                 server: spec,
+                secrets: secrets.clone(),
                 http: http.clone(),
                 tools,
                 connect_timeout: settings.mcp.connect_timeout,
@@ -164,72 +149,38 @@ impl Runtime {
         let writer_slot = Slot::default();
         let writer = ResearchWriterHandle::new(writer_slot.clone());
         let tools_slot = Slot::default();
-        let tool_deadline =
-            settings.mcp.call_timeout + settings.mcp.connect_timeout + Duration::from_secs(5);
+        let tool_deadline = settings.mcp.call_timeout + settings.mcp.connect_timeout + Duration::from_secs(5);
         let tools = ToolExecutorHandle::new(tools_slot.clone(), tool_deadline);
 
         let children: Vec<Arc<dyn ChildSpec>> = vec![
-            Arc::new(Leaf::new(
-                "secret-keeper",
-                || SecretKeeper,
-                secret_args,
-                secret_slot,
-                RestartPolicy::Immediate,
-            )),
-            Arc::new(Leaf::new(
-                "model-router",
-                || ModelRouter,
-                router.clone(),
-                router_slot,
-                RestartPolicy::Immediate,
-            )),
+            Arc::new(Leaf::new("secret-keeper", || SecretKeeper, secret_args, secret_slot, RestartPolicy::Immediate)),
+            Arc::new(Leaf::new("model-router", || ModelRouter, router.clone(), router_slot, RestartPolicy::Immediate)),
             Arc::new(NestedSupervisor::new("mcp-supervisor", session_specs)),
             Arc::new(Leaf::new(
                 "tool-executor",
                 || ToolExecutor,
-                ToolExecutorArgs {
-                    servers: servers.clone(),
-                    writer: writer.clone(),
-                },
+                ToolExecutorArgs { servers: servers.clone(), writer: writer.clone() },
                 tools_slot,
                 RestartPolicy::Immediate,
             )),
             Arc::new(Leaf::new(
                 "research-writer",
                 || ResearchWriter,
-                ResearchWriterArgs {
-                    dir: settings.batch.output_dir.clone(),
-                },
+                ResearchWriterArgs { dir: settings.batch.output_dir.clone() },
                 writer_slot,
                 RestartPolicy::Immediate,
             )),
         ];
-        let (supervisor, join) = SupervisorHandle::spawn(SupervisorArgs {
-            name: "root".into(),
-            children,
-        })
-        .await
-        .map_err(|e| StartError::Spawn(e.to_string()))?;
-        Ok(Self {
-            supervisor,
-            join,
-            secrets,
-            model: model_handle,
-            tools,
-            writer,
-            servers,
-            router,
-            settings,
-        })
+        let (supervisor, join) = SupervisorHandle::spawn(SupervisorArgs { name: "root".into(), children })
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        Ok(Self { supervisor, join, secrets, model: model_handle, tools, writer, servers, router, settings })
     }
 
     /// Waits (bounded) until every MCP server has connected or failed once, so the first
     /// question sees the tools. Returns each server's state.
     pub async fn tools_settled(&self, wait: Duration) -> Vec<(String, ServerTools)> {
-        let waits = self
-            .servers
-            .iter()
-            .map(|s| async move { (s.server().name.clone(), s.settled(wait).await) });
+        let waits = self.servers.iter().map(|s| async move { (s.server().name.clone(), s.settled(wait).await) });
         futures::future::join_all(waits).await
     }
 

@@ -55,40 +55,21 @@ pub enum PlanError {
 
 /// Reads and deduplicates the questions; marks the answered ones.
 pub fn plan(settings: &BatchSettings, force: bool) -> Result<Vec<Planned>, PlanError> {
-    let mut questions: Vec<String> = settings
-        .questions
-        .iter()
-        .map(|q| q.trim().to_owned())
-        .collect();
+    let mut questions: Vec<String> = settings.questions.iter().map(|q| q.trim().to_owned()).collect();
     if !settings.questions_file.as_os_str().is_empty() {
         let path = &settings.questions_file;
-        let text = std::fs::read_to_string(path).map_err(|source| PlanError::File {
-            path: path.clone(),
-            source,
-        })?;
-        questions.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::File { path: path.clone(), source })?;
+        questions
+            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
     }
-    let answered = if force {
-        Default::default()
-    } else {
-        research::scan(&settings.output_dir)
-    };
+    let answered = if force { Default::default() } else { research::scan(&settings.output_dir) };
     let mut seen = HashSet::new();
     let planned: Vec<Planned> = questions
         .into_iter()
         .filter(|q| !q.is_empty())
         .filter_map(|question| {
             let id = research::question_id(&question);
-            seen.insert(id.clone()).then(|| Planned {
-                done: answered.get(&id).cloned(),
-                question,
-                id,
-            })
+            seen.insert(id.clone()).then(|| Planned { done: answered.get(&id).cloned(), question, id })
         })
         .collect();
     if planned.is_empty() {
@@ -220,11 +201,7 @@ pub struct Report {
 impl Report {
     /// 0 when nothing failed or was interrupted, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
-        if self.totals.failed + self.totals.interrupted == 0 {
-            0
-        } else {
-            1
-        }
+        if self.totals.failed + self.totals.interrupted == 0 { 0 } else { 1 }
     }
 
     /// Writes `report.json` atomically.
@@ -238,13 +215,7 @@ impl Report {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let width = self
-            .questions
-            .iter()
-            .map(|r| r.question.chars().count().min(48))
-            .max()
-            .unwrap_or(8)
-            .max(8);
+        let width = self.questions.iter().map(|r| r.question.chars().count().min(48)).max().unwrap_or(8).max(8);
         let _ = writeln!(
             out,
             "{:<9} {:<width$} {:>6} {:>5} {:>8}  file / error",
@@ -270,14 +241,7 @@ impl Report {
         let _ = writeln!(
             out,
             "{} questions: {} ok, {} failed, {} skipped, {} interrupted in {:.1}s; {} tokens in, {} out",
-            t.questions,
-            t.ok,
-            t.failed,
-            t.skipped,
-            t.interrupted,
-            t.duration_s,
-            t.input_tokens,
-            t.output_tokens
+            t.questions, t.ok, t.failed, t.skipped, t.interrupted, t.duration_s, t.input_tokens, t.output_tokens
         );
         out
     }
@@ -321,23 +285,17 @@ pub async fn run(
             work.push((index, item));
         }
     }
-    let mut finished =
-        futures::stream::iter(work)
-            .map(|(index, item)| async move {
-                (index, answer_one(context, item, options, shutdown).await)
-            })
-            .buffer_unordered(options.concurrency.max(1));
+    let mut finished = futures::stream::iter(work)
+        .map(|(index, item)| async move { (index, answer_one(context, item, options, shutdown).await) })
+        .buffer_unordered(options.concurrency.max(1));
     while let Some((index, row)) = finished.next().await {
         progress.finished(&row);
         rows[index] = Some(row);
     }
     progress.done();
     let questions: Vec<Row> = rows.into_iter().flatten().collect();
-    let mut totals = Totals {
-        questions: questions.len(),
-        duration_s: started.elapsed().as_secs_f64(),
-        ..Totals::default()
-    };
+    let mut totals =
+        Totals { questions: questions.len(), duration_s: started.elapsed().as_secs_f64(), ..Totals::default() };
     for row in &questions {
         match row.status {
             Status::Ok => totals.ok += 1,
@@ -360,12 +318,7 @@ pub async fn run(
     }
 }
 
-async fn answer_one(
-    context: &AgentContext,
-    item: Planned,
-    options: &RunOptions,
-    shutdown: &CancellationToken,
-) -> Row {
+async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions, shutdown: &CancellationToken) -> Row {
     if shutdown.is_cancelled() {
         let mut row = Row::empty(&item, Status::Interrupted);
         row.error = Some("not started: shutting down".into());
@@ -430,19 +383,14 @@ impl Progress {
     fn new(total: u64, enabled: bool) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-            ) {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            {
                 bar.set_style(style);
             }
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Self {
-            bar,
-            total,
-            done: Default::default(),
-        }
+        Self { bar, total, done: Default::default() }
     }
 
     fn finished(&self, row: &Row) {

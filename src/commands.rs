@@ -12,9 +12,7 @@ use crate::actors::secret_keeper::{EnvLookup, SecretState};
 use crate::app::Runtime;
 use crate::batch::{self, Planned, RunOptions};
 use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs};
-use crate::config::{
-    self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind,
-};
+use crate::config::{self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind};
 use crate::demo;
 use crate::secrets::{self, SecretSpec};
 use crate::telemetry;
@@ -30,9 +28,7 @@ pub async fn execute(cli: Cli) -> i32 {
         Command::Run(args) => run(args).await,
         Command::Ask { question, common } => ask(question, common).await,
         Command::Tools { common } => tools(common).await,
-        Command::Config {
-            command: ConfigCommand::Check { common },
-        } => config_check(common),
+        Command::Config { command: ConfigCommand::Check { common } } => config_check(common),
         Command::Demo(args) => demo(args).await,
     }
 }
@@ -43,10 +39,7 @@ fn process_env() -> EnvLookup {
 
 /// Loads settings and starts logging; a bad configuration prints why and gives exit 2.
 fn settings(common: &CommonArgs, overrides: Overrides) -> Result<Settings, i32> {
-    let overrides = Overrides {
-        output_dir: common.output_dir.clone().or(overrides.output_dir),
-        ..overrides
-    };
+    let overrides = Overrides { output_dir: common.output_dir.clone().or(overrides.output_dir), ..overrides };
     let loaded = config::load(&Sources::from_process(common.config.clone(), overrides));
     match loaded {
         Ok(settings) => {
@@ -61,11 +54,7 @@ fn settings(common: &CommonArgs, overrides: Overrides) -> Result<Settings, i32> 
 }
 
 async fn run(args: RunArgs) -> i32 {
-    let overrides = Overrides {
-        concurrency: args.concurrency,
-        report: args.report.clone(),
-        ..Overrides::default()
-    };
+    let overrides = Overrides { concurrency: args.concurrency, report: args.report.clone(), ..Overrides::default() };
     let settings = match settings(&args.common, overrides) {
         Ok(settings) => settings,
         Err(code) => return code,
@@ -81,10 +70,7 @@ async fn run(args: RunArgs) -> i32 {
 }
 
 async fn ask(question: String, common: CommonArgs) -> i32 {
-    let overrides = Overrides {
-        questions: Some(vec![question]),
-        ..Overrides::default()
-    };
+    let overrides = Overrides { questions: Some(vec![question]), ..Overrides::default() };
     let settings = match settings(&common, overrides) {
         Ok(settings) => settings,
         Err(code) => return code,
@@ -141,10 +127,7 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     if mode != Mode::Ask
         && let Err(error) = report.write(&report_path)
     {
-        eprintln!(
-            "error: cannot write the report {}: {error}",
-            report_path.display()
-        );
+        eprintln!("error: cannot write the report {}: {error}", report_path.display());
     }
     let single = report.questions.len() == 1 && report.totals.skipped == 0;
     if single || mode == Mode::Ask {
@@ -167,11 +150,7 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     if mode != Mode::Ask {
         println!("Report: {}", report_path.display());
     }
-    if shutdown.is_cancelled() {
-        EXIT_FAILED.max(report.exit_code())
-    } else {
-        report.exit_code()
-    }
+    if shutdown.is_cancelled() { EXIT_FAILED.max(report.exit_code()) } else { report.exit_code() }
 }
 
 /// Ctrl-C or SIGTERM: stop starting questions (the batch lets in-flight ones finish within
@@ -192,9 +171,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         }
     };
     next.await;
-    eprintln!(
-        "shutting down: no new questions; waiting for those in flight (Ctrl-C again to exit now)"
-    );
+    eprintln!("shutting down: no new questions; waiting for those in flight (Ctrl-C again to exit now)");
     shutdown.cancel();
     let _ = tokio::signal::ctrl_c().await;
     eprintln!("exiting now");
@@ -222,30 +199,16 @@ async fn tools(common: CommonArgs) -> i32 {
     let mut code = 0;
     for (handle, (name, state)) in runtime.servers.iter().zip(states) {
         let server = handle.server();
-        println!(
-            "{name} ({}, {})",
-            server.transport_name(),
-            server.location()
-        );
+        println!("{name} ({}, {})", server.transport_name(), server.location());
         match state {
             ServerTools::Ready(tools) if tools.is_empty() => {
                 println!("  no tools (allowlist: {:?})", server.allow)
             }
             ServerTools::Ready(tools) => {
                 for tool in tools.iter() {
-                    let description = tool
-                        .description
-                        .as_deref()
-                        .unwrap_or_default()
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let hint = if crate::mcp::is_retry_safe(tool) {
-                        " [read-only/idempotent]"
-                    } else {
-                        ""
-                    };
+                    let description =
+                        tool.description.as_deref().unwrap_or_default().lines().next().unwrap_or_default().to_owned();
+                    let hint = if crate::mcp::is_retry_safe(tool) { " [read-only/idempotent]" } else { "" };
                     println!("  {}{hint}  {description}", tool.name);
                 }
             }
@@ -272,10 +235,7 @@ fn config_check(common: CommonArgs) -> i32 {
     match toml::to_string_pretty(&settings) {
         Ok(text) => println!(
             "# resolved settings (defaults, {}, environment)\n{text}",
-            common
-                .config
-                .as_ref()
-                .map_or("no config file".into(), |p| p.display().to_string())
+            common.config.as_ref().map_or("no config file".into(), |p| p.display().to_string())
         ),
         Err(error) => problems.push(format!("cannot print the settings: {error}")),
     }
@@ -300,12 +260,7 @@ fn config_check(common: CommonArgs) -> i32 {
     for (index, (key, spec)) in specs.iter().enumerate() {
         let state = match secrets::load(spec, &settings.secrets.dir, &lookup) {
             Ok(Some(credential)) => {
-                println!(
-                    "{} = {} from {}",
-                    spec.name,
-                    credential.fingerprint(),
-                    credential.source()
-                );
+                println!("{} = {} from {}", spec.name, credential.fingerprint(), credential.source());
                 SecretState::Present(credential)
             }
             Ok(None) => {
@@ -330,18 +285,14 @@ fn config_check(common: CommonArgs) -> i32 {
     }
     println!("\n# route");
     let route = match (&api_key, settings.model.fallback) {
-        (SecretState::Present(_), _) => format!(
-            "cloud: {} at {}",
-            settings.model.cloud.model, settings.model.cloud.base_url
-        ),
-        (_, Fallback::Local) => format!(
-            "local: {} at {} (no usable cloud key)",
-            settings.model.local.model, settings.model.local.base_url
-        ),
+        (SecretState::Present(_), _) => {
+            format!("cloud: {} at {}", settings.model.cloud.model, settings.model.cloud.base_url)
+        }
+        (_, Fallback::Local) => {
+            format!("local: {} at {} (no usable cloud key)", settings.model.local.model, settings.model.local.base_url)
+        }
         (_, Fallback::None) => {
-            problems.push(
-                "no usable API key and model.fallback = \"none\": every question would fail".into(),
-            );
+            problems.push("no usable API key and model.fallback = \"none\": every question would fail".into());
             "none".into()
         }
     };
@@ -357,11 +308,8 @@ fn config_check(common: CommonArgs) -> i32 {
                         format!("stdio {command:?}, passing {env:?}")
                     }
                 };
-                let tools = if server.tools.is_empty() {
-                    "all tools".to_owned()
-                } else {
-                    format!("tools {:?}", server.tools)
-                };
+                let tools =
+                    if server.tools.is_empty() { "all tools".to_owned() } else { format!("tools {:?}", server.tools) };
                 println!("{}: {target}, {tools}", server.name);
             }
             Err(error) => problems.push(format!("mcp server {}: {error}", server.name)),
@@ -412,11 +360,7 @@ async fn demo(args: DemoArgs) -> i32 {
         questions: Some(questions),
         report: None,
     };
-    let mut settings = match config::load(&Sources {
-        file: None,
-        env: Default::default(),
-        overrides,
-    }) {
+    let mut settings = match config::load(&Sources { file: None, env: Default::default(), overrides }) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
@@ -424,16 +368,13 @@ async fn demo(args: DemoArgs) -> i32 {
         }
     };
     telemetry::init(&settings.telemetry);
-    let model =
-        match demo::model_server::ModelServer::start(Arc::new(demo::scripted::ScriptedResearcher))
-            .await
-        {
-            Ok(server) => server,
-            Err(error) => {
-                eprintln!("error: cannot start the demo model server on 127.0.0.1: {error}");
-                return EXIT_FAILED;
-            }
-        };
+    let model = match demo::model_server::ModelServer::start(Arc::new(demo::scripted::ScriptedResearcher)).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("error: cannot start the demo model server on 127.0.0.1: {error}");
+            return EXIT_FAILED;
+        }
+    };
     let search = match demo::search_server::SearchServer::start().await {
         Ok(server) => server,
         Err(error) => {

@@ -113,11 +113,7 @@ pub struct BatchSettings {
 impl BatchSettings {
     /// The report path, defaulting to `<output_dir>/report.json`.
     pub fn report_path(&self) -> PathBuf {
-        if self.report.as_os_str().is_empty() {
-            self.output_dir.join("report.json")
-        } else {
-            self.report.clone()
-        }
+        if self.report.as_os_str().is_empty() { self.output_dir.join("report.json") } else { self.report.clone() }
     }
 }
 
@@ -273,26 +269,18 @@ impl McpServerSettings {
     pub fn endpoint(&self) -> Result<McpEndpoint, String> {
         if self.transport == TransportKind::Stdio {
             if self.command.is_empty() {
-                return Err(
-                    "transport \"stdio\" needs `command = [\"program\", \"arg\", ...]`".into(),
-                );
+                return Err("transport \"stdio\" needs `command = [\"program\", \"arg\", ...]`".into());
             }
-            return Ok(McpEndpoint::Stdio {
-                command: self.command.clone(),
-                env: self.env.clone(),
-            });
+            return Ok(McpEndpoint::Stdio { command: self.command.clone(), env: self.env.clone() });
         }
-        let url =
-            Url::parse(&self.url).map_err(|e| format!("url {:?} is not a URL: {e}", self.url))?;
+        let url = Url::parse(&self.url).map_err(|e| format!("url {:?} is not a URL: {e}", self.url))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("url {:?} must be http:// or https://", self.url));
         }
         Ok(match self.transport {
             TransportKind::Sse => McpEndpoint::LegacySse(url),
             TransportKind::StreamableHttp => McpEndpoint::StreamableHttp(url),
-            TransportKind::Auto if url.path().trim_end_matches('/').ends_with("/sse") => {
-                McpEndpoint::LegacySse(url)
-            }
+            TransportKind::Auto if url.path().trim_end_matches('/').ends_with("/sse") => McpEndpoint::LegacySse(url),
             _ => McpEndpoint::StreamableHttp(url),
         })
     }
@@ -345,11 +333,7 @@ pub struct Sources {
 impl Sources {
     /// Sources with the current process environment.
     pub fn from_process(file: Option<PathBuf>, overrides: Overrides) -> Self {
-        Self {
-            file,
-            env: std::env::vars().collect(),
-            overrides,
-        }
+        Self { file, env: std::env::vars().collect(), overrides }
     }
 }
 
@@ -368,11 +352,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
     let merged = layers.merged()?;
     let mut settings: Settings = serde_path_to_error::deserialize(merged).map_err(|error| {
         let key = error.path().to_string();
-        ConfigError::Key {
-            origin: layers.origin_of(&key),
-            message: error.into_inner().to_string(),
-            key,
-        }
+        ConfigError::Key { origin: layers.origin_of(&key), message: error.into_inner().to_string(), key }
     })?;
     apply_questions(&mut settings, sources, layers.user_sets_questions());
     if let Some(dir) = sources.file.as_deref().and_then(Path::parent) {
@@ -406,20 +386,14 @@ impl Layers {
                         });
                     }
                 };
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
                 Some((path.clone(), format, text))
             }
         };
         let prefix = format!("{ENV_PREFIX}__");
-        let agentry_env = sources
-            .env
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let agentry_env =
+            sources.env.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
         let legacy_env = LEGACY_VARIABLES
             .iter()
             .filter_map(|(var, key)| {
@@ -427,36 +401,26 @@ impl Layers {
                 (!value.is_empty()).then(|| (*var, *key, value.to_owned()))
             })
             .collect();
-        Ok(Self {
-            user_file,
-            agentry_env,
-            legacy_env,
-        })
+        Ok(Self { user_file, agentry_env, legacy_env })
     }
 
     fn merged(&self) -> Result<Config, ConfigError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some((path, format, text)) = &self.user_file {
             // Parse the file alone first, so a syntax error names the file.
             Config::builder()
                 .add_source(File::from_str(text, *format))
                 .build()
-                .map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
             builder = builder.add_source(File::from_str(text, *format));
         }
         builder = builder.add_source(self.agentry_environment());
         for (var, key, value) in &self.legacy_env {
-            builder = builder
-                .set_override(*key, value.as_str())
-                .map_err(|e| ConfigError::Key {
-                    key: (*key).into(),
-                    message: e.to_string(),
-                    origin: format!("${var}"),
-                })?;
+            builder = builder.set_override(*key, value.as_str()).map_err(|e| ConfigError::Key {
+                key: (*key).into(),
+                message: e.to_string(),
+                origin: format!("${var}"),
+            })?;
         }
         builder.build().map_err(|e| ConfigError::Key {
             key: String::new(),
@@ -482,27 +446,23 @@ impl Layers {
             }
         }
         let env_name = format!("{ENV_PREFIX}__{}", wanted.replace('.', "__")).to_uppercase();
-        if let Some((name, _)) = self.agentry_env.iter().find(|(name, _)| {
-            name.to_uppercase() == env_name || env_name.starts_with(&name.to_uppercase())
-        }) {
+        if let Some((name, _)) = self
+            .agentry_env
+            .iter()
+            .find(|(name, _)| name.to_uppercase() == env_name || env_name.starts_with(&name.to_uppercase()))
+        {
             return format!("${name}");
         }
         match &self.user_file {
-            Some((path, format, text)) if layer_has_key(text, *format, &wanted) => {
-                path.display().to_string()
-            }
+            Some((path, format, text)) if layer_has_key(text, *format, &wanted) => path.display().to_string(),
             _ => "the embedded defaults (config/default.toml)".into(),
         }
     }
 
     fn user_sets_questions(&self) -> bool {
         self.user_file.as_ref().is_some_and(|(_, format, text)| {
-            layer_has_key(text, *format, "batch.questions")
-                || layer_has_key(text, *format, "batch.questions_file")
-        }) || self
-            .agentry_env
-            .keys()
-            .any(|k| k.to_uppercase().starts_with("AGENTRY__BATCH__QUESTIONS"))
+            layer_has_key(text, *format, "batch.questions") || layer_has_key(text, *format, "batch.questions_file")
+        }) || self.agentry_env.keys().any(|k| k.to_uppercase().starts_with("AGENTRY__BATCH__QUESTIONS"))
     }
 }
 
@@ -532,12 +492,7 @@ fn layer_has_key(text: &str, format: FileFormat, dotted: &str) -> bool {
 
 /// `QUESTION` adds one question; when no other layer gave questions, it replaces the default.
 fn apply_questions(settings: &mut Settings, sources: &Sources, user_sets_questions: bool) {
-    let Some(question) = sources
-        .env
-        .get("QUESTION")
-        .map(|q| q.trim())
-        .filter(|q| !q.is_empty())
-    else {
+    let Some(question) = sources.env.get("QUESTION").map(|q| q.trim()).filter(|q| !q.is_empty()) else {
         return;
     };
     if !user_sets_questions {
@@ -573,21 +528,11 @@ fn relative_to(dir: &Path, path: &Path) -> PathBuf {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 fn validate(settings: &Settings) -> Result<(), ConfigError> {
-    let Settings {
-        agent,
-        batch,
-        model,
-        secrets,
-        mcp,
-        ..
-    } = settings;
+    let Settings { agent, batch, model, secrets, mcp, .. } = settings;
     if agent.max_turns == 0 {
         return Err(invalid("agent.max_turns", "must be at least 1"));
     }
@@ -610,40 +555,21 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
         return Err(invalid("model.request_timeout", "must be longer than 0s"));
     }
     if model.retry_min_delay > model.retry_max_delay {
-        return Err(invalid(
-            "model.retry_min_delay",
-            "must not exceed model.retry_max_delay",
-        ));
+        return Err(invalid("model.retry_min_delay", "must not exceed model.retry_max_delay"));
     }
-    for (key, url) in [
-        ("model.cloud.base_url", &model.cloud.base_url),
-        ("model.local.base_url", &model.local.base_url),
-    ] {
+    for (key, url) in [("model.cloud.base_url", &model.cloud.base_url), ("model.local.base_url", &model.local.base_url)]
+    {
         crate::llm::base_url(url).map_err(|e| invalid(key, e))?;
     }
     if model.cloud.api_key_secret.trim().is_empty() {
-        return Err(invalid(
-            "model.cloud.api_key_secret",
-            "must name a secret, e.g. \"openai_api_key\"",
-        ));
+        return Err(invalid("model.cloud.api_key_secret", "must name a secret, e.g. \"openai_api_key\""));
     }
-    for (key, name) in [("model.cloud.api_key_secret", &model.cloud.api_key_secret)]
-        .into_iter()
-        .chain(
-            mcp.servers
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.token_secret.is_empty())
-                .map(|(i, s)| {
-                    let key: &'static str = if i == 0 {
-                        "mcp.servers[0].token_secret"
-                    } else {
-                        "mcp.servers[].token_secret"
-                    };
-                    (key, &s.token_secret)
-                }),
-        )
-    {
+    for (key, name) in [("model.cloud.api_key_secret", &model.cloud.api_key_secret)].into_iter().chain(
+        mcp.servers.iter().enumerate().filter(|(_, s)| !s.token_secret.is_empty()).map(|(i, s)| {
+            let key: &'static str = if i == 0 { "mcp.servers[0].token_secret" } else { "mcp.servers[].token_secret" };
+            (key, &s.token_secret)
+        }),
+    ) {
         if looks_like_a_secret_value(name) {
             return Err(invalid(
                 key,
@@ -657,43 +583,24 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
         return Err(invalid("secrets.poll_interval", "must be longer than 0s"));
     }
     if mcp.connect_timeout.is_zero() || mcp.call_timeout.is_zero() {
-        return Err(invalid(
-            "mcp",
-            "connect_timeout and call_timeout must be longer than 0s",
-        ));
+        return Err(invalid("mcp", "connect_timeout and call_timeout must be longer than 0s"));
     }
     let mut names = std::collections::HashSet::new();
     for (i, server) in mcp.servers.iter().enumerate() {
         let key = |field: &str| format!("mcp.servers[{i}].{field}");
         if server.name.trim().is_empty()
-            || !server
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !server.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(invalid(
                 key("name"),
-                format!(
-                    "{:?} must be non-empty letters, digits, '-' or '_'",
-                    server.name
-                ),
+                format!("{:?} must be non-empty letters, digits, '-' or '_'", server.name),
             ));
         }
         if !names.insert(server.name.as_str()) {
-            return Err(invalid(
-                key("name"),
-                format!("{:?} is used by two servers", server.name),
-            ));
+            return Err(invalid(key("name"), format!("{:?} is used by two servers", server.name)));
         }
         server.endpoint().map_err(|message| {
-            invalid(
-                key(if server.transport == TransportKind::Stdio {
-                    "command"
-                } else {
-                    "url"
-                }),
-                message,
-            )
+            invalid(key(if server.transport == TransportKind::Stdio { "command" } else { "url" }), message)
         })?;
     }
     Ok(())

@@ -37,8 +37,7 @@ pub fn base_url(text: &str) -> Result<Url, String> {
 /// The chat completions URL under a base URL.
 pub fn chat_completions_url(base: &Url) -> Url {
     // A base from `base_url` always ends in '/', so this join appends and never replaces.
-    base.join("chat/completions")
-        .unwrap_or_else(|_| base.clone())
+    base.join("chat/completions").unwrap_or_else(|_| base.clone())
 }
 
 #[cfg(test)]
@@ -56,18 +55,9 @@ mod tests {
                 "http://model-runner.docker.internal/engines/v1/",
                 "http://model-runner.docker.internal/engines/v1/chat/completions",
             ),
-            (
-                "http://localhost:12434/v1/",
-                "http://localhost:12434/v1/chat/completions",
-            ),
-            (
-                "https://api.openai.com/v1",
-                "https://api.openai.com/v1/chat/completions",
-            ),
-            (
-                "http://127.0.0.1:8080",
-                "http://127.0.0.1:8080/chat/completions",
-            ),
+            ("http://localhost:12434/v1/", "http://localhost:12434/v1/chat/completions"),
+            ("https://api.openai.com/v1", "https://api.openai.com/v1/chat/completions"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080/chat/completions"),
         ] {
             let url = base_url(base).expect(base);
             assert_eq!(chat_completions_url(&url).as_str(), expected);

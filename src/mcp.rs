@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use rmcp::model::{
-    CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, Implementation,
-    ProtocolVersion, Tool,
+    CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, Implementation, ProtocolVersion, Tool,
 };
 use rmcp::service::{RoleClient, RunningService, ServiceExt};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -65,10 +64,9 @@ impl ServerSpec {
     pub fn location(&self) -> String {
         match &self.endpoint {
             McpEndpoint::LegacySse(url) | McpEndpoint::StreamableHttp(url) => url.to_string(),
-            McpEndpoint::Stdio { command, .. } => format!(
-                "stdio:{}",
-                command.first().map(String::as_str).unwrap_or("")
-            ),
+            McpEndpoint::Stdio { command, .. } => {
+                format!("stdio:{}", command.first().map(String::as_str).unwrap_or(""))
+            }
         }
     }
 }
@@ -86,6 +84,17 @@ pub enum McpError {
         location: String,
         /// What went wrong.
         message: String,
+    },
+    /// The server refused our bearer token (HTTP 401/403): the token is re-read and the
+    /// session restarted with backoff.
+    #[error("MCP server {server} ({location}) refused the bearer token{}: rotate it or set token_secret", secret.as_deref().map(|s| format!(" of secret {s}")).unwrap_or_default())]
+    Auth {
+        /// Server name.
+        server: String,
+        /// URL.
+        location: String,
+        /// The token's secret, if one was sent.
+        secret: Option<String>,
     },
     /// The session died (transport closed): the supervisor restarts it.
     #[error("MCP server {server}: connection lost: {message}")]
@@ -130,6 +139,7 @@ impl McpError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect { .. } => "connect_error",
+            Self::Auth { .. } => "auth_rejected",
             Self::ConnectionLost { .. } => "connection_lost",
             Self::Timeout { .. } => "timeout",
             Self::Call { .. } => "tool_error",
@@ -143,11 +153,8 @@ impl McpError {
 /// The protocol version offered is the newest that still has `initialize` (2025-11-25):
 /// servers answer with the version they speak, down to 2024-11-05 for legacy SSE.
 pub fn client_info() -> ClientConfig {
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("agentry", env!("CARGO_PKG_VERSION")),
-    )
-    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+    ClientConfig::new(ClientCapabilities::default(), Implementation::new("agentry", env!("CARGO_PKG_VERSION")))
+        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
 }
 
 /// Opens and initialises a session, bounded by `timeout`.
@@ -157,11 +164,9 @@ pub async fn connect(
     token: Option<&Credential>,
     timeout: Duration,
 ) -> Result<Session, McpError> {
-    let failed = |message: String| McpError::Connect {
-        server: spec.name.clone(),
-        location: spec.location(),
-        message,
-    };
+    let failed = |message: String| McpError::Connect { server: spec.name.clone(), location: spec.location(), message };
+    let refused =
+        || McpError::Auth { server: spec.name.clone(), location: spec.location(), secret: spec.token_secret.clone() };
     let open = async {
         match &spec.endpoint {
             McpEndpoint::StreamableHttp(url) => {
@@ -171,19 +176,14 @@ pub async fn connect(
                 client_info()
                     .serve(transport)
                     .await
-                    .map_err(|e| failed(crate::error_chain(&e)))
+                    .map_err(|e| if e.is_authorization_required() { refused() } else { failed(crate::error_chain(&e)) })
             }
             McpEndpoint::LegacySse(url) => {
                 let mut headers = HeaderMap::new();
                 if let Some(token) = token {
-                    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                        .map_err(|_| {
-                            failed(format!(
-                                "token {} ({}) cannot go in an HTTP header",
-                                token.name(),
-                                token.fingerprint()
-                            ))
-                        })?;
+                    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                        failed(format!("token {} ({}) cannot go in an HTTP header", token.name(), token.fingerprint()))
+                    })?;
                     value.set_sensitive(true);
                     headers.insert(AUTHORIZATION, value);
                 }
@@ -193,39 +193,28 @@ pub async fn connect(
                     connect_timeout: timeout,
                     post_timeout: timeout,
                 };
-                let transport = legacy_sse::LegacySseTransport::connect(http.clone(), config)
-                    .await
-                    .map_err(|e| failed(crate::error_chain(&e)))?;
-                client_info()
-                    .serve(transport)
-                    .await
-                    .map_err(|e| failed(crate::error_chain(&e)))
+                let transport =
+                    legacy_sse::LegacySseTransport::connect(http.clone(), config).await.map_err(|e| match e {
+                        legacy_sse::LegacySseError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
+                            refused()
+                        }
+                        e => failed(crate::error_chain(&e)),
+                    })?;
+                client_info().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
             }
             McpEndpoint::Stdio { command, env } => {
-                let (program, args) = command
-                    .split_first()
-                    .ok_or_else(|| failed("empty command".into()))?;
+                let (program, args) = command.split_first().ok_or_else(|| failed("empty command".into()))?;
                 let mut child = tokio::process::Command::new(program);
-                child
-                    .args(args)
-                    .env_clear()
-                    .envs(passthrough_env(env))
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true);
+                child.args(args).env_clear().envs(passthrough_env(env)).stderr(Stdio::inherit()).kill_on_drop(true);
                 let (transport, _stderr) = TokioChildProcess::builder(child)
                     .stderr(Stdio::inherit())
                     .spawn()
                     .map_err(|e| failed(format!("cannot start {program}: {e}")))?;
-                client_info()
-                    .serve(transport)
-                    .await
-                    .map_err(|e| failed(crate::error_chain(&e)))
+                client_info().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
             }
         }
     };
-    tokio::time::timeout(timeout, open)
-        .await
-        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+    tokio::time::timeout(timeout, open).await.map_err(|_| failed(format!("no answer within {timeout:?}")))?
 }
 
 /// The variables a stdio child gets: only those named, and never one holding a secret of ours
@@ -235,7 +224,9 @@ fn passthrough_env(names: &[String]) -> HashMap<String, String> {
         .iter()
         .filter(|name| {
             let upper = name.to_uppercase();
-            let secret = ["KEY", "TOKEN", "SECRET", "PASSWORD"].iter().any(|s| upper.ends_with(s) || upper.ends_with(&format!("{s}_FILE")));
+            let secret = ["KEY", "TOKEN", "SECRET", "PASSWORD"]
+                .iter()
+                .any(|s| upper.ends_with(s) || upper.ends_with(&format!("{s}_FILE")));
             if secret {
                 tracing::warn!(variable = %name, "not passed to an MCP child process: it looks like a secret");
             }
@@ -253,18 +244,12 @@ pub fn tool_definition(exposed_name: &str, tool: &Tool) -> ToolDefinition {
         object.entry("type").or_insert_with(|| json!("object"));
         object.entry("properties").or_insert_with(|| json!({}));
     }
-    ToolDefinition::function(
-        exposed_name,
-        tool.description.as_deref().unwrap_or_default(),
-        parameters,
-    )
+    ToolDefinition::function(exposed_name, tool.description.as_deref().unwrap_or_default(), parameters)
 }
 
 /// Whether the server says a tool is safe to call twice (`readOnlyHint` or `idempotentHint`).
 pub fn is_retry_safe(tool: &Tool) -> bool {
-    tool.annotations
-        .as_ref()
-        .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
+    tool.annotations.as_ref().is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
 }
 
 /// The text the model reads for a tool result: text blocks joined, other content described,

@@ -35,11 +35,7 @@ pub const MAX_STEM_BYTES: usize = 80;
 
 /// A stable id for a question: whitespace and case do not matter.
 pub fn question_id(question: &str) -> String {
-    let normalised = question
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase();
+    let normalised = question.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
     let digest = Sha256::digest(normalised.as_bytes());
     let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     format!("q-{hex}")
@@ -64,11 +60,7 @@ pub fn safe_stem(topic: &str) -> String {
             dash = true;
         }
     }
-    if stem.is_empty() {
-        "research".to_owned()
-    } else {
-        stem
-    }
+    if stem.is_empty() { "research".to_owned() } else { stem }
 }
 
 /// Everything a research file records.
@@ -102,10 +94,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
     let title = if content.starts_with("# ") {
         String::new()
     } else {
-        format!(
-            "# {}\n\n",
-            doc.topic.lines().next().unwrap_or_default().trim()
-        )
+        format!("# {}\n\n", doc.topic.lines().next().unwrap_or_default().trim())
     };
     format!(
         "---\nquestion: {}\nquestion_id: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n{}{}\n",
@@ -146,11 +135,7 @@ pub fn scan(dir: &Path) -> HashMap<String, PathBuf> {
             use std::io::Read;
             // The front matter is at the start: 4 KiB holds it.
             let mut head = Vec::with_capacity(4096);
-            std::fs::File::open(&path)
-                .ok()?
-                .take(4096)
-                .read_to_end(&mut head)
-                .ok()?;
+            std::fs::File::open(&path).ok()?.take(4096).read_to_end(&mut head).ok()?;
             let id = read_question_id(&String::from_utf8_lossy(&head))?;
             Some((id, path))
         })
@@ -176,15 +161,9 @@ mod tests {
         ] {
             let stem = safe_stem(topic);
             assert!(!stem.is_empty(), "{topic:?}");
-            assert!(
-                !stem.contains(['/', '\\', '\0', '.']),
-                "{topic:?} -> {stem:?}"
-            );
+            assert!(!stem.contains(['/', '\\', '\0', '.']), "{topic:?} -> {stem:?}");
             assert!(!stem.starts_with('-'), "{topic:?} -> {stem:?}");
-            assert!(
-                stem.chars().all(|c| !c.is_control()),
-                "{topic:?} -> {stem:?}"
-            );
+            assert!(stem.chars().all(|c| !c.is_control()), "{topic:?} -> {stem:?}");
         }
         assert_eq!(safe_stem("../../etc/passwd"), "etc-passwd");
         assert_eq!(safe_stem("Machine Learning"), "machine-learning");
@@ -195,10 +174,7 @@ mod tests {
 
     #[test]
     fn question_ids_ignore_case_and_spacing() {
-        assert_eq!(
-            question_id("Define  Machine learning"),
-            question_id(" define machine Learning ")
-        );
+        assert_eq!(question_id("Define  Machine learning"), question_id(" define machine Learning "));
         assert_ne!(question_id("Define Rust"), question_id("Define Go"));
     }
 
@@ -217,10 +193,7 @@ mod tests {
         };
         let text = render(&doc, SystemTime::UNIX_EPOCH);
         assert_eq!(read_question_id(&text), Some(doc.question_id.clone()));
-        assert!(
-            text.contains("generated_at: \"1970-01-01T00:00:00Z\""),
-            "{text}"
-        );
+        assert!(text.contains("generated_at: \"1970-01-01T00:00:00Z\""), "{text}");
         assert!(text.ends_with("# Topic\n\nBody\n"), "{text}");
     }
 }

@@ -86,12 +86,7 @@ impl Credential {
     /// Wraps a value read from `source`.
     pub fn new(name: &str, value: SecretString, source: SecretSource) -> Self {
         let fingerprint = Fingerprint::of(value.expose_secret());
-        Self {
-            name: name.into(),
-            value,
-            source: Arc::new(source),
-            fingerprint,
-        }
+        Self { name: name.into(), value, source: Arc::new(source), fingerprint }
     }
 
     /// The secret's name (`openai_api_key`).
@@ -166,10 +161,7 @@ pub struct SecretSpec {
 impl SecretSpec {
     /// A spec without placeholders.
     pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            placeholders: Vec::new(),
-        }
+        Self { name: name.to_owned(), placeholders: Vec::new() }
     }
 
     /// The environment variable of the secret (`OPENAI_API_KEY`).
@@ -191,18 +183,11 @@ pub fn load(
         let docker_path = secrets_dir.join(&spec.name);
         if let Some(value) = read_if_present(&spec.name, &docker_path)? {
             Some((value, SecretSource::SecretFile(docker_path)))
-        } else if let Some(path) = env(&format!("{variable}_FILE")).filter(|p| !p.trim().is_empty())
-        {
+        } else if let Some(path) = env(&format!("{variable}_FILE")).filter(|p| !p.trim().is_empty()) {
             let path = PathBuf::from(path.trim());
             let file_variable = format!("{variable}_FILE");
             match read_if_present(&spec.name, &path)? {
-                Some(value) => Some((
-                    value,
-                    SecretSource::FileVariable {
-                        variable: file_variable,
-                        path,
-                    },
-                )),
+                Some(value) => Some((value, SecretSource::FileVariable { variable: file_variable, path })),
                 None => {
                     return Err(SecretError::Unreadable {
                         name: spec.name.clone(),
@@ -250,9 +235,7 @@ fn read_if_present(name: &str, path: &Path) -> Result<Option<SecretString>, Secr
         return Err(bad("is a directory, not a file"));
     }
     if metadata.len() > MAX_SECRET_BYTES {
-        return Err(bad(&format!(
-            "is larger than {MAX_SECRET_BYTES} bytes; is it the right file?"
-        )));
+        return Err(bad(&format!("is larger than {MAX_SECRET_BYTES} bytes; is it the right file?")));
     }
     let mut text = String::new();
     std::fs::File::open(path)

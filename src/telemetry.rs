@@ -15,12 +15,8 @@ static INIT: Once = Once::new();
 /// Installs the global subscriber (once; later calls do nothing).
 pub fn init(settings: &TelemetrySettings) {
     INIT.call_once(|| {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("warn,agentry=info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_target(false);
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,agentry=info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
         let _ = match settings.log_format {
             LogFormat::Json => builder.json().try_init(),
             LogFormat::Text => builder.compact().try_init(),

@@ -38,8 +38,8 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use rmcp::{
     ClientHandler, ErrorData, ServiceError, ServiceExt,
     model::{
-        CallToolRequestParams, CallToolResult, ClientConfig, ClientJsonRpcMessage, ClientRequest,
-        JsonRpcMessage, LoggingMessageNotificationParam, PingRequest, RequestId,
+        CallToolRequestParams, CallToolResult, ClientConfig, ClientJsonRpcMessage, ClientRequest, JsonRpcMessage,
+        LoggingMessageNotificationParam, PingRequest, RequestId,
     },
     service::{NotificationContext, QuitReason, RequestContext, RoleClient},
     transport::Transport,
@@ -102,23 +102,15 @@ impl LogCapture {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let writer = CaptureWriter(Arc::clone(&buf));
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "agentry=trace,rmcp=debug,reqwest=debug",
-            ))
+            .with_env_filter(tracing_subscriber::EnvFilter::new("agentry=trace,rmcp=debug,reqwest=debug"))
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        Self {
-            buf,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
+        Self { buf, _guard: tracing::subscriber::set_default(subscriber) }
     }
 
     fn text(&self) -> String {
-        self.buf
-            .lock()
-            .map(|log| String::from_utf8_lossy(&log).into_owned())
-            .unwrap_or_default()
+        self.buf.lock().map(|log| String::from_utf8_lossy(&log).into_owned()).unwrap_or_default()
     }
 
     /// Asserts that none of `secrets` was logged, and that the transport did
@@ -130,10 +122,7 @@ impl LogCapture {
             "the transport logged nothing; the capture is broken:\n{text}"
         );
         for secret in secrets {
-            assert!(
-                !text.contains(secret),
-                "secret {secret:?} was logged:\n{text}"
-            );
+            assert!(!text.contains(secret), "secret {secret:?} was logged:\n{text}");
         }
     }
 }
@@ -173,10 +162,7 @@ impl ClientHandler for Recorder {
 fn sse_config(url: &str, token: Option<&str>) -> LegacySseConfig {
     let mut config = LegacySseConfig::new(Url::parse(url).expect("SSE URL"));
     if let Some(token) = token {
-        config.headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"),
-        );
+        config.headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"));
     }
     // Long: a call that fails must fail because the session ended, not
     // because a POST timed out.
@@ -186,12 +172,9 @@ fn sse_config(url: &str, token: Option<&str>) -> LegacySseConfig {
 }
 
 async fn connect(server: &PythonMcpServer, token: Option<&str>) -> LegacySseTransport {
-    bounded(
-        "connect",
-        LegacySseTransport::connect(reqwest::Client::new(), sse_config(&server.url(), token)),
-    )
-    .await
-    .expect("legacy SSE connect")
+    bounded("connect", LegacySseTransport::connect(reqwest::Client::new(), sse_config(&server.url(), token)))
+        .await
+        .expect("legacy SSE connect")
 }
 
 fn tool(name: &str, arguments: Value) -> CallToolRequestParams {
@@ -203,11 +186,7 @@ fn tool(name: &str, arguments: Value) -> CallToolRequestParams {
 
 /// The concatenated text blocks of a tool result.
 fn text_of(result: &CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|block| block.as_text().map(|text| text.text.as_str()))
-        .collect()
+    result.content.iter().filter_map(|block| block.as_text().map(|text| text.text.as_str())).collect()
 }
 
 /// Display, Debug and the whole source chain of an error.
@@ -222,10 +201,7 @@ fn everything_shown(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn ping(id: i64) -> ClientJsonRpcMessage {
-    ClientJsonRpcMessage::request(
-        ClientRequest::PingRequest(PingRequest::default()),
-        RequestId::Number(id),
-    )
+    ClientJsonRpcMessage::request(ClientRequest::PingRequest(PingRequest::default()), RequestId::Number(id))
 }
 
 // ------------------------------------------------- against the Python peer
@@ -235,59 +211,30 @@ async fn python_peer_session_lists_and_calls_tools() {
     let logs = LogCapture::install();
     let server = PythonMcpServer::start("sse").await;
     let transport = connect(&server, None).await;
-    let client = bounded("initialize", Recorder::default().serve(transport))
-        .await
-        .expect("initialize over legacy SSE");
+    let client = bounded("initialize", Recorder::default().serve(transport)).await.expect("initialize over legacy SSE");
 
     let info = client.peer_info().expect("server info after initialize");
-    assert_eq!(
-        info.server_info.as_ref().map(|i| i.name.as_str()),
-        Some("agentry-test-search"),
-        "{info:?}"
-    );
+    assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("agentry-test-search"), "{info:?}");
 
-    let tools = bounded("tools/list", client.list_all_tools())
-        .await
-        .expect("tools/list");
+    let tools = bounded("tools/list", client.list_all_tools()).await.expect("tools/list");
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     for wanted in ["search", "echo", "fail"] {
         assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
     }
     let search = tools.iter().find(|t| t.name == "search").expect("search");
-    let query = search
-        .input_schema
-        .get("properties")
-        .and_then(|p| p.get("query"));
-    assert!(
-        query.is_some_and(Value::is_object),
-        "{:?}",
-        search.input_schema
-    );
+    let query = search.input_schema.get("properties").and_then(|p| p.get("query"));
+    assert!(query.is_some_and(Value::is_object), "{:?}", search.input_schema);
 
-    let found = bounded(
-        "search",
-        client.call_tool(tool(
-            "search",
-            json!({"query": "rust concurrency", "max_results": 2}),
-        )),
-    )
-    .await
-    .expect("search call");
+    let found =
+        bounded("search", client.call_tool(tool("search", json!({"query": "rust concurrency", "max_results": 2}))))
+            .await
+            .expect("search call");
     assert_ne!(found.is_error, Some(true), "{found:?}");
-    assert!(
-        text_of(&found).contains("Fearless Concurrency"),
-        "{}",
-        text_of(&found)
-    );
+    assert!(text_of(&found).contains("Fearless Concurrency"), "{}", text_of(&found));
 
     // Non-ASCII, an escaped newline, a raw U+2028 (not a line end for SSE).
     let unicode = "héllo\nwörld ✓ 🦀 日本語 \u{2028} end";
-    let echoed = bounded(
-        "echo",
-        client.call_tool(tool("echo", json!({"text": unicode}))),
-    )
-    .await
-    .expect("unicode echo");
+    let echoed = bounded("echo", client.call_tool(tool("echo", json!({"text": unicode})))).await.expect("unicode echo");
     assert_eq!(text_of(&echoed), unicode);
 
     // A ~2 MiB result of multi-byte characters: it arrives in many body
@@ -295,46 +242,25 @@ async fn python_peer_session_lists_and_calls_tools() {
     let mut big = "🦀日本語é-".repeat(140_000);
     big.push_str("THE END");
     assert!(big.len() > 2 * 1024 * 1024);
-    let echoed = bounded(
-        "big echo",
-        client.call_tool(tool("echo", json!({"text": big}))),
-    )
-    .await
-    .expect("big echo");
+    let echoed = bounded("big echo", client.call_tool(tool("echo", json!({"text": big})))).await.expect("big echo");
     let got = text_of(&echoed);
-    assert!(
-        got == big,
-        "big echo differs: {} bytes back, {} sent",
-        got.len(),
-        big.len()
-    );
+    assert!(got == big, "big echo differs: {} bytes back, {} sent", got.len(), big.len());
 
     // A failing tool is a result with isError, not a protocol error; the
     // session goes on.
-    let failed = bounded(
-        "fail",
-        client.call_tool(tool("fail", json!({"message": "planned failure ✗"}))),
-    )
-    .await
-    .expect("fail call is still a result");
+    let failed = bounded("fail", client.call_tool(tool("fail", json!({"message": "planned failure ✗"}))))
+        .await
+        .expect("fail call is still a result");
     assert_eq!(failed.is_error, Some(true), "{failed:?}");
     assert!(text_of(&failed).contains("planned failure ✗"), "{failed:?}");
 
-    let quit = bounded("close", client.cancel())
-        .await
-        .expect("service task");
+    let quit = bounded("close", client.cancel()).await.expect("service task");
     assert!(matches!(quit, QuitReason::Cancelled), "{quit:?}");
 
     let logs_text = logs.text();
-    assert!(
-        logs_text.contains("tools/call"),
-        "method names are traced:\n{logs_text}"
-    );
+    assert!(logs_text.contains("tools/call"), "method names are traced:\n{logs_text}");
     // The session id lives in the endpoint's query: never logged.
-    assert!(
-        !logs_text.contains("session_id="),
-        "session id logged:\n{logs_text}"
-    );
+    assert!(!logs_text.contains("session_id="), "session id logged:\n{logs_text}");
 }
 
 #[tokio::test]
@@ -342,62 +268,36 @@ async fn python_peer_server_to_client_ping_and_log_mid_call() {
     let _logs = LogCapture::install();
     let server = PythonMcpServer::start("sse").await;
     let recorder = Recorder::default();
-    let client = bounded(
-        "initialize",
-        recorder.clone().serve(connect(&server, None).await),
-    )
-    .await
-    .expect("initialize");
+    let client = bounded("initialize", recorder.clone().serve(connect(&server, None).await)).await.expect("initialize");
 
     // `chatty` waits for our answer to its ping before it answers: the ping
     // request came in on the stream and our response went out as a POST.
-    let result = bounded(
-        "chatty",
-        client.call_tool(CallToolRequestParams::new("chatty")),
-    )
-    .await
-    .expect("chatty");
+    let result = bounded("chatty", client.call_tool(CallToolRequestParams::new("chatty"))).await.expect("chatty");
     assert_eq!(text_of(&result), "pong ok", "{result:?}");
     assert_eq!(*recorder.pings.lock().expect("pings"), 1);
 
     // The log notification was sent before the result, on the same stream,
     // so it has been handled by now.
     #[allow(deprecated)]
-    let logged: Vec<Value> = recorder
-        .logs
-        .lock()
-        .expect("logs")
-        .iter()
-        .map(|m| m.data.clone())
-        .collect();
+    let logged: Vec<Value> = recorder.logs.lock().expect("logs").iter().map(|m| m.data.clone()).collect();
     assert!(logged.contains(&json!("chatty says hello")), "{logged:?}");
-    bounded("close", client.cancel())
-        .await
-        .expect("service task");
+    bounded("close", client.cancel()).await.expect("service task");
 }
 
 #[tokio::test]
 async fn python_peer_fifty_concurrent_calls() {
     let _logs = LogCapture::install();
     let server = PythonMcpServer::start("sse").await;
-    let client = bounded(
-        "initialize",
-        Recorder::default().serve(connect(&server, None).await),
-    )
-    .await
-    .expect("initialize");
+    let client =
+        bounded("initialize", Recorder::default().serve(connect(&server, None).await)).await.expect("initialize");
     const CALLS: usize = 50;
 
     // Each `barrier` call returns only once all 50 are in progress at the
     // server at the same time, so this passes only if neither the transport
     // nor rmcp serialises calls. (Serialised, the first call would fail with
     // "only 1 of 50 calls arrived".)
-    let meet = (0..CALLS).map(|_| {
-        client.call_tool(tool(
-            "barrier",
-            json!({"group": "fifty", "parties": CALLS, "timeout": 30}),
-        ))
-    });
+    let meet = (0..CALLS)
+        .map(|_| client.call_tool(tool("barrier", json!({"group": "fifty", "parties": CALLS, "timeout": 30}))));
     let results = bounded("50 barrier calls", futures::future::join_all(meet)).await;
     for result in results {
         let result = result.expect("barrier call");
@@ -416,9 +316,7 @@ async fn python_peer_fifty_concurrent_calls() {
         let result = result.expect("echo call");
         assert_eq!(text_of(&result), sent);
     }
-    bounded("close", client.cancel())
-        .await
-        .expect("service task");
+    bounded("close", client.cancel()).await.expect("service task");
 }
 
 #[tokio::test]
@@ -435,10 +333,7 @@ async fn python_peer_bearer_token_is_required_and_never_shown() {
     for presented in [None, Some(WRONG)] {
         let error = bounded(
             "rejected connect",
-            LegacySseTransport::connect(
-                reqwest::Client::new(),
-                sse_config(&server.url(), presented),
-            ),
+            LegacySseTransport::connect(reqwest::Client::new(), sse_config(&server.url(), presented)),
         )
         .await
         .expect_err("connect without the right token must fail");
@@ -451,28 +346,16 @@ async fn python_peer_bearer_token_is_required_and_never_shown() {
     }
 
     // With the right token the GET and every POST pass the check.
-    let client = bounded(
-        "initialize",
-        Recorder::default().serve(connect(&server, Some(TOKEN)).await),
-    )
-    .await
-    .expect("initialize with the token");
-    let echoed = bounded(
-        "echo",
-        client.call_tool(tool("echo", json!({"text": "authorised"}))),
-    )
-    .await
-    .expect("echo with the token");
-    assert_eq!(text_of(&echoed), "authorised");
-    bounded("close", client.cancel())
+    let client = bounded("initialize", Recorder::default().serve(connect(&server, Some(TOKEN)).await))
         .await
-        .expect("service task");
+        .expect("initialize with the token");
+    let echoed = bounded("echo", client.call_tool(tool("echo", json!({"text": "authorised"}))))
+        .await
+        .expect("echo with the token");
+    assert_eq!(text_of(&echoed), "authorised");
+    bounded("close", client.cancel()).await.expect("service task");
 
-    assert!(
-        server.stderr().contains("rejected: 401"),
-        "the peer never rejected anything:\n{}",
-        server.stderr()
-    );
+    assert!(server.stderr().contains("rejected: 401"), "the peer never rejected anything:\n{}", server.stderr());
     logs.assert_clean(&[TOKEN, WRONG]);
 }
 
@@ -480,21 +363,14 @@ async fn python_peer_bearer_token_is_required_and_never_shown() {
 async fn python_peer_killed_mid_call_ends_the_session() {
     let logs = LogCapture::install();
     let mut server = PythonMcpServer::start("sse").await;
-    let client = bounded(
-        "initialize",
-        Recorder::default().serve(connect(&server, None).await),
-    )
-    .await
-    .expect("initialize");
+    let client =
+        bounded("initialize", Recorder::default().serve(connect(&server, None).await)).await.expect("initialize");
     let peer = client.peer().clone();
 
     // A call that would take a day, in flight when the server dies.
     let in_flight = tokio::spawn({
         let peer = peer.clone();
-        async move {
-            peer.call_tool(tool("slow", json!({"seconds": 86_400})))
-                .await
-        }
+        async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await }
     });
     bounded("the slow call reaching the server", async {
         while !server.stderr().contains("tool=slow") {
@@ -505,18 +381,11 @@ async fn python_peer_killed_mid_call_ends_the_session() {
     server.kill().await;
 
     // The stream's end is the session's end.
-    let quit = bounded("waiting() after the kill", client.waiting())
-        .await
-        .expect("service task");
+    let quit = bounded("waiting() after the kill", client.waiting()).await.expect("service task");
     assert!(matches!(quit, QuitReason::Closed), "{quit:?}");
 
-    let in_flight = bounded("the in-flight call", in_flight)
-        .await
-        .expect("join");
-    assert!(
-        matches!(in_flight, Err(ServiceError::TransportClosed)),
-        "{in_flight:?}"
-    );
+    let in_flight = bounded("the in-flight call", in_flight).await.expect("join");
+    assert!(matches!(in_flight, Err(ServiceError::TransportClosed)), "{in_flight:?}");
 
     // Later calls fail at once instead of waiting for a POST timeout.
     let after = bounded("a call after the death", peer.list_all_tools()).await;
@@ -525,22 +394,14 @@ async fn python_peer_killed_mid_call_ends_the_session() {
     // Legacy SSE has no resumption: a new transport, a new session, on the
     // restarted server.
     server.restart_same_port().await;
-    let client = bounded(
-        "re-initialize",
-        Recorder::default().serve(connect(&server, None).await),
-    )
-    .await
-    .expect("a new session on the restarted server");
-    let echoed = bounded(
-        "echo",
-        client.call_tool(tool("echo", json!({"text": "again"}))),
-    )
-    .await
-    .expect("echo on the new session");
-    assert_eq!(text_of(&echoed), "again");
-    bounded("close", client.cancel())
+    let client = bounded("re-initialize", Recorder::default().serve(connect(&server, None).await))
         .await
-        .expect("service task");
+        .expect("a new session on the restarted server");
+    let echoed = bounded("echo", client.call_tool(tool("echo", json!({"text": "again"}))))
+        .await
+        .expect("echo on the new session");
+    assert_eq!(text_of(&echoed), "again");
+    bounded("close", client.cancel()).await.expect("service task");
 
     let text = logs.text();
     assert!(text.contains("legacy SSE reader stopped"), "{text}");
@@ -555,34 +416,19 @@ async fn python_peer_close_semantics() {
     // and closing twice is harmless.
     let mut transport = connect(&server, None).await;
     bounded("close", transport.close()).await.expect("close");
-    assert!(
-        bounded("receive after close", transport.receive())
-            .await
-            .is_none()
-    );
-    let error = bounded("send after close", transport.send(ping(1)))
-        .await
-        .expect_err("send after close");
+    assert!(bounded("receive after close", transport.receive()).await.is_none());
+    let error = bounded("send after close", transport.send(ping(1))).await.expect_err("send after close");
     assert!(matches!(error, LegacySseError::Closed), "{error:?}");
-    bounded("second close", transport.close())
-        .await
-        .expect("second close");
+    bounded("second close", transport.close()).await.expect("second close");
 
     // Through rmcp: closing the service closes the transport; a call in
     // flight fails instead of waiting for its answer, later calls fail too.
-    let mut client = bounded(
-        "initialize",
-        Recorder::default().serve(connect(&server, None).await),
-    )
-    .await
-    .expect("initialize");
+    let mut client =
+        bounded("initialize", Recorder::default().serve(connect(&server, None).await)).await.expect("initialize");
     let peer = client.peer().clone();
     let in_flight = tokio::spawn({
         let peer = peer.clone();
-        async move {
-            peer.call_tool(tool("slow", json!({"seconds": 86_400})))
-                .await
-        }
+        async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await }
     });
     bounded("the slow call reaching the server", async {
         while !server.stderr().contains("tool=slow") {
@@ -590,13 +436,9 @@ async fn python_peer_close_semantics() {
         }
     })
     .await;
-    let quit = bounded("client close", client.close())
-        .await
-        .expect("service task");
+    let quit = bounded("client close", client.close()).await.expect("service task");
     assert!(matches!(quit, QuitReason::Cancelled), "{quit:?}");
-    let in_flight = bounded("the in-flight call", in_flight)
-        .await
-        .expect("join");
+    let in_flight = bounded("the in-flight call", in_flight).await.expect("join");
     assert!(in_flight.is_err(), "{in_flight:?}");
     let after = bounded("a call after close", peer.list_all_tools()).await;
     assert!(after.is_err(), "{after:?}");
@@ -622,12 +464,10 @@ async fn read_head(stream: &mut TcpStream) -> Head {
     }
     let raw = String::from_utf8_lossy(&buf).into_owned();
     let method = raw.split(' ').next().unwrap_or_default().to_owned();
-    let length = raw.to_ascii_lowercase().lines().find_map(|line| {
-        line.strip_prefix("content-length:")?
-            .trim()
-            .parse::<usize>()
-            .ok()
-    });
+    let length = raw
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:")?.trim().parse::<usize>().ok());
     if let Some(length) = length {
         let mut body = vec![0u8; length];
         let _ = stream.read_exact(&mut body).await;
@@ -648,8 +488,7 @@ async fn client_closes(stream: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
-const SSE_HEAD: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n";
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n";
 
 /// A fake server answering every connection with `handler(stream, port)`;
 /// returns its SSE URL, which carries a secret in its query.
@@ -671,10 +510,7 @@ where
 
 fn fake_config(url: Url) -> LegacySseConfig {
     let mut config = LegacySseConfig::new(url);
-    config.headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {FAKE_TOKEN}")).expect("header value"),
-    );
+    config.headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {FAKE_TOKEN}")).expect("header value"));
     config.connect_timeout = Duration::from_millis(500);
     config.post_timeout = Duration::from_secs(10);
     config
@@ -682,17 +518,11 @@ fn fake_config(url: Url) -> LegacySseConfig {
 
 /// Connects to a fake expecting failure; checks no secret is shown.
 async fn connect_err(url: Url) -> LegacySseError {
-    let error = bounded(
-        "failing connect",
-        LegacySseTransport::connect(reqwest::Client::new(), fake_config(url)),
-    )
-    .await
-    .expect_err("connect should fail");
+    let error = bounded("failing connect", LegacySseTransport::connect(reqwest::Client::new(), fake_config(url)))
+        .await
+        .expect_err("connect should fail");
     let shown = everything_shown(&error);
-    assert!(
-        !shown.contains(FAKE_TOKEN) && !shown.contains(QUERY_SECRET),
-        "{shown}"
-    );
+    assert!(!shown.contains(FAKE_TOKEN) && !shown.contains(QUERY_SECRET), "{shown}");
     error
 }
 
@@ -700,16 +530,11 @@ async fn connect_err(url: Url) -> LegacySseError {
 async fn fake_404_is_a_status_error() {
     let url = fake(|mut stream, _| async move {
         read_head(&mut stream).await;
-        let _ = stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-            .await;
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
     })
     .await;
     let error = connect_err(url).await;
-    assert!(
-        matches!(&error, LegacySseError::Status { status, .. } if status.as_u16() == 404),
-        "{error:?}"
-    );
+    assert!(matches!(&error, LegacySseError::Status { status, .. } if status.as_u16() == 404), "{error:?}");
 }
 
 #[tokio::test]
@@ -718,8 +543,7 @@ async fn fake_unreachable_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
     drop(listener);
-    let url =
-        Url::parse(&format!("http://127.0.0.1:{port}/sse?token={QUERY_SECRET}")).expect("URL");
+    let url = Url::parse(&format!("http://127.0.0.1:{port}/sse?token={QUERY_SECRET}")).expect("URL");
     let error = connect_err(url).await;
     assert!(matches!(error, LegacySseError::Connect { .. }), "{error:?}");
 }
@@ -736,12 +560,7 @@ async fn fake_without_response_headers_hits_the_connect_timeout() {
     let LegacySseError::Connect { source, .. } = &error else {
         panic!("expected a connect error: {error:?}");
     };
-    assert!(
-        source
-            .downcast_ref::<tokio::time::error::Elapsed>()
-            .is_some(),
-        "expected the connect timeout: {error:?}"
-    );
+    assert!(source.downcast_ref::<tokio::time::error::Elapsed>().is_some(), "expected the connect timeout: {error:?}");
 }
 
 #[tokio::test]
@@ -751,26 +570,13 @@ async fn fake_stream_without_endpoint_hits_the_connect_timeout() {
         let _ = stream.write_all(SSE_HEAD).await;
         // Keep-alive comments and foreign events, but never an endpoint,
         // until the client goes away.
-        while stream
-            .write_all(b": ping\r\n\r\nevent: other\ndata: x\n\n")
-            .await
-            .is_ok()
-        {
+        while stream.write_all(b": ping\r\n\r\nevent: other\ndata: x\n\n").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
     let error = connect_err(url).await;
-    assert!(
-        matches!(
-            error,
-            LegacySseError::NoEndpoint {
-                timed_out: true,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(matches!(error, LegacySseError::NoEndpoint { timed_out: true, .. }), "{error:?}");
 }
 
 #[tokio::test]
@@ -782,16 +588,7 @@ async fn fake_stream_ending_before_endpoint() {
     })
     .await;
     let error = connect_err(url).await;
-    assert!(
-        matches!(
-            error,
-            LegacySseError::NoEndpoint {
-                timed_out: false,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(matches!(error, LegacySseError::NoEndpoint { timed_out: false, .. }), "{error:?}");
 }
 
 #[tokio::test]
@@ -803,9 +600,7 @@ async fn fake_cross_origin_endpoint_is_refused() {
             let head = read_head(&mut stream).await;
             let _ = seen_tx.send(head.method);
             let _ = stream.write_all(SSE_HEAD).await;
-            let _ = stream
-                .write_all(b"event: endpoint\ndata: http://evil.example/messages?session_id=1\n\n")
-                .await;
+            let _ = stream.write_all(b"event: endpoint\ndata: http://evil.example/messages?session_id=1\n\n").await;
             client_closes(&mut stream, BOUND * 2).await;
         }
     })
@@ -824,18 +619,12 @@ async fn fake_cross_origin_endpoint_is_refused() {
 async fn fake_wrong_content_type_is_a_protocol_error() {
     let url = fake(|mut stream, _| async move {
         read_head(&mut stream).await;
-        let _ = stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
-            )
-            .await;
+        let _ =
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}").await;
     })
     .await;
     let error = connect_err(url).await;
-    assert!(
-        matches!(error, LegacySseError::Protocol { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, LegacySseError::Protocol { .. }), "{error:?}");
 }
 
 /// A fake legacy SSE server session; see [`fake_session`].
@@ -863,9 +652,8 @@ async fn fake_session(events: &'static [u8], post_status: u16, hold_open: Durati
             let _ = seen_tx.send(head.raw.clone());
             if head.method == "GET" {
                 let _ = stream.write_all(SSE_HEAD).await;
-                let endpoint = format!(
-                    ": ping\n\nevent: endpoint\ndata: http://127.0.0.1:{port}/messages/?session_id=abc\n\n"
-                );
+                let endpoint =
+                    format!(": ping\n\nevent: endpoint\ndata: http://127.0.0.1:{port}/messages/?session_id=abc\n\n");
                 let _ = stream.write_all(endpoint.as_bytes()).await;
                 gate.notified().await;
                 let _ = stream.write_all(events).await;
@@ -873,8 +661,7 @@ async fn fake_session(events: &'static [u8], post_status: u16, hold_open: Durati
                     let _ = seen_tx.send("GET closed by client".to_owned());
                 }
             } else {
-                let reply =
-                    format!("HTTP/1.1 {post_status} X\r\ncontent-length: 8\r\n\r\nAccepted");
+                let reply = format!("HTTP/1.1 {post_status} X\r\ncontent-length: 8\r\n\r\nAccepted");
                 let _ = stream.write_all(reply.as_bytes()).await;
             }
         }
@@ -905,34 +692,20 @@ async fn fake_messages_are_delivered_then_stream_end_is_none() {
         event: message\r\ndata: {\"jsonrpc\":\"2.0\",\r\ndata: \"method\":\"notifications/tools/list_changed\"}\r\n\r\n";
     let mut session = fake_session(events, 202, Duration::ZERO).await;
     let mut transport = fake_connect(&session).await;
-    let get = bounded("GET head", session.seen.recv())
-        .await
-        .expect("GET seen")
-        .to_ascii_lowercase();
+    let get = bounded("GET head", session.seen.recv()).await.expect("GET seen").to_ascii_lowercase();
     assert!(get.contains("accept: text/event-stream"), "{get}");
-    assert!(
-        get.contains(&format!("authorization: bearer {FAKE_TOKEN}")),
-        "{get}"
-    );
+    assert!(get.contains(&format!("authorization: bearer {FAKE_TOKEN}")), "{get}");
 
     // A response, then (skipping junk, foreign events and a second endpoint)
     // a notification split over two CRLF data lines.
     let first = bounded("first message", transport.receive()).await;
-    assert!(
-        matches!(first, Some(JsonRpcMessage::Response(_))),
-        "{first:?}"
-    );
+    assert!(matches!(first, Some(JsonRpcMessage::Response(_))), "{first:?}");
     let second = bounded("second message", transport.receive()).await;
-    assert!(
-        matches!(second, Some(JsonRpcMessage::Notification(_))),
-        "{second:?}"
-    );
+    assert!(matches!(second, Some(JsonRpcMessage::Notification(_))), "{second:?}");
     // The fake then ends the stream: the session is over.
     let end = bounded("end of stream", transport.receive()).await;
     assert!(end.is_none(), "{end:?}");
-    let error = bounded("send after the end", transport.send(ping(2)))
-        .await
-        .expect_err("send after the stream ended");
+    let error = bounded("send after the end", transport.send(ping(2))).await.expect_err("send after the stream ended");
     assert!(matches!(error, LegacySseError::Closed), "{error:?}");
     logs.assert_clean(&[FAKE_TOKEN, QUERY_SECRET, "session_id=abc"]);
 }
@@ -944,40 +717,24 @@ async fn fake_post_500_is_a_send_error_and_the_session_survives() {
     let mut transport = fake_connect(&session).await;
     let _get = bounded("GET head", session.seen.recv()).await;
 
-    let error = bounded("POST", transport.send(ping(3)))
-        .await
-        .expect_err("a 500 fails the send");
+    let error = bounded("POST", transport.send(ping(3))).await.expect_err("a 500 fails the send");
     assert!(
         matches!(&error, LegacySseError::Send { status: Some(s), endpoint, .. }
             if s.as_u16() == 500 && endpoint == "/messages/"),
         "{error:?}"
     );
     let shown = everything_shown(&error);
-    assert!(
-        !shown.contains("session_id") && !shown.contains(FAKE_TOKEN),
-        "{shown}"
-    );
+    assert!(!shown.contains("session_id") && !shown.contains(FAKE_TOKEN), "{shown}");
 
     // The POST went to the announced endpoint, with the configured headers.
-    let post = bounded("POST head", session.seen.recv())
-        .await
-        .expect("POST seen")
-        .to_ascii_lowercase();
-    assert!(
-        post.starts_with("post /messages/?session_id=abc "),
-        "{post}"
-    );
+    let post = bounded("POST head", session.seen.recv()).await.expect("POST seen").to_ascii_lowercase();
+    assert!(post.starts_with("post /messages/?session_id=abc "), "{post}");
     assert!(post.contains("content-type: application/json"), "{post}");
-    assert!(
-        post.contains(&format!("authorization: bearer {FAKE_TOKEN}")),
-        "{post}"
-    );
+    assert!(post.contains(&format!("authorization: bearer {FAKE_TOKEN}")), "{post}");
 
     // Only that message was lost: the stream is up, so sending goes on
     // (and fails the same way) rather than reporting a closed transport.
-    let again = bounded("second POST", transport.send(ping(4)))
-        .await
-        .expect_err("still 500");
+    let again = bounded("second POST", transport.send(ping(4))).await.expect_err("still 500");
     assert!(matches!(again, LegacySseError::Send { .. }), "{again:?}");
     logs.assert_clean(&[FAKE_TOKEN, QUERY_SECRET, "session_id=abc"]);
 }
@@ -995,11 +752,7 @@ async fn fake_drop_and_close_release_the_stream() {
             drop(transport);
         }
         let closed = bounded("the fake seeing the GET closed", session.seen.recv()).await;
-        assert_eq!(
-            closed.as_deref(),
-            Some("GET closed by client"),
-            "close={close}"
-        );
+        assert_eq!(closed.as_deref(), Some("GET closed by client"), "close={close}");
     }
 }
 
@@ -1011,17 +764,12 @@ async fn fake_malformed_or_oversized_stream_ends_the_session() {
         event.resize(17 * 1024 * 1024, b'x');
         event
     });
-    for (what, events) in [
-        ("malformed", &b"bogus: field\n\n"[..]),
-        ("oversized", &huge[..]),
-    ] {
+    for (what, events) in [("malformed", &b"bogus: field\n\n"[..]), ("oversized", &huge[..])] {
         let session = fake_session(events, 202, BOUND * 2).await;
         let mut transport = fake_connect(&session).await;
         let end = bounded(what, transport.receive()).await;
         assert!(end.is_none(), "{what}: {end:?}");
-        let error = bounded("send", transport.send(ping(5)))
-            .await
-            .expect_err("send after the session ended");
+        let error = bounded("send", transport.send(ping(5))).await.expect_err("send after the session ended");
         assert!(matches!(error, LegacySseError::Closed), "{what}: {error:?}");
     }
 }

@@ -22,7 +22,7 @@ use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceEr
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::secret_keeper::SecretState;
+use super::secret_keeper::{SecretKeeperHandle, SecretState};
 use super::{Slot, Unreachable};
 use crate::mcp::{self, McpError, ServerSpec};
 
@@ -46,6 +46,8 @@ pub struct McpSessionArgs {
     pub http: reqwest::Client,
     /// The bearer token, if the server needs one.
     pub token: Option<watch::Receiver<SecretState>>,
+    /// To re-read the token after a 401.
+    pub secrets: SecretKeeperHandle,
     /// Where the tool list is published.
     pub tools: Arc<watch::Sender<ServerTools>>,
     /// Connect and initialise deadline.
@@ -69,6 +71,8 @@ pub enum McpSessionMsg {
     },
     /// The connect task finished.
     Connected {
+        /// Which connection attempt.
+        generation: u64,
         /// The session's peer.
         peer: Peer<RoleClient>,
         /// Closes the session.
@@ -77,18 +81,16 @@ pub enum McpSessionMsg {
         tools: Arc<[Tool]>,
     },
     /// The connect task failed.
-    ConnectFailed(McpError),
+    ConnectFailed(u64, McpError),
     /// The session ended.
-    ConnectionLost(String),
+    ConnectionLost(u64, String),
+    /// The bearer token changed: reconnect with the new one (no restart).
+    TokenRotated(u64),
 }
 
 enum Phase {
-    Connecting {
-        pending: Vec<(String, Option<JsonObject>, CallReply)>,
-    },
-    Ready {
-        peer: Peer<RoleClient>,
-    },
+    Connecting { pending: Vec<(String, Option<JsonObject>, CallReply)> },
+    Ready { peer: Peer<RoleClient> },
 }
 
 /// State.
@@ -96,6 +98,8 @@ pub struct McpSessionState {
     args: McpSessionArgs,
     phase: Phase,
     cancel: Option<RunningServiceCancellationToken>,
+    /// The current connection attempt; reports from older ones are ignored.
+    generation: u64,
 }
 
 /// The actor.
@@ -111,21 +115,11 @@ impl Actor for McpSession {
         myself: ActorRef<Self::Msg>,
         args: McpSessionArgs,
     ) -> Result<McpSessionState, ActorProcessingErr> {
-        tokio::spawn(connect_and_watch(myself, args.clone()).in_current_span());
-        Ok(McpSessionState {
-            args,
-            phase: Phase::Connecting {
-                pending: Vec::new(),
-            },
-            cancel: None,
-        })
+        tokio::spawn(connect_and_watch(myself, args.clone(), 0).in_current_span());
+        Ok(McpSessionState { args, phase: Phase::Connecting { pending: Vec::new() }, cancel: None, generation: 0 })
     }
 
-    async fn post_stop(
-        &self,
-        _: ActorRef<Self::Msg>,
-        state: &mut McpSessionState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut McpSessionState) -> Result<(), ActorProcessingErr> {
         if let Some(cancel) = state.cancel.take() {
             cancel.cancel();
         }
@@ -139,50 +133,50 @@ impl Actor for McpSession {
         state: &mut McpSessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            McpSessionMsg::CallTool {
-                tool,
-                arguments,
-                reply,
-            } => match &mut state.phase {
+            McpSessionMsg::CallTool { tool, arguments, reply } => match &mut state.phase {
                 Phase::Connecting { pending } => pending.push((tool, arguments, reply)),
                 Phase::Ready { peer } => {
-                    spawn_call(&myself, &state.args, peer.clone(), tool, arguments, reply)
+                    spawn_call(&myself, &state.args, state.generation, peer.clone(), tool, arguments, reply)
                 }
             },
-            McpSessionMsg::Connected {
-                peer,
-                cancel,
-                tools,
-            } => {
+            McpSessionMsg::Connected { generation, cancel, .. } if generation != state.generation => cancel.cancel(),
+            McpSessionMsg::ConnectFailed(generation, _)
+            | McpSessionMsg::ConnectionLost(generation, _)
+            | McpSessionMsg::TokenRotated(generation)
+                if generation != state.generation => {}
+            McpSessionMsg::TokenRotated(_) => {
+                // Calls keep using the current connection while a new one opens with the new
+                // token; the old one is closed once calls on it have had time to finish.
+                tracing::info!(server = %state.args.server.name, "bearer token rotated: reconnecting with the new one");
+                state.generation += 1;
+                tokio::spawn(connect_and_watch(myself.clone(), state.args.clone(), state.generation).in_current_span());
+            }
+            McpSessionMsg::Connected { peer, cancel, tools, .. } => {
                 let server = &state.args.server;
                 tracing::info!(server = %server.name, transport = server.transport_name(), location = %server.location(),
                     tools = tools.len(), "MCP session ready");
                 state.args.tools.send_replace(ServerTools::Ready(tools));
-                state.cancel = Some(cancel);
-                let previous =
-                    std::mem::replace(&mut state.phase, Phase::Ready { peer: peer.clone() });
+                if let Some(retired) = state.cancel.replace(cancel) {
+                    let grace = state.args.call_timeout;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        retired.cancel();
+                    });
+                }
+                let previous = std::mem::replace(&mut state.phase, Phase::Ready { peer: peer.clone() });
                 if let Phase::Connecting { pending } = previous {
                     for (tool, arguments, reply) in pending {
-                        spawn_call(&myself, &state.args, peer.clone(), tool, arguments, reply);
+                        spawn_call(&myself, &state.args, state.generation, peer.clone(), tool, arguments, reply);
                     }
                 }
             }
-            McpSessionMsg::ConnectFailed(error) => {
-                state
-                    .args
-                    .tools
-                    .send_replace(ServerTools::Failed(error.to_string().into()));
+            McpSessionMsg::ConnectFailed(_, error) => {
+                state.args.tools.send_replace(ServerTools::Failed(error.to_string().into()));
                 return Err(error.into());
             }
-            McpSessionMsg::ConnectionLost(message) => {
-                let error = McpError::ConnectionLost {
-                    server: state.args.server.name.clone(),
-                    message,
-                };
-                state
-                    .args
-                    .tools
-                    .send_replace(ServerTools::Failed(error.to_string().into()));
+            McpSessionMsg::ConnectionLost(_, message) => {
+                let error = McpError::ConnectionLost { server: state.args.server.name.clone(), message };
+                state.args.tools.send_replace(ServerTools::Failed(error.to_string().into()));
                 return Err(error.into());
             }
         }
@@ -190,82 +184,77 @@ impl Actor for McpSession {
     }
 }
 
-/// Connects, lists tools, reports back, then waits for the session to end and reports that.
-async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs) {
-    let token = args
-        .token
-        .as_ref()
-        .and_then(|t| t.borrow().credential().cloned());
-    let session = match mcp::connect(
-        &args.server,
-        &args.http,
-        token.as_ref(),
-        args.connect_timeout,
-    )
-    .await
-    {
+/// Connects, lists tools, reports back, then waits for the session to end (or the token to
+/// change) and reports that. Every report carries `generation`.
+async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs, generation: u64) {
+    let mut token_rx = args.token.clone();
+    let token = token_rx.as_mut().and_then(|t| t.borrow_and_update().credential().cloned());
+    let session = match mcp::connect(&args.server, &args.http, token.as_ref(), args.connect_timeout).await {
         Ok(session) => session,
         Err(error) => {
-            let _ = myself.cast(McpSessionMsg::ConnectFailed(error));
+            if let (McpError::Auth { .. }, Some(secret)) = (&error, args.server.token_secret.as_deref()) {
+                // A rotated token may be waiting in its file: read it now, the restart uses it.
+                let _ = args.secrets.reload(secret).await;
+            }
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, error));
             return;
         }
     };
     let peer = session.peer().clone();
     let listed = tokio::time::timeout(args.connect_timeout, peer.list_all_tools()).await;
     let tools = match listed {
-        Ok(Ok(tools)) => tools
-            .into_iter()
-            .filter(|t| args.server.allows(&t.name))
-            .collect(),
+        Ok(Ok(tools)) => tools.into_iter().filter(|t| args.server.allows(&t.name)).collect(),
         Ok(Err(error)) => {
             let message = format!("tools/list failed: {error}");
-            let _ = myself.cast(McpSessionMsg::ConnectFailed(connect_error(
-                &args.server,
-                message,
-            )));
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, connect_error(&args.server, message)));
             return;
         }
         Err(_) => {
-            let message = format!(
-                "tools/list did not answer within {:?}",
-                args.connect_timeout
-            );
-            let _ = myself.cast(McpSessionMsg::ConnectFailed(connect_error(
-                &args.server,
-                message,
-            )));
+            let message = format!("tools/list did not answer within {:?}", args.connect_timeout);
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, connect_error(&args.server, message)));
             return;
         }
     };
     let cancel = session.cancellation_token();
-    if myself
-        .cast(McpSessionMsg::Connected {
-            peer,
-            cancel,
-            tools,
-        })
-        .is_err()
-    {
+    if myself.cast(McpSessionMsg::Connected { generation, peer, cancel, tools }).is_err() {
         return;
     }
-    let reason = match session.waiting().await {
-        Ok(reason) => format!("{reason:?}"),
-        Err(error) => error.to_string(),
+    let used = token.as_ref().map(|t| t.fingerprint());
+    let token_changed = async {
+        match token_rx.as_mut() {
+            Some(rx) => loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if rx.borrow_and_update().credential().map(|t| t.fingerprint()) != used {
+                    return;
+                }
+            },
+            None => std::future::pending().await,
+        }
     };
-    let _ = myself.cast(McpSessionMsg::ConnectionLost(reason));
+    tokio::select! {
+        reason = session.waiting() => {
+            let reason = match reason {
+                Ok(reason) => format!("{reason:?}"),
+                Err(error) => error.to_string(),
+            };
+            let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, reason));
+        }
+        () = token_changed => {
+            let _ = myself.cast(McpSessionMsg::TokenRotated(generation));
+        }
+    }
 }
 
 fn connect_error(server: &ServerSpec, message: String) -> McpError {
-    McpError::Connect {
-        server: server.name.clone(),
-        location: server.location(),
-        message,
-    }
+    McpError::Connect { server: server.name.clone(), location: server.location(), message }
 }
 
 fn spawn_call(
     myself: &ActorRef<McpSessionMsg>,
     args: &McpSessionArgs,
+    generation: u64,
     peer: Peer<RoleClient>,
     tool: String,
     arguments: Option<JsonObject>,
@@ -279,28 +268,16 @@ fn spawn_call(
             let mut params = CallToolRequestParams::new(tool.clone());
             params.arguments = arguments;
             let result = match tokio::time::timeout(timeout, peer.call_tool(params)).await {
-                Err(_) => Err(McpError::Timeout {
-                    server,
-                    tool,
-                    timeout,
-                }),
+                Err(_) => Err(McpError::Timeout { server, tool, timeout }),
                 Ok(Ok(result)) => Ok(result),
-                Ok(Err(ServiceError::McpError(error))) => Err(McpError::Call {
-                    server,
-                    tool,
-                    message: error.message.to_string(),
-                }),
+                Ok(Err(ServiceError::McpError(error))) => {
+                    Err(McpError::Call { server, tool, message: error.message.to_string() })
+                }
                 Ok(Err(error)) => {
-                    if matches!(
-                        error,
-                        ServiceError::TransportClosed | ServiceError::TransportSend(_)
-                    ) {
-                        let _ = myself.cast(McpSessionMsg::ConnectionLost(error.to_string()));
+                    if matches!(error, ServiceError::TransportClosed | ServiceError::TransportSend(_)) {
+                        let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, error.to_string()));
                     }
-                    Err(McpError::ConnectionLost {
-                        server,
-                        message: error.to_string(),
-                    })
+                    Err(McpError::ConnectionLost { server, message: error.to_string() })
                 }
             };
             let _ = reply.send(result);
@@ -328,13 +305,7 @@ impl McpSessionHandle {
     ) -> (Self, Slot<McpSessionMsg>, Arc<watch::Sender<ServerTools>>) {
         let slot = Slot::default();
         let tools = Arc::new(watch::Sender::new(ServerTools::Connecting));
-        let handle = Self {
-            server,
-            slot: slot.clone(),
-            tools: tools.subscribe(),
-            restart_wait,
-            call_timeout,
-        };
+        let handle = Self { server, slot: slot.clone(), tools: tools.subscribe(), restart_wait, call_timeout };
         (handle, slot, tools)
     }
 
@@ -351,38 +322,25 @@ impl McpSessionHandle {
     /// Waits until the first connect attempt settles (ready or failed), at most `wait`.
     pub async fn settled(&self, wait: Duration) -> ServerTools {
         let mut tools = self.tools.clone();
-        let _ = tokio::time::timeout(
-            wait,
-            tools.wait_for(|t| !matches!(t, ServerTools::Connecting)),
-        )
-        .await;
+        let _ = tokio::time::timeout(wait, tools.wait_for(|t| !matches!(t, ServerTools::Connecting))).await;
         self.tools()
     }
 
     /// Calls a tool by the server's name for it.
-    pub async fn call_tool(
-        &self,
-        tool: &str,
-        arguments: Option<JsonObject>,
-    ) -> Result<CallToolResult, McpError> {
+    pub async fn call_tool(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, McpError> {
         let tool_name = tool.to_owned();
         // The actor answers every call; the extra second covers its own timeout firing first.
         let deadline = self.call_timeout + self.restart_wait + Duration::from_secs(1);
         let outcome = self
             .slot
-            .call(&self.server.name, self.restart_wait, deadline, |reply| {
-                McpSessionMsg::CallTool {
-                    tool: tool_name,
-                    arguments,
-                    reply,
-                }
+            .call(&self.server.name, self.restart_wait, deadline, |reply| McpSessionMsg::CallTool {
+                tool: tool_name,
+                arguments,
+                reply,
             })
             .await;
         outcome.unwrap_or_else(|unreachable: Unreachable| {
-            Err(McpError::Unavailable {
-                server: self.server.name.clone(),
-                message: unreachable.to_string(),
-            })
+            Err(McpError::Unavailable { server: self.server.name.clone(), message: unreachable.to_string() })
         })
     }
 }

@@ -23,12 +23,13 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use url::Url;
 
-use super::secret_keeper::SecretState;
+use super::secret_keeper::{SecretKeeperHandle, SecretState};
 use super::{RESTART_WAIT, Slot, Unreachable};
 use crate::config::Fallback;
 use crate::llm::LlmError;
 use crate::llm::client::{ChatClient, Completion, Endpoint};
 use crate::llm::wire::{ChatRequest, Message, ToolDefinition};
+use crate::secrets::{Credential, Fingerprint};
 
 /// Which route served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -73,6 +74,8 @@ pub struct ModelRouterArgs {
     pub secret_name: String,
     /// The API key, as SecretKeeper publishes it.
     pub credential: watch::Receiver<SecretState>,
+    /// To ask for a reload after a 401.
+    pub secrets: SecretKeeperHandle,
     /// Sampling temperature.
     pub temperature: f32,
     /// Completion limit.
@@ -101,10 +104,19 @@ pub enum ModelRouterMsg {
         /// Where the answer goes.
         reply: RpcReplyPort<Result<ChatOutcome, LlmError>>,
     },
+    /// The cloud rejected this key (HTTP 401) and a reload found the same value.
+    Rejected(Fingerprint),
 }
 
 /// The actor.
 pub struct ModelRouter;
+
+/// State: the arguments, the rejected key (if any), the route last taken.
+pub struct ModelRouterState {
+    args: ModelRouterArgs,
+    rejected: Option<Fingerprint>,
+    last_route: Option<Route>,
+}
 
 /// What a request will be sent with, decided in the handler.
 struct Decision {
@@ -113,11 +125,16 @@ struct Decision {
 }
 
 impl ModelRouterArgs {
-    /// The route a request takes now, or why none can.
-    fn decide(&self) -> Result<Decision, LlmError> {
+    fn local_endpoint(&self) -> Endpoint {
+        Endpoint { base_url: self.local.base_url.clone(), model: self.local.model.clone(), credential: None }
+    }
+
+    /// The route a request takes now, or why none can. A key the cloud rejected counts as no
+    /// key until it changes.
+    fn decide(&self, rejected: Option<Fingerprint>) -> Result<Decision, LlmError> {
         let state = self.credential.borrow().clone();
         match (&state, self.fallback) {
-            (SecretState::Present(credential), _) => Ok(Decision {
+            (SecretState::Present(credential), _) if rejected != Some(credential.fingerprint()) => Ok(Decision {
                 route: Route::Cloud,
                 endpoint: Endpoint {
                     base_url: self.cloud.base_url.clone(),
@@ -125,17 +142,11 @@ impl ModelRouterArgs {
                     credential: Some(credential.clone()),
                 },
             }),
-            (_, Fallback::Local) => Ok(Decision {
-                route: Route::Local,
-                endpoint: Endpoint {
-                    base_url: self.local.base_url.clone(),
-                    model: self.local.model.clone(),
-                    credential: None,
-                },
-            }),
-            (SecretState::Invalid(cause), Fallback::None) => Err(LlmError::NoRoute {
-                reason: format!("{cause}; model.fallback is \"none\""),
-            }),
+            (_, Fallback::Local) => Ok(Decision { route: Route::Local, endpoint: self.local_endpoint() }),
+            (SecretState::Present(credential), Fallback::None) => Err(self.key_rejected(credential.fingerprint())),
+            (SecretState::Invalid(cause), Fallback::None) => {
+                Err(LlmError::NoRoute { reason: format!("{cause}; model.fallback is \"none\"") })
+            }
             (_, Fallback::None) => Err(LlmError::NoRoute {
                 reason: format!(
                     "no API key: secret {name} is not in <secrets.dir>/{name}, ${var}_FILE or ${var} (or is a placeholder), \
@@ -147,19 +158,20 @@ impl ModelRouterArgs {
         }
     }
 
+    fn key_rejected(&self, fingerprint: Fingerprint) -> LlmError {
+        LlmError::KeyRejected { secret: self.secret_name.clone(), fingerprint: fingerprint.to_string() }
+    }
+
     /// A one-line description of the route, for `config check` and the start-up log.
     pub fn describe(&self) -> String {
-        match self.decide() {
+        match self.decide(None) {
             Ok(Decision { route, endpoint }) => {
                 let key = endpoint
                     .credential
                     .as_ref()
                     .map(|c| format!(", key {} {} from {}", c.name(), c.fingerprint(), c.source()))
                     .unwrap_or_default();
-                format!(
-                    "{route}: model {} at {}{key}",
-                    endpoint.model, endpoint.base_url
-                )
+                format!("{route}: model {} at {}{key}", endpoint.model, endpoint.base_url)
             }
             Err(error) => error.to_string(),
         }
@@ -168,61 +180,112 @@ impl ModelRouterArgs {
 
 impl Actor for ModelRouter {
     type Msg = ModelRouterMsg;
-    type State = ModelRouterArgs;
+    type State = ModelRouterState;
     type Arguments = ModelRouterArgs;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
         args: ModelRouterArgs,
-    ) -> Result<ModelRouterArgs, ActorProcessingErr> {
+    ) -> Result<ModelRouterState, ActorProcessingErr> {
         tracing::info!(route = %args.describe(), "model router ready");
-        Ok(args)
+        Ok(ModelRouterState { args, rejected: None, last_route: None })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: ModelRouterMsg,
-        state: &mut ModelRouterArgs,
+        state: &mut ModelRouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let ModelRouterMsg::Chat {
-            messages,
-            tools,
-            reply,
-        } = message;
-        let decision = match state.decide() {
+        let (messages, tools, reply) = match message {
+            ModelRouterMsg::Chat { messages, tools, reply } => (messages, tools, reply),
+            ModelRouterMsg::Rejected(fingerprint) => {
+                if state.rejected != Some(fingerprint) {
+                    tracing::error!(secret = %state.args.secret_name, %fingerprint, fallback = ?state.args.fallback,
+                        "the API key was rejected (HTTP 401) and reloading found the same value; \
+                         questions go to the fallback until the secret changes");
+                    state.rejected = Some(fingerprint);
+                }
+                return Ok(());
+            }
+        };
+        let decision = match state.args.decide(state.rejected) {
             Ok(decision) => decision,
             Err(error) => {
                 let _ = reply.send(Err(error));
                 return Ok(());
             }
         };
-        let client = state.client.clone();
-        let (temperature, max_tokens) = (state.temperature, state.max_tokens);
+        if state.last_route != Some(decision.route) {
+            if let Some(previous) = state.last_route {
+                tracing::warn!(from = %previous, to = %decision.route, route = %state.args.describe(), "model route changed");
+            }
+            state.last_route = Some(decision.route);
+        }
+        let args = state.args.clone();
         tokio::spawn(
             async move {
-                let Decision { route, endpoint } = decision;
-                let request = ChatRequest {
-                    model: &endpoint.model,
-                    messages: &messages,
-                    tools: &tools,
-                    temperature,
-                    max_tokens,
-                };
-                let result = client.complete(&endpoint, &request).await;
+                let result = send(&args, &myself, decision, &messages, &tools).await;
                 drop(messages);
-                let result = result.map(|completion| ChatOutcome {
-                    completion,
-                    route,
-                    model: endpoint.model,
-                });
                 let _ = reply.send(result);
             }
             .in_current_span(),
         );
         Ok(())
     }
+}
+
+fn request<'a>(
+    args: &ModelRouterArgs,
+    model: &'a str,
+    messages: &'a [Message],
+    tools: &'a [ToolDefinition],
+) -> ChatRequest<'a> {
+    ChatRequest { model, messages, tools, temperature: args.temperature, max_tokens: args.max_tokens }
+}
+
+/// Sends one request on the decided route. A 401 from the cloud asks SecretKeeper to re-read
+/// the key: a new value is tried once; the same value is reported rejected and the request
+/// goes to the local route when that is the fallback.
+async fn send(
+    args: &ModelRouterArgs,
+    myself: &ActorRef<ModelRouterMsg>,
+    decision: Decision,
+    messages: &[Message],
+    tools: &[ToolDefinition],
+) -> Result<ChatOutcome, LlmError> {
+    let Decision { route, mut endpoint } = decision;
+    let mut result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools)).await;
+    if route == Route::Cloud && matches!(result, Err(LlmError::Auth { .. })) {
+        let used = endpoint.credential.as_ref().map(Credential::fingerprint);
+        let reloaded = args.secrets.reload(&args.secret_name).await;
+        let current = args.credential.borrow().credential().cloned();
+        match current {
+            Some(credential) if Some(credential.fingerprint()) != used => {
+                tracing::info!(secret = %args.secret_name, fingerprint = %credential.fingerprint(), "retrying with the reloaded key");
+                endpoint.credential = Some(credential);
+                result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools)).await;
+            }
+            _ => tracing::debug!(?reloaded, "reload found no new key"),
+        }
+        if matches!(result, Err(LlmError::Auth { .. })) {
+            let Some(fingerprint) = endpoint.credential.as_ref().map(Credential::fingerprint) else {
+                return result.map(|completion| ChatOutcome { completion, route, model: endpoint.model });
+            };
+            let _ = myself.cast(ModelRouterMsg::Rejected(fingerprint));
+            return match args.fallback {
+                Fallback::Local => {
+                    let local = args.local_endpoint();
+                    let completion =
+                        args.client.complete(&local, &request(args, &local.model, messages, tools)).await?;
+                    Ok(ChatOutcome { completion, route: Route::Local, model: local.model })
+                }
+                Fallback::None => Err(args.key_rejected(fingerprint)),
+            };
+        }
+    }
+    result.map(|completion| ChatOutcome { completion, route, model: endpoint.model })
 }
 
 /// What callers hold.
@@ -245,16 +308,8 @@ impl ModelRouterHandle {
         tools: Arc<[ToolDefinition]>,
     ) -> Result<ChatOutcome, LlmError> {
         self.slot
-            .call("model-router", RESTART_WAIT, self.deadline, |reply| {
-                ModelRouterMsg::Chat {
-                    messages,
-                    tools,
-                    reply,
-                }
-            })
+            .call("model-router", RESTART_WAIT, self.deadline, |reply| ModelRouterMsg::Chat { messages, tools, reply })
             .await
-            .map_err(|unreachable: Unreachable| LlmError::Unavailable {
-                reason: unreachable.to_string(),
-            })?
+            .map_err(|unreachable: Unreachable| LlmError::Unavailable { reason: unreachable.to_string() })?
     }
 }

@@ -78,19 +78,12 @@ impl Actor for ResearchWriter {
         let (by_question, taken) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dir)?;
             let by_question = research::scan(&dir);
-            let taken = std::fs::read_dir(&dir)?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .collect();
+            let taken = std::fs::read_dir(&dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
             Ok((by_question, taken))
         })
         .await?
         .map_err(|e| format!("output directory {}: {e}", args.dir.display()))?;
-        Ok(ResearchWriterState {
-            dir: args.dir.into(),
-            by_question,
-            taken,
-        })
+        Ok(ResearchWriterState { dir: args.dir.into(), by_question, taken })
     }
 
     async fn handle(
@@ -106,10 +99,7 @@ impl Actor for ResearchWriter {
             let text = research::render(&doc, SystemTime::now());
             let result = write_atomically(&dir, &path, text.as_bytes())
                 .map(|()| path.clone())
-                .map_err(|e| WriterError::Io {
-                    path,
-                    message: e.to_string(),
-                });
+                .map_err(|e| WriterError::Io { path, message: e.to_string() });
             let _ = reply.send(result);
         });
         Ok(())
@@ -124,28 +114,18 @@ impl ResearchWriterState {
         }
         let stem = research::safe_stem(&doc.topic);
         let path = (1..)
-            .map(|n| {
-                if n == 1 {
-                    self.dir.join(format!("{stem}.md"))
-                } else {
-                    self.dir.join(format!("{stem}-{n}.md"))
-                }
-            })
+            .map(|n| if n == 1 { self.dir.join(format!("{stem}.md")) } else { self.dir.join(format!("{stem}-{n}.md")) })
             .find(|candidate| !self.taken.contains(candidate))
             .unwrap_or_else(|| self.dir.join(format!("{}.md", doc.question_id)));
         self.taken.insert(path.clone());
-        self.by_question
-            .insert(doc.question_id.clone(), path.clone());
+        self.by_question.insert(doc.question_id.clone(), path.clone());
         path
     }
 }
 
 /// Temporary file in the same directory, fsync, rename: readers see all or nothing.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = tempfile::Builder::new()
-        .prefix(".agentry-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut file = tempfile::Builder::new().prefix(".agentry-").suffix(".tmp").tempfile_in(dir)?;
     file.write_all(bytes)?;
     file.as_file().sync_data()?;
     file.persist(path).map_err(|e| e.error)?;
@@ -177,12 +157,9 @@ impl ResearchWriterHandle {
     /// Writes a research file; returns its path.
     pub async fn save(&self, doc: ResearchDoc) -> Result<PathBuf, WriterError> {
         self.slot
-            .call(
-                "research-writer",
-                RESTART_WAIT,
-                Duration::from_secs(60),
-                |reply| ResearchWriterMsg::Save(Box::new(doc), reply),
-            )
+            .call("research-writer", RESTART_WAIT, Duration::from_secs(60), |reply| {
+                ResearchWriterMsg::Save(Box::new(doc), reply)
+            })
             .await
             .map_err(|e| WriterError::Unavailable(e.to_string()))?
     }

@@ -178,11 +178,7 @@ impl Actor for SecretKeeper {
         args: SecretKeeperArgs,
     ) -> Result<SecretKeeperState, ActorProcessingErr> {
         let poll_interval = args.poll_interval;
-        let mut state = SecretKeeperState {
-            args,
-            timer: None,
-            last_error: HashMap::new(),
-        };
+        let mut state = SecretKeeperState { args, timer: None, last_error: HashMap::new() };
         let names: Vec<String> = state.args.channels.keys().cloned().collect();
         for name in &names {
             state.refresh(name);
@@ -191,11 +187,7 @@ impl Actor for SecretKeeper {
         Ok(state)
     }
 
-    async fn post_stop(
-        &self,
-        _: ActorRef<Self::Msg>,
-        state: &mut SecretKeeperState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut SecretKeeperState) -> Result<(), ActorProcessingErr> {
         if let Some(timer) = state.timer.take() {
             timer.abort();
         }
@@ -246,30 +238,14 @@ impl SecretKeeperHandle {
                     let name = spec.name.clone();
                     (
                         name,
-                        Channel {
-                            spec,
-                            state: watch::Sender::new(SecretState::Unknown),
-                            rotations: AtomicU64::new(0),
-                        },
+                        Channel { spec, state: watch::Sender::new(SecretState::Unknown), rotations: AtomicU64::new(0) },
                     )
                 })
                 .collect(),
         );
         let slot = Slot::default();
-        let args = SecretKeeperArgs {
-            dir,
-            poll_interval,
-            env,
-            channels: channels.clone(),
-        };
-        (
-            Self {
-                slot: slot.clone(),
-                channels,
-            },
-            args,
-            slot,
-        )
+        let args = SecretKeeperArgs { dir, poll_interval, env, channels: channels.clone() };
+        (Self { slot: slot.clone(), channels }, args, slot)
     }
 
     /// Follows one secret. `None` for a secret nobody declared.
@@ -279,25 +255,17 @@ impl SecretKeeperHandle {
 
     /// The current state of one secret.
     pub fn current(&self, name: &str) -> SecretState {
-        self.channels
-            .get(name)
-            .map_or(SecretState::Absent, |c| c.state.borrow().clone())
+        self.channels.get(name).map_or(SecretState::Absent, |c| c.state.borrow().clone())
     }
 
     /// How many times a secret changed since start.
     pub fn rotations(&self, name: &str) -> u64 {
-        self.channels
-            .get(name)
-            .map_or(0, |c| c.rotations.load(Ordering::Relaxed))
+        self.channels.get(name).map_or(0, |c| c.rotations.load(Ordering::Relaxed))
     }
 
     /// Re-reads a secret now (after the server rejected it).
     pub async fn reload(&self, name: &str) -> Result<Reloaded, Unreachable> {
         let name = name.to_owned();
-        self.slot
-            .call("secret-keeper", RESTART_WAIT, RESTART_WAIT, |reply| {
-                SecretKeeperMsg::Reload(name, reply)
-            })
-            .await
+        self.slot.call("secret-keeper", RESTART_WAIT, RESTART_WAIT, |reply| SecretKeeperMsg::Reload(name, reply)).await
     }
 }

@@ -22,10 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
-    SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use tokio::time::Instant;
 
 /// How a child is restarted after a failure.
@@ -56,10 +53,7 @@ impl BackoffPolicy {
     /// The delay before restart number `attempt` (0-based): doubling, capped, with "equal
     /// jitter" (between half and all of the step) so many clients do not restart in lockstep.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let step = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-            .min(self.max);
+        let step = self.initial.saturating_mul(2u32.saturating_pow(attempt.min(20))).min(self.max);
         let jitter: f64 = rand::random_range(0.5..=1.0);
         step.mul_f64(jitter)
     }
@@ -90,9 +84,7 @@ pub trait ChildSpec: Send + Sync + 'static {
     /// Stops the running child and waits for it (a nested supervisor stops its own first).
     fn shutdown(&self, cell: ActorCell) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            cell.stop_and_wait(Some("shutdown".into()), Some(SHUTDOWN_WAIT))
-                .await
-                .ok();
+            cell.stop_and_wait(Some("shutdown".into()), Some(SHUTDOWN_WAIT)).await.ok();
         })
     }
 }
@@ -192,12 +184,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Start(index) => {
-                if state.stopping
-                    || state
-                        .children
-                        .get(index)
-                        .is_none_or(|c| c.running.is_some())
-                {
+                if state.stopping || state.children.get(index).is_none_or(|c| c.running.is_some()) {
                     return Ok(());
                 }
                 let child = &mut state.children[index];
@@ -216,10 +203,7 @@ impl Actor for Supervisor {
                 state.stopping = true;
                 for child in state.children.iter_mut().rev() {
                     let cells = myself.get_children();
-                    if let Some(cell) = child
-                        .running
-                        .take()
-                        .and_then(|id| cells.into_iter().find(|c| c.get_id() == id))
+                    if let Some(cell) = child.running.take().and_then(|id| cells.into_iter().find(|c| c.get_id() == id))
                     {
                         child.spec.shutdown(cell).await;
                     }
@@ -248,11 +232,7 @@ impl Actor for Supervisor {
         if state.stopping {
             return Ok(());
         }
-        let Some(index) = state
-            .children
-            .iter()
-            .position(|c| c.running == Some(cell.get_id()))
-        else {
+        let Some(index) = state.children.iter().position(|c| c.running == Some(cell.get_id())) else {
             return Ok(());
         };
         state.children[index].running = None;
@@ -263,12 +243,7 @@ impl Actor for Supervisor {
 
 impl SupervisorState {
     /// Decides when child `index` starts again and tells its handles.
-    fn schedule_restart(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        index: usize,
-        cause: Arc<str>,
-    ) {
+    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, index: usize, cause: Arc<str>) {
         let child = &mut self.children[index];
         child.spec.restarts().fetch_add(1, Ordering::Relaxed);
         let delay = match child.spec.policy() {
@@ -284,11 +259,7 @@ impl SupervisorState {
                     child.attempt = 0;
                 }
                 child.failures.push_back(now);
-                while child
-                    .failures
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > policy.window)
-                {
+                while child.failures.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
                     child.failures.pop_front();
                 }
                 if child.failures.len() > policy.max_restarts {
@@ -331,19 +302,14 @@ pub struct SupervisorHandle {
 
 impl SupervisorHandle {
     /// Spawns a supervisor (unlinked: the root) with its children.
-    pub async fn spawn(
-        args: SupervisorArgs,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>), SpawnErr> {
+    pub async fn spawn(args: SupervisorArgs) -> Result<(Self, tokio::task::JoinHandle<()>), SpawnErr> {
         let (actor, join) = Actor::spawn(None, Supervisor, args).await?;
         Ok((Self { actor }, join))
     }
 
     /// Stops the children in reverse order and then the supervisor.
     pub async fn shutdown(&self) {
-        let _ = self
-            .actor
-            .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(30)))
-            .await;
+        let _ = self.actor.call(SupervisorMsg::Shutdown, Some(Duration::from_secs(30))).await;
     }
 }
 
@@ -359,12 +325,7 @@ pub struct NestedSupervisor {
 impl NestedSupervisor {
     /// A nested supervisor over `children`.
     pub fn new(name: &str, children: Vec<Arc<dyn ChildSpec>>) -> Self {
-        Self {
-            name: name.to_owned(),
-            children,
-            restarts: AtomicU64::new(0),
-            current: Default::default(),
-        }
+        Self { name: name.to_owned(), children, restarts: AtomicU64::new(0), current: Default::default() }
     }
 }
 
@@ -378,10 +339,7 @@ impl ChildSpec for NestedSupervisor {
     }
 
     fn start(&self, supervisor: ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
-        let args = SupervisorArgs {
-            name: self.name.clone(),
-            children: self.children.clone(),
-        };
+        let args = SupervisorArgs { name: self.name.clone(), children: self.children.clone() };
         let current = self.current.clone();
         Box::pin(async move {
             let (actor, _) = Actor::spawn_linked(None, Supervisor, args, supervisor).await?;
@@ -392,20 +350,12 @@ impl ChildSpec for NestedSupervisor {
     }
 
     fn shutdown(&self, cell: ActorCell) -> BoxFuture<'static, ()> {
-        let actor = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let actor = self.current.lock().unwrap_or_else(|p| p.into_inner()).take();
         Box::pin(async move {
             if let Some(actor) = actor {
-                let _ = actor
-                    .call(SupervisorMsg::Shutdown, Some(SHUTDOWN_WAIT * 2))
-                    .await;
+                let _ = actor.call(SupervisorMsg::Shutdown, Some(SHUTDOWN_WAIT * 2)).await;
             }
-            cell.stop_and_wait(Some("shutdown".into()), Some(SHUTDOWN_WAIT))
-                .await
-                .ok();
+            cell.stop_and_wait(Some("shutdown".into()), Some(SHUTDOWN_WAIT)).await.ok();
         })
     }
 
@@ -449,14 +399,7 @@ where
         slot: super::Slot<A::Msg>,
         policy: RestartPolicy,
     ) -> Self {
-        Self {
-            name: name.into(),
-            actor,
-            args,
-            slot,
-            policy,
-            restarts: Arc::default(),
-        }
+        Self { name: name.into(), actor, args, slot, policy, restarts: Arc::default() }
     }
 
     /// The restart counter, to share with reports.

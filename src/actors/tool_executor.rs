@@ -89,11 +89,7 @@ pub enum ToolExecutorMsg {
     /// The tools to offer.
     Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
     /// Run one turn's tool calls.
-    Execute(
-        Vec<ToolCall>,
-        Arc<QuestionContext>,
-        RpcReplyPort<Vec<ToolOutcome>>,
-    ),
+    Execute(Vec<ToolCall>, Arc<QuestionContext>, RpcReplyPort<Vec<ToolOutcome>>),
 }
 
 /// State.
@@ -121,14 +117,11 @@ impl ToolExecutorState {
             })
             .collect();
         let same = current.len() == self.built_from.len()
-            && current
-                .iter()
-                .zip(&self.built_from)
-                .all(|(a, b)| match (a, b) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                });
+            && current.iter().zip(&self.built_from).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            });
         if same && !self.definitions.is_empty() {
             return;
         }
@@ -147,13 +140,7 @@ impl ToolExecutorState {
                     tool.name.to_string()
                 };
                 definitions.push(mcp::tool_definition(&exposed, tool));
-                names.insert(
-                    exposed,
-                    Target::Mcp {
-                        server,
-                        tool: tool.name.to_string(),
-                    },
-                );
+                names.insert(exposed, Target::Mcp { server, tool: tool.name.to_string() });
             }
         }
         self.names = names;
@@ -172,12 +159,8 @@ impl Actor for ToolExecutor {
         _: ActorRef<Self::Msg>,
         args: ToolExecutorArgs,
     ) -> Result<ToolExecutorState, ActorProcessingErr> {
-        let mut state = ToolExecutorState {
-            args,
-            built_from: Vec::new(),
-            names: HashMap::new(),
-            definitions: Arc::new([]),
-        };
+        let mut state =
+            ToolExecutorState { args, built_from: Vec::new(), names: HashMap::new(), definitions: Arc::new([]) };
         state.refresh();
         Ok(state)
     }
@@ -203,16 +186,12 @@ impl Actor for ToolExecutor {
                     .collect();
                 let servers = state.args.servers.clone();
                 let writer = state.args.writer.clone();
-                let available: Vec<String> = state
-                    .definitions
-                    .iter()
-                    .map(|d| d.function.name.clone())
-                    .collect();
+                let available: Vec<String> = state.definitions.iter().map(|d| d.function.name.clone()).collect();
                 tokio::spawn(
                     async move {
-                        let runs = resolved.into_iter().map(|(call, target)| {
-                            run_one(call, target, &servers, &writer, &context, &available)
-                        });
+                        let runs = resolved
+                            .into_iter()
+                            .map(|(call, target)| run_one(call, target, &servers, &writer, &context, &available));
                         let _ = reply.send(futures::future::join_all(runs).await);
                     }
                     .in_current_span(),
@@ -241,10 +220,7 @@ async fn run_one(
     };
     let Some(target) = target else {
         return outcome(
-            format!(
-                "Error: unknown tool `{name}`. Available tools: {}.",
-                available.join(", ")
-            ),
+            format!("Error: unknown tool `{name}`. Available tools: {}.", available.join(", ")),
             true,
             None,
         );
@@ -263,28 +239,16 @@ async fn run_one(
     };
     match target {
         Target::SaveResearch => match save_research(arguments, writer, context).await {
-            Ok(path) => outcome(
-                format!("Research saved to {}", path.display()),
-                false,
-                Some(path),
-            ),
+            Ok(path) => outcome(format!("Research saved to {}", path.display()), false, Some(path)),
             Err(message) => outcome(format!("Error: {message}"), true, None),
         },
         Target::Mcp { server, tool } => {
             let span = tracing::info_span!("tool_call", tool = %tool, server = %servers[server].server().name);
-            match servers[server]
-                .call_tool(&tool, arguments)
-                .instrument(span)
-                .await
-            {
+            match servers[server].call_tool(&tool, arguments).instrument(span).await {
                 Ok(result) => {
                     let text = mcp::result_text(&result);
                     if result.is_error == Some(true) {
-                        let text = if text.is_empty() {
-                            "the tool reported an error".into()
-                        } else {
-                            text
-                        };
+                        let text = if text.is_empty() { "the tool reported an error".into() } else { text };
                         outcome(format!("Error: {text}"), true, None)
                     } else {
                         outcome(text, false, None)
@@ -378,31 +342,17 @@ impl ToolExecutorHandle {
     /// The tools to offer the model now.
     pub async fn definitions(&self) -> Arc<[ToolDefinition]> {
         self.slot
-            .call(
-                "tool-executor",
-                RESTART_WAIT,
-                RESTART_WAIT,
-                ToolExecutorMsg::Definitions,
-            )
+            .call("tool-executor", RESTART_WAIT, RESTART_WAIT, ToolExecutorMsg::Definitions)
             .await
             .unwrap_or_else(|_| Arc::new([save_research_definition()]))
     }
 
     /// Runs one turn's calls; every call gets an outcome, in order.
-    pub async fn execute(
-        &self,
-        calls: Vec<ToolCall>,
-        context: Arc<QuestionContext>,
-    ) -> Vec<ToolOutcome> {
-        let fallback: Vec<(String, String)> = calls
-            .iter()
-            .map(|c| (c.id.clone(), c.function.name.clone()))
-            .collect();
+    pub async fn execute(&self, calls: Vec<ToolCall>, context: Arc<QuestionContext>) -> Vec<ToolOutcome> {
+        let fallback: Vec<(String, String)> = calls.iter().map(|c| (c.id.clone(), c.function.name.clone())).collect();
         match self
             .slot
-            .call("tool-executor", RESTART_WAIT, self.deadline, |reply| {
-                ToolExecutorMsg::Execute(calls, context, reply)
-            })
+            .call("tool-executor", RESTART_WAIT, self.deadline, |reply| ToolExecutorMsg::Execute(calls, context, reply))
             .await
         {
             Ok(outcomes) => outcomes,
@@ -428,11 +378,7 @@ mod tests {
     fn arguments_must_be_an_object_or_nothing() {
         assert_eq!(parse_arguments(""), Ok(None));
         assert!(parse_arguments("{\"q\": 1}").expect("object").is_some());
-        assert!(
-            parse_arguments("{\"q\": ")
-                .expect_err("truncated")
-                .contains("EOF")
-        );
+        assert!(parse_arguments("{\"q\": ").expect_err("truncated").contains("EOF"));
         assert_eq!(parse_arguments("[1]"), Err("got an array".into()));
     }
 }

@@ -1,10 +1,7 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn with_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -23,27 +20,15 @@ fn the_embedded_defaults_load_and_validate() {
     assert_eq!(settings.model.temperature, 0.1);
     assert_eq!(settings.model.max_tokens, 1500);
     assert_eq!(settings.model.request_timeout, Duration::from_secs(120));
-    assert_eq!(
-        settings.batch.report_path(),
-        PathBuf::from("definitions/report.json")
-    );
+    assert_eq!(settings.batch.report_path(), PathBuf::from("definitions/report.json"));
     let gateway = &settings.mcp.servers[0];
-    assert_eq!(
-        gateway.endpoint(),
-        Ok(McpEndpoint::LegacySse(
-            Url::parse("http://mcp-gateway:8811/sse").expect("url")
-        ))
-    );
+    assert_eq!(gateway.endpoint(), Ok(McpEndpoint::LegacySse(Url::parse("http://mcp-gateway:8811/sse").expect("url"))));
 }
 
 #[test]
 fn an_unknown_key_names_the_key_and_the_file() {
     let (_dir, path) = with_file("q.toml", "[batch]\nconcurency = 3\n");
-    let error = load(&Sources {
-        file: Some(path.clone()),
-        ..Sources::default()
-    })
-    .expect_err("unknown key");
+    let error = load(&Sources { file: Some(path.clone()), ..Sources::default() }).expect_err("unknown key");
     let text = error.to_string();
     assert!(text.contains("concurency"), "{text}");
     assert!(text.contains(&path.display().to_string()), "{text}");
@@ -52,11 +37,7 @@ fn an_unknown_key_names_the_key_and_the_file() {
 #[test]
 fn a_value_of_the_wrong_type_names_the_key_and_the_file() {
     let (_dir, path) = with_file("q.yaml", "batch:\n  concurrency: many\n");
-    let error = load(&Sources {
-        file: Some(path.clone()),
-        ..Sources::default()
-    })
-    .expect_err("bad value");
+    let error = load(&Sources { file: Some(path.clone()), ..Sources::default() }).expect_err("bad value");
     let text = error.to_string();
     assert!(text.contains("batch.concurrency"), "{text}");
     assert!(text.contains(&path.display().to_string()), "{text}");
@@ -64,10 +45,7 @@ fn a_value_of_the_wrong_type_names_the_key_and_the_file() {
 
 #[test]
 fn a_bad_duration_names_the_variable_that_set_it() {
-    let sources = Sources {
-        env: env(&[("AGENTRY__AGENT__QUESTION_TIMEOUT", "soon")]),
-        ..Sources::default()
-    };
+    let sources = Sources { env: env(&[("AGENTRY__AGENT__QUESTION_TIMEOUT", "soon")]), ..Sources::default() };
     let text = load(&sources).expect_err("bad duration").to_string();
     assert!(text.contains("agent.question_timeout"), "{text}");
     assert!(text.contains("AGENTRY__AGENT__QUESTION_TIMEOUT"), "{text}");
@@ -76,11 +54,7 @@ fn a_bad_duration_names_the_variable_that_set_it() {
 #[test]
 fn a_syntax_error_names_the_file() {
     let (_dir, path) = with_file("q.toml", "[batch\nconcurrency = 3\n");
-    let error = load(&Sources {
-        file: Some(path.clone()),
-        ..Sources::default()
-    })
-    .expect_err("syntax");
+    let error = load(&Sources { file: Some(path.clone()), ..Sources::default() }).expect_err("syntax");
     assert!(matches!(error, ConfigError::File { .. }), "{error}");
     assert!(error.to_string().contains(&path.display().to_string()));
 }
@@ -93,14 +67,8 @@ fn layers_apply_in_order() {
     );
     let sources = Sources {
         file: Some(path),
-        env: env(&[
-            ("AGENTRY__BATCH__CONCURRENCY", "7"),
-            ("MODEL_RUNNER_MODEL", "from-legacy"),
-        ]),
-        overrides: Overrides {
-            output_dir: Some("out".into()),
-            ..Overrides::default()
-        },
+        env: env(&[("AGENTRY__BATCH__CONCURRENCY", "7"), ("MODEL_RUNNER_MODEL", "from-legacy")]),
+        overrides: Overrides { output_dir: Some("out".into()), ..Overrides::default() },
     };
     let settings = load(&sources).expect("valid");
     assert_eq!(settings.batch.concurrency, 7);
@@ -113,10 +81,7 @@ fn layers_apply_in_order() {
 fn the_python_agents_variables_are_honoured() {
     let sources = Sources {
         env: env(&[
-            (
-                "MODEL_RUNNER_URL",
-                "http://model-runner.docker.internal/engines/v1/",
-            ),
+            ("MODEL_RUNNER_URL", "http://model-runner.docker.internal/engines/v1/"),
             ("MODEL_RUNNER_MODEL", "ai/smollm2"),
             ("OPENAI_MODEL_NAME", "gpt-4.1-mini"),
             ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
@@ -126,71 +91,39 @@ fn the_python_agents_variables_are_honoured() {
         ..Sources::default()
     };
     let settings = load(&sources).expect("valid");
-    assert_eq!(
-        settings.model.local.base_url,
-        "http://model-runner.docker.internal/engines/v1/"
-    );
+    assert_eq!(settings.model.local.base_url, "http://model-runner.docker.internal/engines/v1/");
     assert_eq!(settings.model.local.model, "ai/smollm2");
     assert_eq!(settings.model.cloud.model, "gpt-4.1-mini");
     assert_eq!(settings.model.cloud.base_url, "http://127.0.0.1:9/v1");
-    assert_eq!(
-        settings.batch.questions,
-        ["Define Docker"],
-        "QUESTION replaces the embedded default"
-    );
+    assert_eq!(settings.batch.questions, ["Define Docker"], "QUESTION replaces the embedded default");
     assert_eq!(
         settings.mcp.servers[0].endpoint(),
-        Ok(McpEndpoint::StreamableHttp(
-            Url::parse("http://127.0.0.1:8811/mcp").expect("url")
-        ))
+        Ok(McpEndpoint::StreamableHttp(Url::parse("http://127.0.0.1:8811/mcp").expect("url")))
     );
-    assert_eq!(
-        settings.mcp.servers[0].tools,
-        ["search"],
-        "the rest of the server is kept"
-    );
+    assert_eq!(settings.mcp.servers[0].tools, ["search"], "the rest of the server is kept");
 }
 
 #[test]
 fn question_adds_to_a_users_list() {
     let (_dir, path) = with_file("q.toml", "[batch]\nquestions = [\"A\"]\n");
-    let sources = Sources {
-        file: Some(path),
-        env: env(&[("QUESTION", "B")]),
-        ..Sources::default()
-    };
+    let sources = Sources { file: Some(path), env: env(&[("QUESTION", "B")]), ..Sources::default() };
     assert_eq!(load(&sources).expect("valid").batch.questions, ["A", "B"]);
 }
 
 #[test]
 fn questions_file_is_relative_to_the_config_file() {
     let (dir, path) = with_file("q.toml", "[batch]\nquestions_file = \"list.txt\"\n");
-    let settings = load(&Sources {
-        file: Some(path),
-        ..Sources::default()
-    })
-    .expect("valid");
+    let settings = load(&Sources { file: Some(path), ..Sources::default() }).expect("valid");
     assert_eq!(settings.batch.questions_file, dir.path().join("list.txt"));
 }
 
 #[test]
 fn a_secret_value_in_config_is_refused_with_advice() {
-    let (_dir, path) = with_file(
-        "q.toml",
-        "[model.cloud]\napi_key_secret = \"sk-proj-abcdef\"\n",
-    );
-    let text = load(&Sources {
-        file: Some(path),
-        ..Sources::default()
-    })
-    .expect_err("refused")
-    .to_string();
+    let (_dir, path) = with_file("q.toml", "[model.cloud]\napi_key_secret = \"sk-proj-abcdef\"\n");
+    let text = load(&Sources { file: Some(path), ..Sources::default() }).expect_err("refused").to_string();
     assert!(text.contains("model.cloud.api_key_secret"), "{text}");
     assert!(text.contains("secret"), "{text}");
-    assert!(
-        !text.contains("sk-proj-abcdef"),
-        "the error must not repeat the value: {text}"
-    );
+    assert!(!text.contains("sk-proj-abcdef"), "the error must not repeat the value: {text}");
 }
 
 #[test]
@@ -198,30 +131,16 @@ fn invalid_values_are_named() {
     for (toml, key) in [
         ("[batch]\nconcurrency = 0\n", "batch.concurrency"),
         ("[model]\ntemperature = 3.0\n", "model.temperature"),
-        (
-            "[model.local]\nbase_url = \"not a url\"\n",
-            "model.local.base_url",
-        ),
-        (
-            "[[mcp.servers]]\nname = \"x\"\ntransport = \"stdio\"\n",
-            "mcp.servers[0].command",
-        ),
-        (
-            "[[mcp.servers]]\nname = \"x\"\nurl = \"ftp://h/\"\n",
-            "mcp.servers[0].url",
-        ),
+        ("[model.local]\nbase_url = \"not a url\"\n", "model.local.base_url"),
+        ("[[mcp.servers]]\nname = \"x\"\ntransport = \"stdio\"\n", "mcp.servers[0].command"),
+        ("[[mcp.servers]]\nname = \"x\"\nurl = \"ftp://h/\"\n", "mcp.servers[0].url"),
         (
             "[[mcp.servers]]\nname = \"x\"\nurl = \"http://a/mcp\"\n[[mcp.servers]]\nname = \"x\"\nurl = \"http://b/mcp\"\n",
             "mcp.servers[1].name",
         ),
     ] {
         let (_dir, path) = with_file("q.toml", toml);
-        let text = load(&Sources {
-            file: Some(path),
-            ..Sources::default()
-        })
-        .expect_err(toml)
-        .to_string();
+        let text = load(&Sources { file: Some(path), ..Sources::default() }).expect_err(toml).to_string();
         assert!(text.contains(key), "{toml}: {text}");
     }
 }
@@ -237,18 +156,9 @@ fn auto_transport_follows_the_path() {
         command: vec![],
         env: vec![],
     };
-    assert!(matches!(
-        server("http://h:8811/sse", TransportKind::Auto).endpoint(),
-        Ok(McpEndpoint::LegacySse(_))
-    ));
-    assert!(matches!(
-        server("http://h:8811/sse/", TransportKind::Auto).endpoint(),
-        Ok(McpEndpoint::LegacySse(_))
-    ));
-    assert!(matches!(
-        server("http://h:8811/mcp", TransportKind::Auto).endpoint(),
-        Ok(McpEndpoint::StreamableHttp(_))
-    ));
+    assert!(matches!(server("http://h:8811/sse", TransportKind::Auto).endpoint(), Ok(McpEndpoint::LegacySse(_))));
+    assert!(matches!(server("http://h:8811/sse/", TransportKind::Auto).endpoint(), Ok(McpEndpoint::LegacySse(_))));
+    assert!(matches!(server("http://h:8811/mcp", TransportKind::Auto).endpoint(), Ok(McpEndpoint::StreamableHttp(_))));
     assert!(matches!(
         server("http://h:8811/sse", TransportKind::StreamableHttp).endpoint(),
         Ok(McpEndpoint::StreamableHttp(_))

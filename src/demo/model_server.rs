@@ -60,14 +60,7 @@ const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Roles the real API accepts in `messages[].role`.
-const ROLES: [&str; 6] = [
-    "system",
-    "assistant",
-    "user",
-    "function",
-    "tool",
-    "developer",
-];
+const ROLES: [&str; 6] = ["system", "assistant", "user", "function", "tool", "developer"];
 
 // ---------------------------------------------------------------------------
 // Behaviour and replies
@@ -98,18 +91,12 @@ pub struct ScriptedToolCall {
 impl ScriptedToolCall {
     /// A call whose arguments are `arguments` serialized as JSON.
     pub fn new(name: impl Into<String>, arguments: &Value) -> Self {
-        Self {
-            name: name.into(),
-            arguments: arguments.to_string(),
-        }
+        Self { name: name.into(), arguments: arguments.to_string() }
     }
 
     /// A call whose `arguments` string is sent exactly as given.
     pub fn raw(name: impl Into<String>, arguments: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            arguments: arguments.into(),
-        }
+        Self { name: name.into(), arguments: arguments.into() }
     }
 }
 
@@ -152,11 +139,7 @@ pub enum Reply {
 impl Reply {
     /// A plain assistant message (`finish_reason: "stop"`).
     pub fn text(content: impl Into<String>) -> Self {
-        Reply::Message {
-            content: Some(content.into()),
-            tool_calls: Vec::new(),
-            finish_reason: None,
-        }
+        Reply::Message { content: Some(content.into()), tool_calls: Vec::new(), finish_reason: None }
     }
 
     /// A message cut short by `max_tokens` (`finish_reason: "length"`).
@@ -176,20 +159,11 @@ impl Reply {
 
     /// Several (parallel) tool calls in one message.
     pub fn tool_calls(calls: Vec<ScriptedToolCall>) -> Self {
-        Reply::Message {
-            content: None,
-            tool_calls: calls,
-            finish_reason: None,
-        }
+        Reply::Message { content: None, tool_calls: calls, finish_reason: None }
     }
 
     /// Any error status with an OpenAI error body.
-    pub fn error(
-        status: u16,
-        kind: impl Into<String>,
-        code: Option<&str>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn error(status: u16, kind: impl Into<String>, code: Option<&str>, message: impl Into<String>) -> Self {
         Reply::Error {
             status,
             retry_after: None,
@@ -228,12 +202,7 @@ impl Reply {
 
     /// HTTP 503 `server_error` ("overloaded").
     pub fn overloaded() -> Self {
-        Self::error(
-            503,
-            "server_error",
-            None,
-            "The server is overloaded or not ready yet.",
-        )
+        Self::error(503, "server_error", None, "The server is overloaded or not ready yet.")
     }
 
     /// HTTP 200 with a body that is not valid JSON (or not a completion).
@@ -269,11 +238,7 @@ impl fmt::Debug for ChatRequestView<'_> {
 impl<'a> ChatRequestView<'a> {
     /// Wraps a request body (useful to unit-test behaviours without a server).
     pub fn new(body: &'a Value, bearer: Option<&'a str>, number: u64) -> Self {
-        Self {
-            body,
-            bearer,
-            number,
-        }
+        Self { body, bearer, number }
     }
 
     /// The whole parsed request body.
@@ -288,11 +253,7 @@ impl<'a> ChatRequestView<'a> {
 
     /// The `messages` array (empty if absent).
     pub fn messages(&self) -> &'a [Value] {
-        self.body
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Names of the functions offered in `tools`, in order.
@@ -300,12 +261,7 @@ impl<'a> ChatRequestView<'a> {
         self.body
             .get("tools")
             .and_then(Value::as_array)
-            .map(|tools| {
-                tools
-                    .iter()
-                    .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-                    .collect()
-            })
+            .map(|tools| tools.iter().filter_map(|t| t.pointer("/function/name").and_then(Value::as_str)).collect())
             .unwrap_or_default()
     }
 
@@ -328,10 +284,7 @@ impl<'a> ChatRequestView<'a> {
 
     /// `max_tokens` (or `max_completion_tokens`), if sent.
     pub fn max_tokens(&self) -> Option<u64> {
-        self.body
-            .get("max_tokens")
-            .or_else(|| self.body.get("max_completion_tokens"))
-            .and_then(Value::as_u64)
+        self.body.get("max_tokens").or_else(|| self.body.get("max_completion_tokens")).and_then(Value::as_u64)
     }
 
     /// `temperature`, if sent.
@@ -341,11 +294,7 @@ impl<'a> ChatRequestView<'a> {
 
     /// Text of the last `user` message, if any.
     pub fn last_user_text(&self) -> Option<String> {
-        self.messages()
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(message_text)
+        self.messages().iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")).map(message_text)
     }
 }
 
@@ -384,9 +333,7 @@ pub struct Queue {
 impl Queue {
     /// A queue holding `replies`.
     pub fn new(replies: impl IntoIterator<Item = Reply>) -> Self {
-        Self {
-            replies: Mutex::new(replies.into_iter().collect()),
-        }
+        Self { replies: Mutex::new(replies.into_iter().collect()) }
     }
 
     /// Appends a reply to the end of the script.
@@ -407,10 +354,7 @@ impl Behaviour for Queue {
                 500,
                 "server_error",
                 Some("script_exhausted"),
-                format!(
-                    "The demo model server's scripted reply queue ran out at request #{}.",
-                    request.number()
-                ),
+                format!("The demo model server's scripted reply queue ran out at request #{}.", request.number()),
             )
         })
     }
@@ -558,10 +502,7 @@ impl ModelServer {
     pub async fn start(behaviour: Arc<dyn Behaviour>) -> std::io::Result<ModelServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Arc::new(Shared {
             behaviour,
             latency_ms: AtomicU64::new(0),
@@ -574,10 +515,7 @@ impl ModelServer {
             started,
         });
         let router = Router::new()
-            .route(
-                "/v1/chat/completions",
-                post(chat_completions).fallback(method_not_allowed),
-            )
+            .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
             .route("/v1/models", get(list_models).fallback(method_not_allowed))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -585,20 +523,13 @@ impl ModelServer {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             if let Err(error) = served {
                 tracing::warn!(%error, "demo model server stopped with an error");
             }
         });
         tracing::debug!(%addr, "demo model server listening");
-        Ok(ModelServer {
-            addr,
-            shared,
-            cancel,
-            task: Some(task),
-        })
+        Ok(ModelServer { addr, shared, cancel, task: Some(task) })
     }
 
     /// Adds a fixed delay to every completion (counted as in flight).
@@ -687,29 +618,12 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn invalid(
-        message: impl Into<String>,
-        param: Option<String>,
-        code: Option<&'static str>,
-    ) -> Self {
-        ApiError {
-            status: 400,
-            kind: "invalid_request_error",
-            message: message.into(),
-            param,
-            code,
-        }
+    fn invalid(message: impl Into<String>, param: Option<String>, code: Option<&'static str>) -> Self {
+        ApiError { status: 400, kind: "invalid_request_error", message: message.into(), param, code }
     }
 
     fn into_response(self) -> Response {
-        error_response(
-            self.status,
-            self.kind,
-            self.param.as_deref(),
-            self.code,
-            &self.message,
-            None,
-        )
+        error_response(self.status, self.kind, self.param.as_deref(), self.code, &self.message, None)
     }
 }
 
@@ -730,10 +644,7 @@ fn error_response(
         let headers = response.headers_mut();
         let secs = delay.as_millis().div_ceil(1000);
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
-        headers.insert(
-            "retry-after-ms",
-            HeaderValue::from(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
-        );
+        headers.insert("retry-after-ms", HeaderValue::from(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
     }
     response
 }
@@ -741,9 +652,7 @@ fn error_response(
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
 /// Masks a key the way OpenAI's 401 message does: a few leading and
@@ -796,17 +705,10 @@ fn check_key(shared: &Shared, bearer: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-async fn chat_completions(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let at = Instant::now();
     let bearer = bearer_token(&headers);
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let parsed = serde_json::from_slice::<Value>(&body);
     let number = shared.record(RecordedRequest {
         number: 0,
@@ -836,33 +738,15 @@ async fn chat_completions(
                 tokio::time::sleep(delay).await;
                 reply = *inner;
             }
-            Reply::Message {
-                content,
-                tool_calls,
-                finish_reason,
-            } => {
-                break completion_response(
-                    &shared,
-                    number,
-                    &body,
-                    content,
-                    tool_calls,
-                    finish_reason,
-                );
+            Reply::Message { content, tool_calls, finish_reason } => {
+                break completion_response(&shared, number, &body, content, tool_calls, finish_reason);
             }
-            Reply::Error {
-                status,
-                retry_after,
-                kind,
-                code,
-                message,
-            } => break error_response(status, &kind, None, code.as_deref(), &message, retry_after),
+            Reply::Error { status, retry_after, kind, code, message } => {
+                break error_response(status, &kind, None, code.as_deref(), &message, retry_after);
+            }
             Reply::Malformed(text) => {
                 let mut response = (StatusCode::OK, text).into_response();
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 break response;
             }
             Reply::Disconnect => {
@@ -904,9 +788,7 @@ fn prepare(
     if let Some(model) = body.get("model").and_then(Value::as_str) {
         lock(&shared.models_seen).insert(model.to_owned());
     }
-    let reply = shared
-        .behaviour
-        .reply(&ChatRequestView::new(&body, bearer, number));
+    let reply = shared.behaviour.reply(&ChatRequestView::new(&body, bearer, number));
     Ok((body, reply))
 }
 
@@ -927,8 +809,7 @@ fn completion_response(
         let calls: Vec<Value> = tool_calls
             .iter()
             .map(|call| {
-                completion_estimate +=
-                    estimate_tokens(&call.name) + estimate_tokens(&call.arguments);
+                completion_estimate += estimate_tokens(&call.name) + estimate_tokens(&call.arguments);
                 let id = shared.next_call_id.fetch_add(1, Ordering::SeqCst);
                 json!({
                     "id": format!("call_{id}"),
@@ -941,19 +822,10 @@ fn completion_response(
     }
     message.insert("refusal".into(), Value::Null);
     message.insert("annotations".into(), json!([]));
-    let finish_reason = finish_reason.unwrap_or_else(|| {
-        if tool_calls.is_empty() {
-            "stop"
-        } else {
-            "tool_calls"
-        }
-        .to_owned()
-    });
+    let finish_reason =
+        finish_reason.unwrap_or_else(|| if tool_calls.is_empty() { "stop" } else { "tool_calls" }.to_owned());
     let completion_tokens = completion_estimate.max(1);
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(shared.started);
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(shared.started);
     let response = json!({
         "id": format!("chatcmpl-demo{:x}{number:06}", shared.started),
         "object": "chat.completion",
@@ -990,26 +862,16 @@ fn completion_response(
 /// Deterministic prompt-token estimate: per message 3 tokens of framing
 /// plus its text, tool calls and tool-call ids; plus the tool schemas.
 fn prompt_tokens(body: &Value) -> u64 {
-    let messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let messages = body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
     let mut total = 3; // reply priming
     for message in messages {
         total += 3 + estimate_tokens(&message_text(message));
         if let Some(id) = message.get("tool_call_id").and_then(Value::as_str) {
             total += estimate_tokens(id);
         }
-        for call in message
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
+        for call in message.get("tool_calls").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
             let f = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or("");
-            total +=
-                estimate_tokens(f("/function/name")) + estimate_tokens(f("/function/arguments"));
+            total += estimate_tokens(f("/function/name")) + estimate_tokens(f("/function/arguments"));
         }
     }
     if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
@@ -1033,14 +895,7 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
 }
 
 fn not_found_response(method: &Method, path: &str) -> Response {
-    error_response(
-        404,
-        "invalid_request_error",
-        None,
-        None,
-        &format!("Invalid URL ({method} {path})"),
-        None,
-    )
+    error_response(404, "invalid_request_error", None, None, &format!("Invalid URL ({method} {path})"), None)
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
@@ -1084,10 +939,7 @@ fn missing(param: String) -> ApiError {
 
 fn wrong_type(param: String, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(
-        format!(
-            "Invalid type for '{param}': expected {expected}, but got {} instead.",
-            type_name(got)
-        ),
+        format!("Invalid type for '{param}': expected {expected}, but got {} instead.", type_name(got)),
         Some(param),
         Some("invalid_type"),
     )
@@ -1097,11 +949,7 @@ fn field<'v>(object: &'v Value, key: &str) -> Option<&'v Value> {
     object.get(key).filter(|v| !v.is_null())
 }
 
-fn require_str<'v>(
-    object: &'v Value,
-    key: &str,
-    param: impl Fn() -> String,
-) -> Result<&'v str, ApiError> {
+fn require_str<'v>(object: &'v Value, key: &str, param: impl Fn() -> String) -> Result<&'v str, ApiError> {
     match field(object, key) {
         None => Err(missing(param())),
         Some(Value::String(s)) => Ok(s),
@@ -1114,21 +962,14 @@ fn require_str<'v>(
 fn validate(body: &Value) -> Result<(), ApiError> {
     if !body.is_object() {
         return Err(ApiError::invalid(
-            format!(
-                "Invalid type for request body: expected an object, but got {} instead.",
-                type_name(body)
-            ),
+            format!("Invalid type for request body: expected an object, but got {} instead.", type_name(body)),
             None,
             Some("invalid_type"),
         ));
     }
     match field(body, "model") {
         None => {
-            return Err(ApiError::invalid(
-                "you must provide a model parameter",
-                Some("model".into()),
-                None,
-            ));
+            return Err(ApiError::invalid("you must provide a model parameter", Some("model".into()), None));
         }
         Some(Value::String(_)) => {}
         Some(other) => return Err(wrong_type("model".into(), "a string", other)),
@@ -1176,17 +1017,11 @@ fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
         match content {
             None | Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(other) => {
-                return Err(wrong_type(
-                    format!("messages[{i}].content"),
-                    "one of a string or array of objects",
-                    other,
-                ));
+                return Err(wrong_type(format!("messages[{i}].content"), "one of a string or array of objects", other));
             }
         }
         if role == "tool" {
-            let id = require_str(message, "tool_call_id", || {
-                format!("messages[{i}].tool_call_id")
-            })?;
+            let id = require_str(message, "tool_call_id", || format!("messages[{i}].tool_call_id"))?;
             if content.is_none() {
                 return Err(missing(format!("messages[{i}].content")));
             }
@@ -1217,8 +1052,7 @@ fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
         match role {
             "assistant" => {
                 let ids = validate_tool_calls(message, i)?;
-                if ids.is_empty() && content.is_none() && field(message, "function_call").is_none()
-                {
+                if ids.is_empty() && content.is_none() && field(message, "function_call").is_none() {
                     return Err(ApiError::invalid(
                         "Invalid value for 'content': expected a string, got null.",
                         Some(format!("messages.[{i}].content")),
@@ -1243,14 +1077,8 @@ fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn unanswered_error(
-    (index, ids, answered): &(usize, Vec<String>, HashSet<String>),
-) -> Result<(), ApiError> {
-    let unanswered: Vec<&str> = ids
-        .iter()
-        .filter(|id| !answered.contains(*id))
-        .map(String::as_str)
-        .collect();
+fn unanswered_error((index, ids, answered): &(usize, Vec<String>, HashSet<String>)) -> Result<(), ApiError> {
+    let unanswered: Vec<&str> = ids.iter().filter(|id| !answered.contains(*id)).map(String::as_str).collect();
     if unanswered.is_empty() {
         return Ok(());
     }
@@ -1272,11 +1100,7 @@ fn validate_tool_calls(message: &Value, i: usize) -> Result<Vec<String>, ApiErro
         None => return Ok(Vec::new()),
         Some(Value::Array(calls)) => calls,
         Some(other) => {
-            return Err(wrong_type(
-                format!("messages[{i}].tool_calls"),
-                "an array",
-                other,
-            ));
+            return Err(wrong_type(format!("messages[{i}].tool_calls"), "an array", other));
         }
     };
     let mut ids = Vec::with_capacity(calls.len());
@@ -1325,10 +1149,7 @@ fn valid_function_name(name: &str) -> Result<(), (&'static str, String)> {
             ),
         ));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err((
             "invalid_value",
             "string does not match pattern. Expected a string that matches the pattern \
@@ -1364,29 +1185,17 @@ fn validate_tools(tools: &Value) -> Result<(), ApiError> {
         let name = require_str(function, "name", || p(".function.name"))?;
         if let Err((code, detail)) = valid_function_name(name) {
             let param = p(".function.name");
-            return Err(ApiError::invalid(
-                format!("Invalid '{param}': {detail}"),
-                Some(param),
-                Some(code),
-            ));
+            return Err(ApiError::invalid(format!("Invalid '{param}': {detail}"), Some(param), Some(code)));
         }
         if let Some(description) = field(function, "description")
             && !description.is_string()
         {
-            return Err(wrong_type(
-                p(".function.description"),
-                "a string",
-                description,
-            ));
+            return Err(wrong_type(p(".function.description"), "a string", description));
         }
         if let Some(parameters) = field(function, "parameters")
             && !parameters.is_object()
         {
-            return Err(wrong_type(
-                p(".function.parameters"),
-                "an object",
-                parameters,
-            ));
+            return Err(wrong_type(p(".function.parameters"), "an object", parameters));
         }
     }
     Ok(())
@@ -1460,10 +1269,7 @@ mod tests {
 
     #[test]
     fn masks_keys_like_openai() {
-        assert_eq!(
-            mask_key("sk-abcdefghijklmnopxyz1"),
-            format!("sk-ab{}xyz1", "*".repeat(14))
-        );
+        assert_eq!(mask_key("sk-abcdefghijklmnopxyz1"), format!("sk-ab{}xyz1", "*".repeat(14)));
         assert_eq!(mask_key("sk-12345"), "sk****45");
         assert_eq!(mask_key("abc"), "***");
         assert!(!mask_key("sk-secret-value-1234").contains("secret"));
@@ -1495,10 +1301,7 @@ mod tests {
     #[test]
     fn rejects_structural_mistakes() {
         assert_eq!(param_of(&json!({"messages": []})).as_deref(), Some("model"));
-        assert_eq!(
-            param_of(&json!({"model": "m"})).as_deref(),
-            Some("messages")
-        );
+        assert_eq!(param_of(&json!({"model": "m"})).as_deref(), Some("messages"));
         assert_eq!(param_of(&body_with(json!([]))).as_deref(), Some("messages"));
         assert_eq!(
             param_of(&body_with(json!([{"role": "robot", "content": "x"}]))).as_deref(),
@@ -1514,8 +1317,7 @@ mod tests {
             Some("messages.[1].role")
         );
         // Answering an id that was not asked for.
-        let call =
-            json!({"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+        let call = json!({"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}});
         assert_eq!(
             param_of(&body_with(json!([
                 {"role": "user", "content": "u"},
@@ -1546,32 +1348,21 @@ mod tests {
             ]},
             {"role": "tool", "tool_call_id": "a", "content": "r"}
         ]));
-        assert_eq!(
-            param_of(&object_args).as_deref(),
-            Some("messages[1].tool_calls[0].function.arguments")
-        );
+        assert_eq!(param_of(&object_args).as_deref(), Some("messages[1].tool_calls[0].function.arguments"));
     }
 
     #[test]
     fn rejects_bad_tools_and_sampling() {
-        let with_tools = |tools: Value| json!({"model": "m", "messages": [{"role": "user", "content": "u"}], "tools": tools});
+        let with_tools =
+            |tools: Value| json!({"model": "m", "messages": [{"role": "user", "content": "u"}], "tools": tools});
+        assert_eq!(param_of(&with_tools(json!([{"type": "retrieval"}]))).as_deref(), Some("tools[0].type"));
         assert_eq!(
-            param_of(&with_tools(json!([{"type": "retrieval"}]))).as_deref(),
-            Some("tools[0].type")
-        );
-        assert_eq!(
-            param_of(&with_tools(
-                json!([{"type": "function", "function": {"name": "a.b"}}])
-            ))
-            .as_deref(),
+            param_of(&with_tools(json!([{"type": "function", "function": {"name": "a.b"}}]))).as_deref(),
             Some("tools[0].function.name")
         );
         let long = "x".repeat(65);
         assert_eq!(
-            param_of(&with_tools(
-                json!([{"type": "function", "function": {"name": long}}])
-            ))
-            .as_deref(),
+            param_of(&with_tools(json!([{"type": "function", "function": {"name": long}}]))).as_deref(),
             Some("tools[0].function.name")
         );
         assert_eq!(
@@ -1616,10 +1407,7 @@ mod tests {
         let body = json!({});
         let view = ChatRequestView::new(&body, None, 0);
         assert_eq!(queue.reply(&view), Reply::text("one"));
-        assert!(matches!(
-            queue.reply(&view),
-            Reply::Error { status: 500, .. }
-        ));
+        assert!(matches!(queue.reply(&view), Reply::Error { status: 500, .. }));
         assert_eq!(queue.remaining(), 0);
     }
 }

@@ -108,10 +108,7 @@ impl Behaviour for ScriptedResearcher {
         let results = turn_results(messages);
         let is_search = |r: &&ToolResult| matches_tool(&r.name, SEARCH_TOOL);
         let search = results.iter().rev().find(is_search);
-        let saved = results
-            .iter()
-            .rev()
-            .find(|r| matches_tool(&r.name, SAVE_TOOL));
+        let saved = results.iter().rev().find(|r| matches_tool(&r.name, SAVE_TOOL));
         let hits = search.map(Hits::from_result).unwrap_or_default();
 
         if let Some(saved) = saved {
@@ -124,10 +121,7 @@ impl Behaviour for ScriptedResearcher {
         }
         if let Some(tool) = save_tool {
             let content = write_up(&topic, search.is_some(), &hits);
-            return Reply::tool_call(
-                tool,
-                &json!({ "topic": topic, "research_content": content }),
-            );
+            return Reply::tool_call(tool, &json!({ "topic": topic, "research_content": content }));
         }
         Reply::text(final_answer(&topic, &query, &hits, None))
     }
@@ -143,46 +137,24 @@ struct ToolResult {
 
 /// Tool results after the last user message, in order.
 fn turn_results(messages: &[Value]) -> Vec<ToolResult> {
-    let start = messages
-        .iter()
-        .rposition(|m| role(m) == "user")
-        .map_or(0, |i| i + 1);
+    let start = messages.iter().rposition(|m| role(m) == "user").map_or(0, |i| i + 1);
     let turn = &messages[start.min(messages.len())..];
     let mut names: Vec<(&str, &str)> = Vec::new();
     let mut results = Vec::new();
     for message in turn {
         match role(message) {
             "assistant" => {
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
                     let id = call.get("id").and_then(Value::as_str).unwrap_or("");
-                    let name = call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
+                    let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or("");
                     names.push((id, name));
                 }
             }
             "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let name = names
-                    .iter()
-                    .rev()
-                    .find(|(known, _)| *known == id)
-                    .map_or("", |(_, name)| *name);
+                let id = message.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                let name = names.iter().rev().find(|(known, _)| *known == id).map_or("", |(_, name)| *name);
                 let (text, is_error) = unwrap_tool_content(&message_text(message));
-                results.push(ToolResult {
-                    name: name.to_owned(),
-                    text,
-                    is_error,
-                });
+                results.push(ToolResult { name: name.to_owned(), text, is_error });
             }
             _ => {}
         }
@@ -199,30 +171,15 @@ fn role(message: &Value) -> &str {
 /// blocks. Returns the text and whether it reports an error.
 fn unwrap_tool_content(raw: &str) -> (String, bool) {
     let trimmed = raw.trim();
-    let starts_with_error = |s: &str| {
-        s.trim_start()
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case("error"))
-    };
-    let parsed: Option<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        serde_json::from_str(trimmed).ok()
-    } else {
-        None
-    };
+    let starts_with_error = |s: &str| s.trim_start().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("error"));
+    let parsed: Option<Value> =
+        if trimmed.starts_with('{') || trimmed.starts_with('[') { serde_json::from_str(trimmed).ok() } else { None };
     let Some(value) = parsed else {
         return (trimmed.to_owned(), starts_with_error(trimmed));
     };
-    let flagged = value
-        .get("isError")
-        .or_else(|| value.get("is_error"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let flagged = value.get("isError").or_else(|| value.get("is_error")).and_then(Value::as_bool).unwrap_or(false);
     let blocks_text = |blocks: &Vec<Value>| {
-        blocks
-            .iter()
-            .filter_map(|b| b.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n")
+        blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
     };
     let text = match &value {
         Value::Array(blocks) => blocks_text(blocks),
@@ -251,44 +208,29 @@ fn find_tool<'a>(offered: &[&'a str], wanted: &str) -> Option<&'a str> {
 }
 
 fn matches_tool(name: &str, wanted: &str) -> bool {
-    name == wanted
-        || name
-            .strip_suffix(wanted)
-            .is_some_and(|prefix| prefix.ends_with(['_', '-', '.', ':']))
+    name == wanted || name.strip_suffix(wanted).is_some_and(|prefix| prefix.ends_with(['_', '-', '.', ':']))
 }
 
 /// Turns a request such as "Research the topic of Rust actors." into a
 /// search query ("Rust actors").
 pub fn derive_query(request: &str) -> String {
-    let line = request
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
+    let line = request.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     let mut query = line;
     // "Topic: X", "Research question: X" → "X".
     if let Some((head, tail)) = query.split_once(':') {
         let head = head.to_ascii_lowercase();
         let tail = tail.trim();
-        if !tail.is_empty()
-            && ["topic", "research", "question", "subject", "query"]
-                .iter()
-                .any(|w| head.contains(w))
-        {
+        if !tail.is_empty() && ["topic", "research", "question", "subject", "query"].iter().any(|w| head.contains(w)) {
             query = tail;
         }
     }
     loop {
         let before = query;
-        query = query.trim_start_matches(|c: char| {
-            c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '*' | '-' | ',' | ':')
-        });
+        query = query
+            .trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '*' | '-' | ',' | ':'));
         for lead in LEAD_INS {
             if let Some(rest) = strip_prefix_ignore_case(query, lead)
-                && rest
-                    .chars()
-                    .next()
-                    .is_none_or(|c| c.is_whitespace() || matches!(c, ':' | ','))
+                && rest.chars().next().is_none_or(|c| c.is_whitespace() || matches!(c, ':' | ','))
             {
                 query = rest;
                 break;
@@ -300,32 +242,19 @@ pub fn derive_query(request: &str) -> String {
     }
     let query = query
         .trim_end_matches(|c: char| {
-            c.is_whitespace()
-                || matches!(
-                    c,
-                    '?' | '.' | '!' | '"' | '\'' | '`' | '*' | ':' | ';' | ','
-                )
+            c.is_whitespace() || matches!(c, '?' | '.' | '!' | '"' | '\'' | '`' | '*' | ':' | ';' | ',')
         })
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    let query = if query.is_empty() {
-        line.split_whitespace().collect::<Vec<_>>().join(" ")
-    } else {
-        query
-    };
+    let query = if query.is_empty() { line.split_whitespace().collect::<Vec<_>>().join(" ") } else { query };
     let query = truncate_words(&query, 200);
-    if query.is_empty() {
-        "general knowledge".to_owned()
-    } else {
-        query
-    }
+    if query.is_empty() { "general knowledge".to_owned() } else { query }
 }
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
 /// At most `max` characters, cut at a word boundary.
@@ -343,11 +272,7 @@ fn truncate_words(text: &str, max: usize) -> String {
         }
         out.push_str(word);
     }
-    if out.is_empty() {
-        text.chars().take(max).collect()
-    } else {
-        out
-    }
+    if out.is_empty() { text.chars().take(max).collect() } else { out }
 }
 
 /// A short topic (≤ 60 characters) for the write-up's title.
@@ -378,14 +303,7 @@ impl Hits {
         if result.is_error {
             let first = result.text.lines().next().unwrap_or("").trim();
             return Hits {
-                error: Some(
-                    if first.is_empty() {
-                        "unknown error"
-                    } else {
-                        first
-                    }
-                    .to_owned(),
-                ),
+                error: Some(if first.is_empty() { "unknown error" } else { first }.to_owned()),
                 ..Hits::default()
             };
         }
@@ -393,11 +311,8 @@ impl Hits {
     }
 
     fn sources(&self) -> Vec<(String, String)> {
-        let mut sources: Vec<(String, String)> = self
-            .hits
-            .iter()
-            .filter_map(|h| h.url.clone().map(|u| (h.title.clone(), u)))
-            .collect();
+        let mut sources: Vec<(String, String)> =
+            self.hits.iter().filter_map(|h| h.url.clone().map(|u| (h.title.clone(), u))).collect();
         for url in &self.urls {
             if !sources.iter().any(|(_, known)| known == url) {
                 sources.push((url.clone(), url.clone()));
@@ -419,11 +334,7 @@ fn parse_hits(text: &str) -> Hits {
         }
         if let Some(title) = numbered(line) {
             let (title, url) = markdown_link(title);
-            hits.push(Hit {
-                title: title.trim_matches('*').trim().to_owned(),
-                url,
-                snippet: String::new(),
-            });
+            hits.push(Hit { title: title.trim_matches('*').trim().to_owned(), url, snippet: String::new() });
             continue;
         }
         let Some(hit) = hits.last_mut() else {
@@ -433,20 +344,15 @@ fn parse_hits(text: &str) -> Hits {
         let url_line = ["url:", "link:", "source:"]
             .iter()
             .find_map(|p| lower.starts_with(p).then(|| line[p.len()..].trim()))
-            .or_else(|| {
-                (lower.starts_with("http://") || lower.starts_with("https://")).then_some(line)
-            });
+            .or_else(|| (lower.starts_with("http://") || lower.starts_with("https://")).then_some(line));
         match url_line {
             Some(url) if hit.url.is_none() => {
                 hit.url = extract_urls(url).into_iter().next();
             }
             Some(_) => {}
             None => {
-                let snippet = line
-                    .strip_prefix("Snippet:")
-                    .or_else(|| line.strip_prefix("snippet:"))
-                    .unwrap_or(line)
-                    .trim();
+                let snippet =
+                    line.strip_prefix("Snippet:").or_else(|| line.strip_prefix("snippet:")).unwrap_or(line).trim();
                 if !hit.snippet.is_empty() {
                     hit.snippet.push(' ');
                 }
@@ -463,11 +369,7 @@ fn parse_hits(text: &str) -> Hits {
             snippet: truncate_words(&text.split_whitespace().collect::<Vec<_>>().join(" "), 400),
         });
     }
-    Hits {
-        hits,
-        urls,
-        error: None,
-    }
+    Hits { hits, urls, error: None }
 }
 
 /// `"3. Title"` / `"3) Title"` → `Some("Title")`.
@@ -494,9 +396,7 @@ fn markdown_link(text: &str) -> (&str, Option<String>) {
 
 fn extract_urls(text: &str) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
-    for token in text
-        .split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | '"'))
-    {
+    for token in text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | '"')) {
         let Some(start) = token.find("http://").or_else(|| token.find("https://")) else {
             continue;
         };
@@ -562,9 +462,7 @@ fn write_up(topic: &str, searched: bool, hits: &Hits) -> String {
     } else {
         sentences(&first.snippet, 2)
     };
-    md.push_str(&format!(
-        "## Definition\n\n{definition}\n\n## Key points\n\n"
-    ));
+    md.push_str(&format!("## Definition\n\n{definition}\n\n## Key points\n\n"));
     for hit in hits.hits.iter().take(MAX_POINTS) {
         let point = sentences(&hit.snippet, 1);
         if point.is_empty() {
@@ -600,35 +498,21 @@ fn capitalized(text: &str) -> String {
 /// The file a `save_research` result names, if any.
 fn saved_path(text: &str) -> Option<String> {
     if let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text.trim()) {
-        return [
-            "path",
-            "file",
-            "file_path",
-            "filename",
-            "saved_to",
-            "location",
-        ]
-        .iter()
-        .find_map(|k| object.get(*k).and_then(Value::as_str))
-        .map(str::to_owned);
+        return ["path", "file", "file_path", "filename", "saved_to", "location"]
+            .iter()
+            .find_map(|k| object.get(*k).and_then(Value::as_str))
+            .map(str::to_owned);
     }
     text.split_whitespace()
         .map(|t| {
-            t.trim_matches(|c: char| {
-                matches!(
-                    c,
-                    '`' | '\'' | '"' | '(' | ')' | '[' | ']' | ',' | ';' | ':'
-                )
-            })
-            .trim_end_matches('.')
+            t.trim_matches(|c: char| matches!(c, '`' | '\'' | '"' | '(' | ')' | '[' | ']' | ',' | ';' | ':'))
+                .trim_end_matches('.')
         })
         .find(|t| {
             let lower = t.to_ascii_lowercase();
             !lower.contains("://")
                 && t.len() > 3
-                && ([".md", ".markdown", ".txt", ".json", ".html"]
-                    .iter()
-                    .any(|ext| lower.ends_with(ext))
+                && ([".md", ".markdown", ".txt", ".json", ".html"].iter().any(|ext| lower.ends_with(ext))
                     || (t.contains('/') && !t.ends_with('/')))
         })
         .map(str::to_owned)
@@ -636,11 +520,7 @@ fn saved_path(text: &str) -> Option<String> {
 
 /// The closing assistant message (2–4 sentences).
 fn final_answer(topic: &str, query: &str, hits: &Hits, saved: Option<&ToolResult>) -> String {
-    let definition = hits
-        .hits
-        .first()
-        .map(|h| sentences(&h.snippet, 1))
-        .filter(|s| !s.is_empty());
+    let definition = hits.hits.first().map(|h| sentences(&h.snippet, 1)).filter(|s| !s.is_empty());
     let mut answer = format!("{LABEL} ");
     if let Some(definition) = &definition {
         answer.push_str(definition);
@@ -656,20 +536,14 @@ fn final_answer(topic: &str, query: &str, hits: &Hits, saved: Option<&ToolResult
     match saved {
         Some(result) if result.is_error => {
             let first = result.text.lines().next().unwrap_or("").trim();
-            answer.push_str(&format!(
-                "{found}, but saving the write-up on {topic} failed: {first}"
-            ));
+            answer.push_str(&format!("{found}, but saving the write-up on {topic} failed: {first}"));
             if !answer.ends_with(['.', '!', '?']) {
                 answer.push('.');
             }
         }
         Some(result) => match saved_path(&result.text) {
-            Some(path) => answer.push_str(&format!(
-                "{found} and saved the write-up on {topic} to `{path}`."
-            )),
-            None => answer.push_str(&format!(
-                "{found} and saved the write-up on {topic} with {SAVE_TOOL}."
-            )),
+            Some(path) => answer.push_str(&format!("{found} and saved the write-up on {topic} to `{path}`.")),
+            None => answer.push_str(&format!("{found} and saved the write-up on {topic} with {SAVE_TOOL}.")),
         },
         None => answer.push_str(&format!("{found}; nothing was saved.")),
     }
@@ -713,11 +587,7 @@ mod tests {
 
     fn text_of(reply: &Reply) -> String {
         match reply {
-            Reply::Message {
-                content: Some(text),
-                tool_calls,
-                ..
-            } if tool_calls.is_empty() => text.clone(),
+            Reply::Message { content: Some(text), tool_calls, .. } if tool_calls.is_empty() => text.clone(),
             other => panic!("expected text, got {other:?}"),
         }
     }
@@ -726,14 +596,8 @@ mod tests {
     fn derives_queries() {
         assert_eq!(derive_query("Define machine learning."), "machine learning");
         assert_eq!(derive_query("What is the actor model?"), "actor model");
-        assert_eq!(
-            derive_query("Research the topic of Rust async runtimes"),
-            "Rust async runtimes"
-        );
-        assert_eq!(
-            derive_query("Topic: OpenTelemetry tracing"),
-            "OpenTelemetry tracing"
-        );
+        assert_eq!(derive_query("Research the topic of Rust async runtimes"), "Rust async runtimes");
+        assert_eq!(derive_query("Topic: OpenTelemetry tracing"), "OpenTelemetry tracing");
         assert_eq!(derive_query("please explain   MCP\nmore text"), "MCP");
         assert_eq!(derive_query("Researchers in AI"), "Researchers in AI");
         assert_eq!(derive_query("What is A/B testing?"), "A/B testing");
@@ -746,18 +610,14 @@ mod tests {
         let hits = parse_hits(SEARCH_OUTPUT);
         assert_eq!(hits.hits.len(), 2);
         assert_eq!(hits.hits[1].title, "Ractor: actors for Rust");
-        assert_eq!(
-            hits.hits[1].url.as_deref(),
-            Some("https://example.org/demo/ractor")
-        );
+        assert_eq!(hits.hits[1].url.as_deref(), Some("https://example.org/demo/ractor"));
         assert!(hits.hits[0].snippet.starts_with("The actor model treats"));
         assert!(parse_hits("No results found for \"x\".").hits.is_empty());
     }
 
     #[test]
     fn unwraps_mcp_json_results() {
-        let (text, error) =
-            unwrap_tool_content(r#"{"content":[{"type":"text","text":"boom"}],"isError":true}"#);
+        let (text, error) = unwrap_tool_content(r#"{"content":[{"type":"text","text":"boom"}],"isError":true}"#);
         assert_eq!((text.as_str(), error), ("boom", true));
         let (_, error) = unwrap_tool_content("Error: search unavailable");
         assert!(error);
@@ -771,10 +631,7 @@ mod tests {
             saved_path("Saved research to research/rust-actors.md.").as_deref(),
             Some("research/rust-actors.md")
         );
-        assert_eq!(
-            saved_path(r#"{"path":"out/x.md"}"#).as_deref(),
-            Some("out/x.md")
-        );
+        assert_eq!(saved_path(r#"{"path":"out/x.md"}"#).as_deref(), Some("out/x.md"));
         assert_eq!(saved_path("done"), None);
     }
 
@@ -786,10 +643,7 @@ mod tests {
             json!({"role": "user", "content": "Research the topic of Rust actors"}),
         ];
         let first = ask(&Value::Array(messages.clone()), &offered);
-        assert_eq!(
-            call_of(&first),
-            (SEARCH_TOOL.to_owned(), json!({"query": "Rust actors"}))
-        );
+        assert_eq!(call_of(&first), (SEARCH_TOOL.to_owned(), json!({"query": "Rust actors"})));
 
         messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": "{\"query\":\"Rust actors\"}"}}
@@ -801,9 +655,7 @@ mod tests {
         assert_eq!(args["topic"], "Rust actors");
         let content = args["research_content"].as_str().unwrap_or_default();
         assert!(content.contains("## Definition"), "{content}");
-        assert!(content.contains(
-            "- **Ractor: actors for Rust**: Ractor is an actor framework for Rust on tokio."
-        ));
+        assert!(content.contains("- **Ractor: actors for Rust**: Ractor is an actor framework for Rust on tokio."));
         assert!(content.contains("[The actor model](https://example.org/demo/actor-model)"));
         assert_eq!(content.matches(LABEL).count(), 1);
 
@@ -834,12 +686,7 @@ mod tests {
         let only_user = json!([{"role": "user", "content": "Define entropy"}]);
         let (name, args) = call_of(&ask(&only_user, &[SAVE_TOOL]));
         assert_eq!(name, SAVE_TOOL);
-        assert!(
-            args["research_content"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("No search tool")
-        );
+        assert!(args["research_content"].as_str().unwrap_or_default().contains("No search tool"));
 
         let answer = text_of(&ask(&only_user, &[]));
         assert!(answer.starts_with(LABEL));
@@ -857,9 +704,6 @@ mod tests {
             {"role": "user", "content": "Now define Docker"}
         ]);
         let (name, args) = call_of(&ask(&messages, &[SEARCH_TOOL, SAVE_TOOL]));
-        assert_eq!(
-            (name.as_str(), &args),
-            (SEARCH_TOOL, &json!({"query": "Docker"}))
-        );
+        assert_eq!((name.as_str(), &args), (SEARCH_TOOL, &json!({"query": "Docker"})));
     }
 }

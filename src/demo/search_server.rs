@@ -18,9 +18,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::{
@@ -116,13 +115,7 @@ fn parse_corpus(source: &str) -> Vec<Entry> {
     let mut finish = |current: Option<(String, String, Vec<&str>)>| {
         if let Some((title, url, lines)) = current {
             let body = lines.join(" ");
-            entries.push(Entry {
-                title_terms: terms(&title),
-                body_terms: terms(&body),
-                title,
-                url,
-                body,
-            });
+            entries.push(Entry { title_terms: terms(&title), body_terms: terms(&body), title, url, body });
         }
     };
     for line in source.lines() {
@@ -200,10 +193,7 @@ pub fn search(query: &str, max_results: usize) -> Vec<SearchHit> {
     let weights: Vec<f64> = query_terms
         .iter()
         .map(|term| {
-            let df = CORPUS
-                .iter()
-                .filter(|e| matches(&e.title_terms, term) + matches(&e.body_terms, term) > 0)
-                .count();
+            let df = CORPUS.iter().filter(|e| matches(&e.title_terms, term) + matches(&e.body_terms, term) > 0).count();
             1.0 + (CORPUS.len() as f64 / (1.0 + df as f64)).ln().max(0.0)
         })
         .collect();
@@ -236,13 +226,7 @@ pub fn search(query: &str, max_results: usize) -> Vec<SearchHit> {
 /// that merely start with a 4+ letter term ("embed" → "embedding") once.
 fn matches(doc: &[String], term: &str) -> usize {
     let exact = doc.iter().filter(|t| *t == term).count();
-    let prefix = if term.len() >= 4 {
-        doc.iter()
-            .filter(|t| *t != term && t.starts_with(term))
-            .count()
-    } else {
-        0
-    };
+    let prefix = if term.len() >= 4 { doc.iter().filter(|t| *t != term && t.starts_with(term)).count() } else { 0 };
     exact * 2 + prefix
 }
 
@@ -293,13 +277,7 @@ pub fn format_results(query: &str, hits: &[SearchHit], total_matches: usize) -> 
         hits.len()
     );
     for (i, hit) in hits.iter().enumerate() {
-        text.push_str(&format!(
-            "\n{}. {}\n   URL: {}\n   {}\n",
-            i + 1,
-            hit.title,
-            hit.url,
-            hit.snippet
-        ));
+        text.push_str(&format!("\n{}. {}\n   URL: {}\n   {}\n", i + 1, hit.title, hit.url, hit.snippet));
     }
     text
 }
@@ -372,9 +350,7 @@ fn run_search(arguments: Option<&JsonObject>) -> CallToolResult {
     let all = search(query, CORPUS.len());
     let total = all.len();
     let hits: Vec<SearchHit> = all.into_iter().take(max_results).collect();
-    CallToolResult::success(vec![ContentBlock::text(format_results(
-        query, &hits, total,
-    ))])
+    CallToolResult::success(vec![ContentBlock::text(format_results(query, &hits, total))])
 }
 
 /// The MCP [`ServerHandler`] behind [`SearchServer`]; usable with any rmcp
@@ -406,10 +382,7 @@ impl ServerHandler for DemoSearchHandler {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         if request.name != TOOL_NAME {
-            return Err(ErrorData::invalid_params(
-                Cow::Owned(format!("Unknown tool: {}", request.name)),
-                None,
-            ));
+            return Err(ErrorData::invalid_params(Cow::Owned(format!("Unknown tool: {}", request.name)), None));
         }
         Ok(run_search(request.arguments.as_ref()).into())
     }
@@ -429,9 +402,7 @@ pub struct SearchServer {
 
 impl fmt::Debug for SearchServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SearchServer")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("SearchServer").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -449,19 +420,13 @@ impl SearchServer {
         let router = axum::Router::new().route_service("/mcp", service);
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             if let Err(error) = served {
                 tracing::warn!(%error, "demo search server stopped with an error");
             }
         });
         tracing::debug!(%addr, "demo MCP search server listening");
-        Ok(SearchServer {
-            addr,
-            cancel,
-            task: Some(task),
-        })
+        Ok(SearchServer { addr, cancel, task: Some(task) })
     }
 
     /// The MCP endpoint, `http://127.0.0.1:PORT/mcp`.
@@ -495,16 +460,9 @@ mod tests {
 
     #[test]
     fn corpus_parses() {
-        assert!(
-            (15..=25).contains(&CORPUS.len()),
-            "{} entries",
-            CORPUS.len()
-        );
+        assert!((15..=25).contains(&CORPUS.len()), "{} entries", CORPUS.len());
         for entry in CORPUS.iter() {
-            assert!(
-                entry.url.starts_with("https://example.org/demo/"),
-                "{entry:?}"
-            );
+            assert!(entry.url.starts_with("https://example.org/demo/"), "{entry:?}");
             assert!(entry.body.len() > 80, "{entry:?}");
             assert!(!entry.title.is_empty());
         }
@@ -512,18 +470,10 @@ mod tests {
 
     #[test]
     fn finds_relevant_articles() {
-        let top = |q: &str| {
-            search(q, 1)
-                .first()
-                .map(|h| h.title.clone())
-                .unwrap_or_default()
-        };
+        let top = |q: &str| search(q, 1).first().map(|h| h.title.clone()).unwrap_or_default();
         assert_eq!(top("actor model"), "The actor model");
         assert_eq!(top("Rust actors"), "Actors in Rust with ractor");
-        assert_eq!(
-            top("Model Context Protocol"),
-            "Model Context Protocol (MCP)"
-        );
+        assert_eq!(top("Model Context Protocol"), "Model Context Protocol (MCP)");
         assert_eq!(top("OpenTelemetry"), "OpenTelemetry");
         assert_eq!(top("W3C traceparent header"), "OpenTelemetry");
         assert_eq!(top("docker"), "Docker containers");
@@ -540,24 +490,15 @@ mod tests {
             _ => JsonObject::new(),
         };
         assert_eq!(run_search(None).is_error, Some(true));
-        assert_eq!(
-            run_search(Some(&args(json!({"query": "  "})))).is_error,
-            Some(true)
-        );
-        assert_eq!(
-            run_search(Some(&args(json!({"query": "rust", "max_results": "x"})))).is_error,
-            Some(true)
-        );
+        assert_eq!(run_search(Some(&args(json!({"query": "  "})))).is_error, Some(true));
+        assert_eq!(run_search(Some(&args(json!({"query": "rust", "max_results": "x"})))).is_error, Some(true));
         let ok = run_search(Some(&args(json!({"query": "rust", "max_results": 2}))));
         assert_eq!(ok.is_error, Some(false));
         let text = match ok.content.first() {
             Some(ContentBlock::Text(t)) => t.text.clone(),
             _ => String::new(),
         };
-        assert!(
-            text.starts_with("Search results for \"rust\" (showing 2 of"),
-            "{text}"
-        );
+        assert!(text.starts_with("Search results for \"rust\" (showing 2 of"), "{text}");
         assert!(text.contains("\n1. ") && text.contains("\n2. ") && !text.contains("\n3. "));
         assert!(text.contains("   URL: https://example.org/demo/"));
     }

@@ -69,11 +69,7 @@ impl ChatClient {
     }
 
     /// Sends `request` to `endpoint`, retrying transient failures.
-    pub async fn complete(
-        &self,
-        endpoint: &Endpoint,
-        request: &ChatRequest<'_>,
-    ) -> Result<Completion, LlmError> {
+    pub async fn complete(&self, endpoint: &Endpoint, request: &ChatRequest<'_>) -> Result<Completion, LlmError> {
         let url = super::chat_completions_url(&endpoint.base_url);
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| LlmError::Protocol {
             url: url.to_string(),
@@ -101,39 +97,20 @@ impl ChatClient {
         Ok(Completion { response, attempts })
     }
 
-    async fn attempt(
-        &self,
-        url: &Url,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<ChatResponse, LlmError> {
+    async fn attempt(&self, url: &Url, headers: &HeaderMap, body: Bytes) -> Result<ChatResponse, LlmError> {
         let shown = url.to_string();
-        let send = self
-            .http
-            .post(url.clone())
-            .headers(headers.clone())
-            .body(body)
-            .send();
+        let send = self.http.post(url.clone()).headers(headers.clone()).body(body).send();
         let timeout = self.policy.request_timeout;
         let read = async {
-            let response = send
-                .await
-                .map_err(|source| classify_transport(&shown, timeout, source))?;
+            let response = send.await.map_err(|source| classify_transport(&shown, timeout, source))?;
             let status = response.status();
             let retry_after = retry_after(response.headers());
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|source| classify_transport(&shown, timeout, source))?;
+            let bytes = response.bytes().await.map_err(|source| classify_transport(&shown, timeout, source))?;
             Ok::<_, LlmError>((status, retry_after, bytes))
         };
-        let (status, retry_after, bytes) =
-            tokio::time::timeout(timeout, read)
-                .await
-                .map_err(|_| LlmError::Timeout {
-                    url: shown.clone(),
-                    timeout,
-                })??;
+        let (status, retry_after, bytes) = tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| LlmError::Timeout { url: shown.clone(), timeout })??;
         if bytes.len() > MAX_RESPONSE_BYTES {
             return Err(LlmError::Protocol {
                 url: shown,
@@ -143,16 +120,10 @@ impl ChatClient {
         if !status.is_success() {
             return Err(status_error(status, retry_after, &bytes, shown));
         }
-        let response: ChatResponse =
-            serde_json::from_slice(&bytes).map_err(|e| LlmError::Protocol {
-                url: shown.clone(),
-                message: format!("not a chat completion: {e}"),
-            })?;
+        let response: ChatResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| LlmError::Protocol { url: shown.clone(), message: format!("not a chat completion: {e}") })?;
         if response.choices.is_empty() {
-            return Err(LlmError::Protocol {
-                url: shown,
-                message: "the response has no choices".into(),
-            });
+            return Err(LlmError::Protocol { url: shown, message: "the response has no choices".into() });
         }
         Ok(response)
     }
@@ -163,14 +134,12 @@ fn headers(endpoint: &Endpoint) -> Result<HeaderMap, LlmError> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(credential) = &endpoint.credential {
         let mut value =
-            HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| {
-                LlmError::NoRoute {
-                    reason: format!(
-                        "secret {} ({}) holds characters that cannot go in an HTTP header",
-                        credential.name(),
-                        credential.fingerprint()
-                    ),
-                }
+            HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| LlmError::NoRoute {
+                reason: format!(
+                    "secret {} ({}) holds characters that cannot go in an HTTP header",
+                    credential.name(),
+                    credential.fingerprint()
+                ),
             })?;
         // Marked sensitive so HTTP-level debug logging redacts it.
         value.set_sensitive(true);
@@ -181,24 +150,16 @@ fn headers(endpoint: &Endpoint) -> Result<HeaderMap, LlmError> {
 
 fn classify_transport(url: &str, timeout: Duration, source: reqwest::Error) -> LlmError {
     if source.is_timeout() {
-        LlmError::Timeout {
-            url: url.to_owned(),
-            timeout,
-        }
+        LlmError::Timeout { url: url.to_owned(), timeout }
     } else {
-        LlmError::Connect {
-            url: url.to_owned(),
-            source: source.without_url(),
-        }
+        LlmError::Connect { url: url.to_owned(), source: source.without_url() }
     }
 }
 
 /// `Retry-After` (seconds or an HTTP date) or OpenAI's `retry-after-ms`.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    if let Some(ms) =
+        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
     {
         return (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
     }
@@ -207,18 +168,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
-fn status_error(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
-    url: String,
-) -> LlmError {
+fn status_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8], url: String) -> LlmError {
     let code = status.as_u16();
     if code == 401 {
         // The API's 401 message quotes part of the key: it is deliberately dropped.
@@ -230,17 +183,8 @@ fn status_error(
     let message: String = message.chars().take(300).collect();
     match code {
         429 => LlmError::RateLimited { retry_after, url },
-        408 | 409 | 500..=599 => LlmError::Server {
-            status: code,
-            message,
-            retry_after,
-            url,
-        },
-        _ => LlmError::Rejected {
-            status: code,
-            message,
-            url,
-        },
+        408 | 409 | 500..=599 => LlmError::Server { status: code, message, retry_after, url },
+        _ => LlmError::Rejected { status: code, message, url },
     }
 }
 
@@ -259,10 +203,7 @@ mod tests {
         let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("date"));
         let delay = retry_after(&headers).expect("date parsed");
-        assert!(
-            delay <= Duration::from_secs(30) && delay >= Duration::from_secs(28),
-            "{delay:?}"
-        );
+        assert!(delay <= Duration::from_secs(30) && delay >= Duration::from_secs(28), "{delay:?}");
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
     }
@@ -273,25 +214,11 @@ mod tests {
         let auth = status_error(StatusCode::UNAUTHORIZED, None, body, "u".into());
         assert!(matches!(auth, LlmError::Auth { .. }));
         assert!(!auth.is_retryable());
-        assert!(
-            !auth.to_string().contains("sk-ab"),
-            "the API's echo of the key is dropped"
-        );
-        for (status, retryable) in [
-            (400, false),
-            (403, false),
-            (404, false),
-            (408, true),
-            (429, true),
-            (500, true),
-            (503, true),
-        ] {
-            let error = status_error(
-                StatusCode::from_u16(status).expect("status"),
-                None,
-                b"{}",
-                "u".into(),
-            );
+        assert!(!auth.to_string().contains("sk-ab"), "the API's echo of the key is dropped");
+        for (status, retryable) in
+            [(400, false), (403, false), (404, false), (408, true), (429, true), (500, true), (503, true)]
+        {
+            let error = status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into());
             assert_eq!(error.is_retryable(), retryable, "{status}");
         }
     }

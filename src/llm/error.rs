@@ -65,6 +65,18 @@ pub enum LlmError {
         /// What was wrong.
         message: String,
     },
+    /// The cloud rejected the key (401) and re-reading the secret found the same value.
+    #[error(
+        "the API key {secret} ({fingerprint}) was rejected (HTTP 401) and reloading it found the same value: \
+             rotate the secret (overwrite its file; agentry picks up the new value without a restart) \
+             or set model.fallback = \"local\""
+    )]
+    KeyRejected {
+        /// Secret name.
+        secret: String,
+        /// Fingerprint of the rejected value.
+        fingerprint: String,
+    },
     /// No route can take the request (no key and no fallback, or the key was rejected).
     #[error("no model route: {reason}")]
     NoRoute {
@@ -82,21 +94,13 @@ pub enum LlmError {
 impl LlmError {
     /// Whether a retry may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::Server { .. }
-                | Self::Connect { .. }
-                | Self::Timeout { .. }
-        )
+        matches!(self, Self::RateLimited { .. } | Self::Server { .. } | Self::Connect { .. } | Self::Timeout { .. })
     }
 
     /// The delay the server asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => {
-                *retry_after
-            }
+            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -108,7 +112,7 @@ impl LlmError {
             Self::Server { .. } => "server_error",
             Self::Connect { .. } => "connect_error",
             Self::Timeout { .. } => "timeout",
-            Self::Auth { .. } => "auth_rejected",
+            Self::Auth { .. } | Self::KeyRejected { .. } => "auth_rejected",
             Self::Rejected { .. } => "request_rejected",
             Self::Protocol { .. } => "protocol_error",
             Self::NoRoute { .. } => "no_route",

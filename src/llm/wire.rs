@@ -84,18 +84,10 @@ pub struct FunctionDefinition {
 
 impl ToolDefinition {
     /// A function tool.
-    pub fn function(
-        name: impl Into<String>,
-        description: impl Into<String>,
-        parameters: Value,
-    ) -> Self {
+    pub fn function(name: impl Into<String>, description: impl Into<String>, parameters: Value) -> Self {
         Self {
             kind: function_kind(),
-            function: FunctionDefinition {
-                name: name.into(),
-                description: description.into(),
-                parameters,
-            },
+            function: FunctionDefinition { name: name.into(), description: description.into(), parameters },
         }
     }
 }

@@ -82,9 +82,7 @@ use reqwest::{
 };
 use rmcp::{
     RoleClient,
-    model::{
-        ClientJsonRpcMessage, ClientNotification, ConstString, JsonRpcMessage, ServerJsonRpcMessage,
-    },
+    model::{ClientJsonRpcMessage, ClientNotification, ConstString, JsonRpcMessage, ServerJsonRpcMessage},
     transport::Transport,
 };
 use sse_stream::{Sse, SseStream};
@@ -150,9 +148,7 @@ struct HeaderNames<'a>(&'a HeaderMap);
 
 impl fmt::Debug for HeaderNames<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.keys().map(|k| k.as_str()))
-            .finish()
+        f.debug_list().entries(self.0.keys().map(|k| k.as_str())).finish()
     }
 }
 
@@ -247,9 +243,7 @@ pub enum LegacySseError {
 }
 
 fn status_suffix(status: &Option<StatusCode>) -> String {
-    status
-        .map(|s| format!(" with HTTP {s}"))
-        .unwrap_or_default()
+    status.map(|s| format!(" with HTTP {s}")).unwrap_or_default()
 }
 
 /// A connected legacy HTTP+SSE MCP session, usable as an rmcp client
@@ -283,16 +277,8 @@ impl LegacySseTransport {
     ///
     /// `client` must not have a total request timeout, which would cut the
     /// long-lived stream (see the [module docs](self)).
-    pub async fn connect(
-        client: reqwest::Client,
-        config: LegacySseConfig,
-    ) -> Result<Self, LegacySseError> {
-        let LegacySseConfig {
-            url,
-            mut headers,
-            connect_timeout,
-            post_timeout,
-        } = config;
+    pub async fn connect(client: reqwest::Client, config: LegacySseConfig) -> Result<Self, LegacySseError> {
+        let LegacySseConfig { url, mut headers, connect_timeout, post_timeout } = config;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(LegacySseError::InvalidConfig {
                 reason: format!("URL scheme `{}` is not http or https", url.scheme()),
@@ -310,39 +296,22 @@ impl LegacySseTransport {
         let request = client.get(url.clone()).headers(get_headers).send();
         let response = match tokio::time::timeout_at(deadline, request).await {
             Err(elapsed) => {
-                return Err(LegacySseError::Connect {
-                    url: shown_url,
-                    source: Box::new(elapsed),
-                });
+                return Err(LegacySseError::Connect { url: shown_url, source: Box::new(elapsed) });
             }
             Ok(Err(error)) => {
-                return Err(LegacySseError::Connect {
-                    url: shown_url,
-                    source: Box::new(error.without_url()),
-                });
+                return Err(LegacySseError::Connect { url: shown_url, source: Box::new(error.without_url()) });
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
         if !status.is_success() {
-            return Err(LegacySseError::Status {
-                status,
-                url: shown_url,
-            });
+            return Err(LegacySseError::Status { status, url: shown_url });
         }
         if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
-            let essence = content_type
-                .to_str()
-                .unwrap_or_default()
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim();
+            let essence = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
             if !essence.eq_ignore_ascii_case("text/event-stream") {
                 return Err(LegacySseError::Protocol {
-                    reason: format!(
-                        "the SSE URL answered with content type `{essence}`, not `text/event-stream`"
-                    ),
+                    reason: format!("the SSE URL answered with content type `{essence}`, not `text/event-stream`"),
                 });
             }
         }
@@ -351,21 +320,12 @@ impl LegacySseTransport {
         let base = response.url().clone();
         let mut events = event_stream(response);
 
-        let raw_endpoint = match tokio::time::timeout_at(deadline, next_endpoint(&mut events)).await
-        {
+        let raw_endpoint = match tokio::time::timeout_at(deadline, next_endpoint(&mut events)).await {
             Err(_elapsed) => {
-                return Err(LegacySseError::NoEndpoint {
-                    url: shown_url,
-                    timed_out: true,
-                    source: None,
-                });
+                return Err(LegacySseError::NoEndpoint { url: shown_url, timed_out: true, source: None });
             }
             Ok(Err(source)) => {
-                return Err(LegacySseError::NoEndpoint {
-                    url: shown_url,
-                    timed_out: false,
-                    source,
-                });
+                return Err(LegacySseError::NoEndpoint { url: shown_url, timed_out: false, source });
             }
             Ok(Ok(raw)) => raw,
         };
@@ -385,12 +345,7 @@ impl LegacySseTransport {
 
         let cancel = CancellationToken::new();
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
-        let reader = tokio::spawn(read_messages(
-            events,
-            inbox_tx,
-            cancel.clone(),
-            poster.endpoint_path.clone(),
-        ));
+        let reader = tokio::spawn(read_messages(events, inbox_tx, cancel.clone(), poster.endpoint_path.clone()));
         Ok(Self {
             poster,
             inbox: Some(inbox),
@@ -408,10 +363,7 @@ impl Transport<RoleClient> for LegacySseTransport {
         Cow::Borrowed("LegacySseTransport")
     }
 
-    fn send(
-        &mut self,
-        item: ClientJsonRpcMessage,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+    fn send(&mut self, item: ClientJsonRpcMessage) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let poster = self.poster.clone();
         let cancel = self.cancel.clone();
         async move {
@@ -486,11 +438,7 @@ impl Poster {
         Ok(())
     }
 
-    fn send_error(
-        &self,
-        status: Option<StatusCode>,
-        source: Option<reqwest::Error>,
-    ) -> LegacySseError {
+    fn send_error(&self, status: Option<StatusCode>, source: Option<reqwest::Error>) -> LegacySseError {
         LegacySseError::Send {
             endpoint: self.endpoint_path.clone(),
             status,
@@ -517,9 +465,7 @@ fn event_stream(response: reqwest::Response) -> EventStream {
 }
 
 /// Reads events until the `endpoint` one and returns its data.
-async fn next_endpoint(
-    events: &mut EventStream,
-) -> Result<String, Option<Box<dyn std::error::Error + Send + Sync>>> {
+async fn next_endpoint(events: &mut EventStream) -> Result<String, Option<Box<dyn std::error::Error + Send + Sync>>> {
     while let Some(event) = events.next().await {
         let event = event.map_err(|error| Some(Box::new(error) as _))?;
         match event.event.as_deref() {
@@ -538,9 +484,7 @@ async fn next_endpoint(
 fn resolve_endpoint(base: &Url, trusted: &Url, raw: &str) -> Result<Url, LegacySseError> {
     let raw = raw.trim();
     if raw.is_empty() {
-        return Err(LegacySseError::Protocol {
-            reason: "the `endpoint` event has no data".to_owned(),
-        });
+        return Err(LegacySseError::Protocol { reason: "the `endpoint` event has no data".to_owned() });
     }
     let mut endpoint = base.join(raw).map_err(|error| LegacySseError::Protocol {
         reason: format!("the `endpoint` event is not a valid URI reference: {error}"),
@@ -548,10 +492,7 @@ fn resolve_endpoint(base: &Url, trusted: &Url, raw: &str) -> Result<Url, LegacyS
     endpoint.set_fragment(None);
     if !matches!(endpoint.scheme(), "http" | "https") {
         return Err(LegacySseError::Protocol {
-            reason: format!(
-                "the `endpoint` event names a `{}` URL, not http or https",
-                endpoint.scheme()
-            ),
+            reason: format!("the `endpoint` event names a `{}` URL, not http or https", endpoint.scheme()),
         });
     }
     let (origin, expected) = (endpoint.origin(), trusted.origin());
@@ -641,9 +582,9 @@ async fn read_messages(
 /// server sending malformed SSE or an oversized event).
 fn is_network_error(error: &sse_stream::Error) -> bool {
     match error {
-        sse_stream::Error::Body(source) => source
-            .downcast_ref::<std::io::Error>()
-            .is_none_or(|io| io.kind() != std::io::ErrorKind::InvalidData),
+        sse_stream::Error::Body(source) => {
+            source.downcast_ref::<std::io::Error>().is_none_or(|io| io.kind() != std::io::ErrorKind::InvalidData)
+        }
         _ => false,
     }
 }
@@ -652,16 +593,14 @@ fn is_network_error(error: &sse_stream::Error) -> bool {
 fn client_message_label(message: &ClientJsonRpcMessage) -> Cow<'_, str> {
     match message {
         JsonRpcMessage::Request(request) => Cow::Borrowed(request.request.method()),
-        JsonRpcMessage::Notification(notification) => {
-            Cow::Borrowed(match &notification.notification {
-                ClientNotification::CancelledNotification(n) => n.method.as_str(),
-                ClientNotification::ProgressNotification(n) => n.method.as_str(),
-                ClientNotification::InitializedNotification(n) => n.method.as_str(),
-                ClientNotification::RootsListChangedNotification(n) => n.method.as_str(),
-                ClientNotification::CustomNotification(n) => n.method.as_str(),
-                _ => "notification",
-            })
-        }
+        JsonRpcMessage::Notification(notification) => Cow::Borrowed(match &notification.notification {
+            ClientNotification::CancelledNotification(n) => n.method.as_str(),
+            ClientNotification::ProgressNotification(n) => n.method.as_str(),
+            ClientNotification::InitializedNotification(n) => n.method.as_str(),
+            ClientNotification::RootsListChangedNotification(n) => n.method.as_str(),
+            ClientNotification::CustomNotification(n) => n.method.as_str(),
+            _ => "notification",
+        }),
         JsonRpcMessage::Response(response) => Cow::Owned(format!("response {}", response.id)),
         JsonRpcMessage::Error(error) => match &error.id {
             Some(id) => Cow::Owned(format!("error response {id}")),
@@ -673,12 +612,10 @@ fn client_message_label(message: &ClientJsonRpcMessage) -> Cow<'_, str> {
 /// A short label for an incoming message; `raw` is its JSON text.
 fn server_message_label(message: &ServerJsonRpcMessage, raw: &str) -> String {
     match message {
-        JsonRpcMessage::Request(_) | JsonRpcMessage::Notification(_) => {
-            serde_json::from_str::<serde_json::Value>(raw)
-                .ok()
-                .and_then(|value| value.get("method")?.as_str().map(str::to_owned))
-                .unwrap_or_else(|| "request or notification".to_owned())
-        }
+        JsonRpcMessage::Request(_) | JsonRpcMessage::Notification(_) => serde_json::from_str::<serde_json::Value>(raw)
+            .ok()
+            .and_then(|value| value.get("method")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "request or notification".to_owned()),
         JsonRpcMessage::Response(response) => format!("response {}", response.id),
         JsonRpcMessage::Error(error) => match &error.id {
             Some(id) => format!("error response {id}"),
@@ -739,9 +676,7 @@ impl EventSizeGuard {
 
 #[cfg(test)]
 mod tests {
-    use rmcp::model::{
-        CallToolRequest, CallToolRequestParams, ClientRequest, InitializedNotification, RequestId,
-    };
+    use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest, InitializedNotification, RequestId};
 
     use super::*;
 
@@ -755,49 +690,31 @@ mod tests {
 
     #[test]
     fn relative_path_resolves_against_sse_url() {
-        let endpoint = resolve("http://mcp-gateway:8811/sse", "/messages/?session_id=abc")
-            .expect("relative endpoint");
-        assert_eq!(
-            endpoint.as_str(),
-            "http://mcp-gateway:8811/messages/?session_id=abc"
-        );
+        let endpoint = resolve("http://mcp-gateway:8811/sse", "/messages/?session_id=abc").expect("relative endpoint");
+        assert_eq!(endpoint.as_str(), "http://mcp-gateway:8811/messages/?session_id=abc");
     }
 
     #[test]
     fn query_only_reference_keeps_sse_path() {
         // What the Go SDK (and so the Docker gateway) sends.
-        let endpoint =
-            resolve("http://mcp-gateway:8811/sse", "?sessionid=XYZ").expect("query-only endpoint");
-        assert_eq!(
-            endpoint.as_str(),
-            "http://mcp-gateway:8811/sse?sessionid=XYZ"
-        );
+        let endpoint = resolve("http://mcp-gateway:8811/sse", "?sessionid=XYZ").expect("query-only endpoint");
+        assert_eq!(endpoint.as_str(), "http://mcp-gateway:8811/sse?sessionid=XYZ");
     }
 
     #[test]
     fn path_relative_reference_and_whitespace() {
-        let endpoint = resolve(
-            "https://host/mcp/sse?token=t",
-            "  messages?session_id=1&x=%20y \n",
-        )
-        .expect("path-relative endpoint");
-        assert_eq!(
-            endpoint.as_str(),
-            "https://host/mcp/messages?session_id=1&x=%20y"
-        );
+        let endpoint = resolve("https://host/mcp/sse?token=t", "  messages?session_id=1&x=%20y \n")
+            .expect("path-relative endpoint");
+        assert_eq!(endpoint.as_str(), "https://host/mcp/messages?session_id=1&x=%20y");
     }
 
     #[test]
     fn absolute_same_origin_is_accepted_and_fragment_dropped() {
-        let endpoint = resolve(
-            "http://gw:8811/sse",
-            "http://gw:8811/messages?session_id=a#frag",
-        )
-        .expect("same-origin endpoint");
+        let endpoint =
+            resolve("http://gw:8811/sse", "http://gw:8811/messages?session_id=a#frag").expect("same-origin endpoint");
         assert_eq!(endpoint.as_str(), "http://gw:8811/messages?session_id=a");
         // An explicit default port is the same origin.
-        let endpoint =
-            resolve("https://gw/sse", "https://gw:443/m?s=1").expect("default port is same origin");
+        let endpoint = resolve("https://gw/sse", "https://gw:443/m?s=1").expect("default port is same origin");
         assert_eq!(endpoint.as_str(), "https://gw/m?s=1");
     }
 
@@ -811,10 +728,7 @@ mod tests {
             "http://localhost:8811/messages",
         ] {
             let error = resolve("http://gw:8811/sse", raw).expect_err(raw);
-            assert!(
-                matches!(error, LegacySseError::Protocol { .. }),
-                "{raw}: {error:?}"
-            );
+            assert!(matches!(error, LegacySseError::Protocol { .. }), "{raw}: {error:?}");
             assert!(error.to_string().contains("http://gw:8811"), "{error}");
         }
     }
@@ -823,50 +737,30 @@ mod tests {
     fn cross_origin_is_judged_against_the_configured_url() {
         // A redirect moved the stream elsewhere: a relative endpoint on the
         // new origin must not receive the caller's headers.
-        let error = resolve_endpoint(
-            &url("http://other:1/sse"),
-            &url("http://gw:8811/sse"),
-            "/messages?session_id=a",
-        )
-        .expect_err("redirected origin");
+        let error = resolve_endpoint(&url("http://other:1/sse"), &url("http://gw:8811/sse"), "/messages?session_id=a")
+            .expect_err("redirected origin");
         assert!(matches!(error, LegacySseError::Protocol { .. }));
     }
 
     #[test]
     fn non_http_and_empty_endpoints_are_rejected() {
-        for raw in [
-            "",
-            "   ",
-            "javascript:alert(1)",
-            "data:text/plain,x",
-            "file:///etc/passwd",
-        ] {
+        for raw in ["", "   ", "javascript:alert(1)", "data:text/plain,x", "file:///etc/passwd"] {
             let error = resolve("http://gw:8811/sse", raw).expect_err(raw);
-            assert!(
-                matches!(error, LegacySseError::Protocol { .. }),
-                "{raw:?}: {error:?}"
-            );
+            assert!(matches!(error, LegacySseError::Protocol { .. }), "{raw:?}: {error:?}");
         }
     }
 
     #[tokio::test]
     async fn non_http_url_is_invalid_config() {
         let config = LegacySseConfig::new(url("ftp://gw/sse"));
-        let error = LegacySseTransport::connect(reqwest::Client::new(), config)
-            .await
-            .expect_err("ftp URL");
-        assert!(
-            matches!(error, LegacySseError::InvalidConfig { .. }),
-            "{error:?}"
-        );
+        let error = LegacySseTransport::connect(reqwest::Client::new(), config).await.expect_err("ftp URL");
+        assert!(matches!(error, LegacySseError::InvalidConfig { .. }), "{error:?}");
     }
 
     #[test]
     fn oversize_is_not_a_network_error() {
-        let oversize = sse_stream::Error::Body(Box::new(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "too big",
-        )));
+        let oversize =
+            sse_stream::Error::Body(Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, "too big")));
         assert!(!is_network_error(&oversize));
         let reset = sse_stream::Error::Body(Box::new(std::io::Error::other("reset")));
         assert!(is_network_error(&reset));
@@ -877,23 +771,14 @@ mod tests {
     fn redaction_drops_credentials_query_and_fragment() {
         let shown = redacted(&url("https://user:pw@host:8443/sse?token=secret#x"));
         assert_eq!(shown.as_str(), "https://host:8443/sse");
-        let error = LegacySseError::Status {
-            status: StatusCode::UNAUTHORIZED,
-            url: shown,
-        };
-        assert_eq!(
-            error.to_string(),
-            "legacy SSE server at https://host:8443/sse answered HTTP 401 Unauthorized"
-        );
+        let error = LegacySseError::Status { status: StatusCode::UNAUTHORIZED, url: shown };
+        assert_eq!(error.to_string(), "legacy SSE server at https://host:8443/sse answered HTTP 401 Unauthorized");
     }
 
     #[test]
     fn config_debug_shows_header_names_only() {
         let mut config = LegacySseConfig::new(url("http://gw:8811/sse?k=secret-query"));
-        config.headers.insert(
-            reqwest::header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer secret-token"),
-        );
+        config.headers.insert(reqwest::header::AUTHORIZATION, HeaderValue::from_static("Bearer secret-token"));
         let shown = format!("{config:?}");
         assert!(shown.contains("authorization"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
@@ -906,10 +791,7 @@ mod tests {
             status: Some(StatusCode::NOT_FOUND),
             source: None,
         };
-        assert_eq!(
-            error.to_string(),
-            "POST to legacy SSE message endpoint /messages/ failed with HTTP 404 Not Found"
-        );
+        assert_eq!(error.to_string(), "POST to legacy SSE message endpoint /messages/ failed with HTTP 404 Not Found");
     }
 
     #[test]
@@ -935,29 +817,21 @@ mod tests {
     #[test]
     fn message_labels_name_methods() {
         let request = ClientJsonRpcMessage::request(
-            ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new(
-                "echo",
-            ))),
+            ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new("echo"))),
             RequestId::Number(7),
         );
         assert_eq!(client_message_label(&request), "tools/call");
-        let notification = ClientJsonRpcMessage::notification(
-            ClientNotification::InitializedNotification(InitializedNotification::default()),
-        );
-        assert_eq!(
-            client_message_label(&notification),
-            "notifications/initialized"
-        );
+        let notification = ClientJsonRpcMessage::notification(ClientNotification::InitializedNotification(
+            InitializedNotification::default(),
+        ));
+        assert_eq!(client_message_label(&notification), "notifications/initialized");
     }
 
     #[test]
     fn server_messages_decode_and_label() {
         let raw = r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#;
         let message: ServerJsonRpcMessage = serde_json::from_str(raw).expect("notification");
-        assert_eq!(
-            server_message_label(&message, raw),
-            "notifications/tools/list_changed"
-        );
+        assert_eq!(server_message_label(&message, raw), "notifications/tools/list_changed");
         let raw = r#"{"jsonrpc":"2.0","id":3,"result":{}}"#;
         let message: ServerJsonRpcMessage = serde_json::from_str(raw).expect("response");
         assert_eq!(server_message_label(&message, raw), "response 3");

@@ -18,47 +18,28 @@ async fn twenty_questions_five_at_a_time_give_twenty_files() {
         .expect("model")
         .with_latency(Duration::from_millis(150));
     let agentry = Agentry::new();
-    let questions: Vec<String> = (1..=20)
-        .map(|n| format!("Define topic number {n}"))
-        .collect();
-    agentry.file(
-        "questions.txt",
-        &format!("# twenty questions\n\n{}\n", questions[5..].join("\n")),
-    );
+    let questions: Vec<String> = (1..=20).map(|n| format!("Define topic number {n}")).collect();
+    agentry.file("questions.txt", &format!("# twenty questions\n\n{}\n", questions[5..].join("\n")));
     let extra = format!(
         "[batch]\nconcurrency = 5\nquestions = {:?}\nquestions_file = \"questions.txt\"\noutput_dir = \"out\"\n",
         &questions[..5]
     );
-    let path = agentry.file(
-        "batch.toml",
-        &config(&model.base_url(), Some(&mcp.url()), &extra),
-    );
-    let run = agentry
-        .run(&["run", "--config", path.to_str().expect("utf-8")])
-        .await;
+    let path = agentry.file("batch.toml", &config(&model.base_url(), Some(&mcp.url()), &extra));
+    let run = agentry.run(&["run", "--config", path.to_str().expect("utf-8")]).await;
     run.expect_code(0);
 
-    assert_eq!(
-        model.peak_in_flight(),
-        5,
-        "concurrency 5 means exactly 5 model calls in flight at the peak"
-    );
+    assert_eq!(model.peak_in_flight(), 5, "concurrency 5 means exactly 5 model calls in flight at the peak");
     assert_eq!(agentry.research_files("out").len(), 20);
     let report = agentry.report("out/report.json");
     assert_eq!(report["totals"]["ok"], 20);
     assert_eq!(report["questions"].as_array().expect("rows").len(), 20);
-    assert_eq!(
-        report["questions"][7]["question"], "Define topic number 8",
-        "rows keep the order given"
-    );
+    assert_eq!(report["questions"][7]["question"], "Define topic number 8", "rows keep the order given");
     assert!(run.stdout.contains("20 questions: 20 ok"), "{}", run.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rerun_skips_answered_questions_unless_forced() {
-    let model = ModelServer::start(Arc::new(ScriptedResearcher::new()))
-        .await
-        .expect("model");
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model");
     let agentry = Agentry::new();
     let extra = "[batch]\nquestions = [\"Define Rust\", \"Define Go\", \"Define Zig\"]\n";
     let path = agentry.file("batch.toml", &config(&model.base_url(), None, extra));
@@ -78,26 +59,17 @@ async fn a_rerun_skips_answered_questions_unless_forced() {
     assert_eq!(agentry.research_files("definitions").len(), 3);
 
     let before_force = model.request_count();
-    agentry
-        .run(&["run", "-c", path, "--force"])
-        .await
-        .expect_code(0);
+    agentry.run(&["run", "-c", path, "--force"]).await.expect_code(0);
     assert_eq!(agentry.report("definitions/report.json")["totals"]["ok"], 3);
     assert!(model.request_count() >= before_force + 3);
-    assert_eq!(
-        agentry.research_files("definitions").len(),
-        3,
-        "answering again replaces files, never adds"
-    );
+    assert_eq!(agentry.research_files("definitions").len(), 3, "answering again replaces files, never adds");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_config_key_exits_2_naming_key_and_file() {
     let agentry = Agentry::new();
     let path = agentry.file("bad.toml", "[batch]\nconcurency = 3\n");
-    let run = agentry
-        .run(&["run", "--config", path.to_str().expect("utf-8")])
-        .await;
+    let run = agentry.run(&["run", "--config", path.to_str().expect("utf-8")]).await;
     run.expect_code(2);
     assert!(run.stderr.contains("concurency"), "{}", run.stderr);
     assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
@@ -107,9 +79,7 @@ async fn an_unknown_config_key_exits_2_naming_key_and_file() {
 async fn a_missing_questions_file_exits_2_naming_it() {
     let agentry = Agentry::new();
     let path = agentry.file("q.toml", "[batch]\nquestions_file = \"nowhere.txt\"\n");
-    let run = agentry
-        .run(&["run", "--config", path.to_str().expect("utf-8")])
-        .await;
+    let run = agentry.run(&["run", "--config", path.to_str().expect("utf-8")]).await;
     run.expect_code(2);
     assert!(run.stderr.contains("nowhere.txt"), "{}", run.stderr);
 }

@@ -22,15 +22,8 @@ fn request_body() -> Value {
     })
 }
 
-async fn post(
-    client: &reqwest::Client,
-    server: &ModelServer,
-    key: Option<&str>,
-    body: &Value,
-) -> reqwest::Response {
-    let mut request = client
-        .post(format!("{}/chat/completions", server.base_url()))
-        .json(body);
+async fn post(client: &reqwest::Client, server: &ModelServer, key: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut request = client.post(format!("{}/chat/completions", server.base_url())).json(body);
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
@@ -49,9 +42,7 @@ async fn rate_limit_then_success_with_openai_shapes() {
     ])))
     .await
     .expect("server starts");
-    assert!(
-        server.base_url().starts_with("http://127.0.0.1:") && server.base_url().ends_with("/v1")
-    );
+    assert!(server.base_url().starts_with("http://127.0.0.1:") && server.base_url().ends_with("/v1"));
     let client = reqwest::Client::new();
 
     let limited = post(&client, &server, Some("sk-anything"), &request_body()).await;
@@ -62,26 +53,13 @@ async fn rate_limit_then_success_with_openai_shapes() {
     assert_eq!(error["error"]["type"], "requests");
     assert_eq!(error["error"]["code"], "rate_limit_exceeded");
     assert_eq!(error["error"]["param"], Value::Null);
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("Rate limit reached"))
-    );
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.starts_with("Rate limit reached")));
 
     let ok = post(&client, &server, Some("sk-anything"), &request_body()).await;
     assert_eq!(ok.status(), 200);
-    assert!(
-        ok.headers()["content-type"]
-            .to_str()
-            .unwrap_or("")
-            .starts_with("application/json")
-    );
+    assert!(ok.headers()["content-type"].to_str().unwrap_or("").starts_with("application/json"));
     let body = json_of(ok).await;
-    assert!(
-        body["id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("chatcmpl-"))
-    );
+    assert!(body["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
     assert_eq!(body["object"], "chat.completion");
     assert!(body["created"].as_u64().is_some_and(|t| t > 1_600_000_000));
     assert_eq!(body["model"], "gpt-test");
@@ -107,27 +85,16 @@ async fn rate_limit_then_success_with_openai_shapes() {
     assert_eq!(exhausted.status(), 500);
     let error = json_of(exhausted).await;
     assert_eq!(error["error"]["type"], "server_error");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("ran out")
-    );
+    assert!(error["error"]["message"].as_str().unwrap_or("").contains("ran out"));
 
     let recorded = server.requests();
     assert_eq!(recorded.len(), 3);
     assert_eq!(server.request_count(), 3);
-    assert_eq!(
-        recorded.iter().map(|r| r.status).collect::<Vec<_>>(),
-        vec![Some(429), Some(200), Some(500)]
-    );
+    assert_eq!(recorded.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(429), Some(200), Some(500)]);
     assert_eq!(recorded[0].bearer.as_deref(), Some("sk-anything"));
     assert_eq!(recorded[2].bearer, None);
     assert_eq!(recorded[1].body, request_body());
-    assert!(
-        !format!("{:?}", recorded[0]).contains("sk-anything"),
-        "Debug must redact the key"
-    );
+    assert!(!format!("{:?}", recorded[0]).contains("sk-anything"), "Debug must redact the key");
     server.shutdown().await;
 }
 
@@ -148,10 +115,7 @@ async fn tool_calls_have_string_arguments_and_fresh_ids() {
     let choice = &body["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls");
     assert_eq!(choice["message"]["content"], Value::Null);
-    let calls = choice["message"]["tool_calls"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let calls = choice["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0]["type"], "function");
     assert_eq!(calls[0]["function"]["name"], "search");
@@ -162,10 +126,7 @@ async fn tool_calls_have_string_arguments_and_fresh_ids() {
     assert!(id0.starts_with("call_") && id1.starts_with("call_") && id0 != id1);
 
     let body = json_of(post(&client, &server, None, &request_body()).await).await;
-    let id2 = body["choices"][0]["message"]["tool_calls"][0]["id"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let id2 = body["choices"][0]["message"]["tool_calls"][0]["id"].as_str().unwrap_or("").to_owned();
     assert!(id2 != id0 && id2 != id1);
 
     let body = json_of(post(&client, &server, None, &request_body()).await).await;
@@ -188,77 +149,39 @@ async fn api_key_is_enforced_like_openai() {
     assert_eq!(error["error"]["code"], "invalid_api_key");
     assert_eq!(error["error"]["param"], Value::Null);
     let message = error["error"]["message"].as_str().unwrap_or("");
-    assert!(
-        message.starts_with("Incorrect API key provided: sk-wr"),
-        "{message}"
-    );
-    assert!(
-        message.contains("*jxyz.") && !message.contains(wrong_key),
-        "{message}"
-    );
+    assert!(message.starts_with("Incorrect API key provided: sk-wr"), "{message}");
+    assert!(message.contains("*jxyz.") && !message.contains(wrong_key), "{message}");
     assert!(message.ends_with("https://platform.openai.com/account/api-keys."));
 
     let missing = post(&client, &server, None, &request_body()).await;
     assert_eq!(missing.status(), 401);
     let error = json_of(missing).await;
     assert_eq!(error["error"]["code"], Value::Null);
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("You didn't provide an API key")
-    );
+    assert!(error["error"]["message"].as_str().unwrap_or("").starts_with("You didn't provide an API key"));
 
-    let models = client
-        .get(format!("{}/models", server.base_url()))
-        .send()
-        .await
-        .expect("sent");
+    let models = client.get(format!("{}/models", server.base_url())).send().await.expect("sent");
     assert_eq!(models.status(), 401);
 
-    let right = post(
-        &client,
-        &server,
-        Some("sk-right-key-0123456789"),
-        &request_body(),
-    )
-    .await;
+    let right = post(&client, &server, Some("sk-right-key-0123456789"), &request_body()).await;
     assert_eq!(right.status(), 200);
 
     server.set_accepted_key(None);
-    assert_eq!(
-        post(&client, &server, Some("placeholder"), &request_body())
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(post(&client, &server, Some("placeholder"), &request_body()).await.status(), 200);
     assert_eq!(server.request_count(), 4);
 }
 
 #[tokio::test]
 async fn invalid_requests_get_openai_400s() {
-    let server = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("ok"))))
-        .await
-        .expect("server starts");
+    let server = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("ok")))).await.expect("server starts");
     let client = reqwest::Client::new();
     let url = format!("{}/chat/completions", server.base_url());
 
-    let not_json = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"model\": ")
-        .send()
-        .await
-        .expect("sent");
+    let not_json =
+        client.post(&url).header("content-type", "application/json").body("{\"model\": ").send().await.expect("sent");
     assert_eq!(not_json.status(), 400);
     let error = json_of(not_json).await;
     assert_eq!(error["error"]["type"], "invalid_request_error");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("We could not parse the JSON body")
-    );
+    assert!(error["error"]["message"].as_str().unwrap_or("").starts_with("We could not parse the JSON body"));
 
     let call = json!({"id": "call_a", "type": "function", "function": {"name": "search", "arguments": "{}"}});
     let user = json!({"role": "user", "content": "u"});
@@ -266,10 +189,7 @@ async fn invalid_requests_get_openai_400s() {
         (json!({"messages": [user]}), "model"),
         (json!({"model": "m"}), "messages"),
         (json!({"model": "m", "messages": []}), "messages"),
-        (
-            json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
-            "messages[0].role",
-        ),
+        (json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role"),
         (
             json!({"model": "m", "messages": [user, {"role": "tool", "tool_call_id": "x", "content": "r"}]}),
             "messages.[1].role",
@@ -278,18 +198,12 @@ async fn invalid_requests_get_openai_400s() {
             json!({"model": "m", "messages": [user, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "tool_call_id": "call_b", "content": "r"}]}),
             "messages.[2].tool_call_id",
         ),
-        (
-            json!({"model": "m", "messages": [user, {"role": "assistant", "tool_calls": [call]}]}),
-            "messages.[1].role",
-        ),
+        (json!({"model": "m", "messages": [user, {"role": "assistant", "tool_calls": [call]}]}), "messages.[1].role"),
         (
             json!({"model": "m", "messages": [user, {"role": "assistant", "tool_calls": [call]}, user]}),
             "messages.[1].role",
         ),
-        (
-            json!({"model": "m", "messages": [user], "tools": [{"type": "web_search"}]}),
-            "tools[0].type",
-        ),
+        (json!({"model": "m", "messages": [user], "tools": [{"type": "web_search"}]}), "tools[0].type"),
         (
             json!({"model": "m", "messages": [user], "tools": [{"type": "function", "function": {"name": "has space"}}]}),
             "tools[0].function.name",
@@ -309,11 +223,7 @@ async fn invalid_requests_get_openai_400s() {
         let error = json_of(response).await;
         assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
         assert_eq!(error["error"]["param"], param, "{body}: {error}");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
 
     // A complete tool round trip is accepted.
@@ -325,62 +235,34 @@ async fn invalid_requests_get_openai_400s() {
     assert_eq!(post(&client, &server, None, &valid).await.status(), 200);
 
     // Unknown routes and methods.
-    let missing = client
-        .post(format!("{}/completions", server.base_url()))
-        .send()
-        .await
-        .expect("sent");
+    let missing = client.post(format!("{}/completions", server.base_url())).send().await.expect("sent");
     assert_eq!(missing.status(), 404);
     let error = json_of(missing).await;
-    assert_eq!(
-        error["error"]["message"],
-        "Invalid URL (POST /v1/completions)"
-    );
+    assert_eq!(error["error"]["message"], "Invalid URL (POST /v1/completions)");
     let wrong_method = client.get(&url).send().await.expect("sent");
     assert_eq!(wrong_method.status(), 405);
 
-    let models = json_of(
-        client
-            .get(format!("{}/models", server.base_url()))
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
+    let models = json_of(client.get(format!("{}/models", server.base_url())).send().await.expect("sent")).await;
     assert_eq!(models["object"], "list");
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["id"].as_str())
-        .collect();
-    assert!(
-        ids.contains(&"agentry-demo") && ids.contains(&"m"),
-        "{ids:?}"
-    );
+    let ids: Vec<&str> = models["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+    assert!(ids.contains(&"agentry-demo") && ids.contains(&"m"), "{ids:?}");
 }
 
 #[tokio::test]
 async fn peak_in_flight_counts_concurrent_requests() {
-    let server = ModelServer::start(Arc::new(FnBehaviour::new(|r| {
-        Reply::text(format!("#{}", r.number()))
-    })))
-    .await
-    .expect("server starts")
-    .with_latency(Duration::from_millis(400));
+    let server = ModelServer::start(Arc::new(FnBehaviour::new(|r| Reply::text(format!("#{}", r.number())))))
+        .await
+        .expect("server starts")
+        .with_latency(Duration::from_millis(400));
     let client = reqwest::Client::new();
     let body = request_body();
     let started = std::time::Instant::now();
-    let responses =
-        futures::future::join_all((0..5).map(|_| post(&client, &server, None, &body))).await;
+    let responses = futures::future::join_all((0..5).map(|_| post(&client, &server, None, &body))).await;
     let elapsed = started.elapsed();
     assert!(responses.iter().all(|r| r.status() == 200));
     assert_eq!(server.peak_in_flight(), 5);
     assert_eq!(server.in_flight(), 0);
-    assert!(
-        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(1900),
-        "{elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(1900), "{elapsed:?}");
     let mut numbers: Vec<u64> = server.requests().iter().map(|r| r.number).collect();
     numbers.sort_unstable();
     assert_eq!(numbers, vec![0, 1, 2, 3, 4]);
@@ -406,24 +288,12 @@ async fn records_trace_context_and_scripts_failures() {
     let client = reqwest::Client::new();
     let url = format!("{}/chat/completions", server.base_url());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let first = client
-        .post(&url)
-        .header("traceparent", traceparent)
-        .json(&request_body())
-        .send()
-        .await
-        .expect("sent");
+    let first = client.post(&url).header("traceparent", traceparent).json(&request_body()).send().await.expect("sent");
     assert_eq!(first.status(), 503);
     assert_eq!(json_of(first).await["error"]["type"], "server_error");
-    assert_eq!(
-        server.requests()[0].traceparent.as_deref(),
-        Some(traceparent)
-    );
+    assert_eq!(server.requests()[0].traceparent.as_deref(), Some(traceparent));
 
-    assert_eq!(
-        post(&client, &server, None, &request_body()).await.status(),
-        500
-    );
+    assert_eq!(post(&client, &server, None, &request_body()).await.status(), 500);
 
     let malformed = post(&client, &server, None, &request_body()).await;
     assert_eq!(malformed.status(), 200);
@@ -447,18 +317,14 @@ async fn records_trace_context_and_scripts_failures() {
 
 #[tokio::test]
 async fn shutdown_stops_listening() {
-    let server = ModelServer::start(Arc::new(Queue::default()))
-        .await
-        .expect("server starts");
+    let server = ModelServer::start(Arc::new(Queue::default())).await.expect("server starts");
     let url = format!("{}/models", server.base_url());
     let client = reqwest::Client::new();
     assert_eq!(client.get(&url).send().await.expect("sent").status(), 200);
     server.shutdown().await;
     assert!(reqwest::Client::new().get(&url).send().await.is_err());
 
-    let dropped = ModelServer::start(Arc::new(Queue::default()))
-        .await
-        .expect("server starts");
+    let dropped = ModelServer::start(Arc::new(Queue::default())).await.expect("server starts");
     let url = format!("{}/models", dropped.base_url());
     drop(dropped);
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -26,17 +26,12 @@ async fn search_then_save_then_answer() -> anyhow::Result<()> {
     let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await?;
     let search = SearchServer::start().await?;
     let mcp = ClientConfig::default()
-        .serve(StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(search.url()),
-        ))
+        .serve(StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(search.url())))
         .await?;
     let http = reqwest::Client::new();
     let tools = json!([
         tool("search", json!({"query": {"type": "string"}})),
-        tool(
-            "save_research",
-            json!({"topic": {"type": "string"}, "research_content": {"type": "string"}})
-        ),
+        tool("save_research", json!({"topic": {"type": "string"}, "research_content": {"type": "string"}})),
     ]);
     let mut messages = vec![
         json!({"role": "system", "content": "You are a research assistant. Use the tools."}),
@@ -66,16 +61,11 @@ async fn search_then_save_then_answer() -> anyhow::Result<()> {
         messages.push(message);
         for call in calls {
             let name = call["function"]["name"].as_str().unwrap_or("").to_owned();
-            let arguments: Value =
-                serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or(""))?;
+            let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or(""))?;
             let content = match name.as_str() {
                 "search" => {
-                    let Value::Object(args) = arguments else {
-                        anyhow::bail!("object arguments")
-                    };
-                    let result = mcp
-                        .call_tool(CallToolRequestParams::new("search").with_arguments(args))
-                        .await?;
+                    let Value::Object(args) = arguments else { anyhow::bail!("object arguments") };
+                    let result = mcp.call_tool(CallToolRequestParams::new("search").with_arguments(args)).await?;
                     result
                         .content
                         .iter()
@@ -88,10 +78,7 @@ async fn search_then_save_then_answer() -> anyhow::Result<()> {
                 }
                 "save_research" => {
                     assert_eq!(arguments["topic"], "actor model in Rust");
-                    saved = arguments["research_content"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned();
+                    saved = arguments["research_content"].as_str().unwrap_or("").to_owned();
                     "Research saved to research/actor_model_in_rust.md".to_owned()
                 }
                 other => anyhow::bail!("unexpected tool {other}"),
@@ -103,16 +90,10 @@ async fn search_then_save_then_answer() -> anyhow::Result<()> {
     assert_eq!(called, vec!["search", "save_research"]);
     assert!(saved.starts_with("# Actor model in Rust"), "{saved}");
     assert!(saved.contains("(demo model)"));
-    assert!(
-        saved.contains("## Key points") && saved.contains("## Sources"),
-        "{saved}"
-    );
+    assert!(saved.contains("## Key points") && saved.contains("## Sources"), "{saved}");
     assert!(saved.contains("](https://example.org/demo/"), "{saved}");
     let answer = final_answer.expect("a final answer");
-    assert!(
-        answer.contains("`research/actor_model_in_rust.md`"),
-        "{answer}"
-    );
+    assert!(answer.contains("`research/actor_model_in_rust.md`"), "{answer}");
     assert_eq!(answer.matches("(demo model)").count(), 1);
     assert_eq!(model.request_count(), 3);
     println!("--- saved ---\n{saved}\n--- answer ---\n{answer}");

@@ -30,20 +30,12 @@ fn text_of(content: &[ContentBlock]) -> String {
 async fn lists_and_calls_the_search_tool() -> anyhow::Result<()> {
     let server = SearchServer::start().await?;
     let url = server.url();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && url.ends_with("/mcp"),
-        "{url}"
-    );
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/mcp"), "{url}");
 
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url),
-    );
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url));
     let client = ClientConfig::default().serve(transport).await?;
     let info = client.peer_info().expect("initialized");
-    assert_eq!(
-        info.server_info.as_ref().map(|i| i.name.as_str()),
-        Some("agentry-demo-search")
-    );
+    assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("agentry-demo-search"));
     assert!(info.capabilities.tools.is_some());
 
     let tools = client.list_all_tools().await?;
@@ -53,54 +45,34 @@ async fn lists_and_calls_the_search_tool() -> anyhow::Result<()> {
     assert_eq!(tool["annotations"]["readOnlyHint"], true);
     assert_eq!(tool["inputSchema"]["type"], "object");
     assert_eq!(tool["inputSchema"]["properties"]["query"]["type"], "string");
-    assert_eq!(
-        tool["inputSchema"]["properties"]["max_results"]["type"],
-        "integer"
-    );
+    assert_eq!(tool["inputSchema"]["properties"]["max_results"]["type"], "integer");
     assert_eq!(tool["inputSchema"]["required"], json!(["query"]));
-    assert!(
-        tool["description"]
-            .as_str()
-            .is_some_and(|d| d.contains("demo"))
-    );
+    assert!(tool["description"].as_str().is_some_and(|d| d.contains("demo")));
 
     let result = client
-        .call_tool(CallToolRequestParams::new("search").with_arguments(args(
-            json!({"query": "actor model supervision", "max_results": 3}),
-        )))
+        .call_tool(
+            CallToolRequestParams::new("search")
+                .with_arguments(args(json!({"query": "actor model supervision", "max_results": 3}))),
+        )
         .await?;
     assert_ne!(result.is_error, Some(true));
     let text = text_of(&result.content);
-    assert!(
-        text.starts_with("Search results for \"actor model supervision\" (showing 3 of"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\n1. ") && text.contains("\n3. ") && !text.contains("\n4. "),
-        "{text}"
-    );
+    assert!(text.starts_with("Search results for \"actor model supervision\" (showing 3 of"), "{text}");
+    assert!(text.contains("\n1. ") && text.contains("\n3. ") && !text.contains("\n4. "), "{text}");
     assert!(text.contains("URL: https://example.org/demo/"), "{text}");
 
     let none = client
-        .call_tool(
-            CallToolRequestParams::new("search")
-                .with_arguments(args(json!({"query": "xylophone zebra"}))),
-        )
+        .call_tool(CallToolRequestParams::new("search").with_arguments(args(json!({"query": "xylophone zebra"}))))
         .await?;
     assert_ne!(none.is_error, Some(true));
     assert!(text_of(&none.content).starts_with("No results found"));
 
-    let bad = client
-        .call_tool(
-            CallToolRequestParams::new("search").with_arguments(args(json!({"max_results": 2}))),
-        )
-        .await?;
+    let bad =
+        client.call_tool(CallToolRequestParams::new("search").with_arguments(args(json!({"max_results": 2})))).await?;
     assert_eq!(bad.is_error, Some(true));
     assert!(text_of(&bad.content).starts_with("Error:"));
 
-    let unknown = client
-        .call_tool(CallToolRequestParams::new("delete_everything"))
-        .await;
+    let unknown = client.call_tool(CallToolRequestParams::new("delete_everything")).await;
     assert!(unknown.is_err());
 
     client.cancel().await?;

@@ -20,11 +20,7 @@ impl Run {
     /// Panics with the output unless the exit code is `code`.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "exit code; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, code, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 }
@@ -44,10 +40,7 @@ impl Agentry {
             ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
             ("HOME".into(), dir.path().display().to_string()),
             // Never the machine's /run/secrets.
-            (
-                "AGENTRY__SECRETS__DIR".into(),
-                secrets.display().to_string(),
-            ),
+            ("AGENTRY__SECRETS__DIR".into(), secrets.display().to_string()),
             ("RUST_LOG".into(), "info".into()),
         ];
         Self { dir, env }

@@ -24,15 +24,9 @@ async fn rate_limits_and_server_errors_are_retried_until_an_answer() {
     let model = ModelServer::start(Arc::new(script)).await.expect("model");
     let agentry = Agentry::new();
     let path = agentry.file("c.toml", &config(&model.base_url(), None, one_question()));
-    let run = agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(0);
-    assert_eq!(
-        model.request_count(),
-        4,
-        "429, 500 and 503 were each retried once"
-    );
+    assert_eq!(model.request_count(), 4, "429, 500 and 503 were each retried once");
     let statuses: Vec<Option<u16>> = model.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Some(429), Some(500), Some(503), Some(200)]);
     let report = agentry.report("definitions/report.json");
@@ -40,39 +34,22 @@ async fn rate_limits_and_server_errors_are_retried_until_an_answer() {
     // No save_research call: the runtime saved the final answer itself.
     let files = agentry.research_files("definitions");
     assert_eq!(files.len(), 1);
-    assert!(
-        std::fs::read_to_string(&files[0])
-            .expect("file")
-            .contains("Retries are repeated attempts.")
-    );
+    assert!(std::fs::read_to_string(&files[0]).expect("file").contains("Retries are repeated attempts."));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_stop_after_max_retries_with_a_clear_error() {
-    let model = ModelServer::start(Arc::new(Queue::new((0..10).map(|_| Reply::server_error()))))
-        .await
-        .expect("model");
+    let model = ModelServer::start(Arc::new(Queue::new((0..10).map(|_| Reply::server_error())))).await.expect("model");
     let agentry = Agentry::new().env("AGENTRY__MODEL__MAX_RETRIES", "2");
     let path = agentry.file("c.toml", &config(&model.base_url(), None, one_question()));
-    let run = agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(1);
     assert_eq!(model.request_count(), 3, "one attempt and two retries");
     let report = agentry.report("definitions/report.json");
     assert_eq!(report["questions"][0]["status"], "failed");
     assert_eq!(report["questions"][0]["error_type"], "server_error");
-    assert!(
-        report["questions"][0]["error"]
-            .as_str()
-            .expect("error")
-            .contains("HTTP 500"),
-        "{report}"
-    );
-    assert!(
-        agentry.research_files("definitions").is_empty(),
-        "a failed question writes no research file"
-    );
+    assert!(report["questions"][0]["error"].as_str().expect("error").contains("HTTP 500"), "{report}");
+    assert!(agentry.research_files("definitions").is_empty(), "a failed question writes no research file");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,29 +62,16 @@ async fn a_401_is_not_retried_and_the_key_never_shows() {
         .env("OPENAI_API_KEY", CANARY)
         .env("OPENAI_BASE_URL", model.base_url())
         .env("AGENTRY__MODEL__FALLBACK", "none");
-    let path = agentry.file(
-        "c.toml",
-        &config("http://127.0.0.1:9/v1", None, one_question()),
-    );
-    let run = agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let path = agentry.file("c.toml", &config("http://127.0.0.1:9/v1", None, one_question()));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(1);
     assert_eq!(model.request_count(), 1, "401 is never retried");
-    assert_eq!(
-        model.requests()[0].bearer.as_deref(),
-        Some(CANARY),
-        "the cloud route sent the key"
-    );
-    let report_text =
-        std::fs::read_to_string(agentry.dir().join("definitions/report.json")).expect("report");
+    assert_eq!(model.requests()[0].bearer.as_deref(), Some(CANARY), "the cloud route sent the key");
+    let report_text = std::fs::read_to_string(agentry.dir().join("definitions/report.json")).expect("report");
     assert!(report_text.contains("HTTP 401"), "{report_text}");
     for (what, text) in [("output", run.output()), ("report", report_text)] {
         assert!(!text.contains(CANARY), "the key leaked into the {what}");
-        assert!(
-            !text.contains(&CANARY[10..20]),
-            "part of the key leaked into the {what}"
-        );
+        assert!(!text.contains(&CANARY[10..20]), "part of the key leaked into the {what}");
     }
 }
 
@@ -121,20 +85,12 @@ async fn malformed_model_output_fails_the_question_clearly_and_the_batch_goes_on
     let agentry = Agentry::new().env("AGENTRY__MODEL__MAX_RETRIES", "0");
     let extra = "[batch]\nconcurrency = 1\nquestions = [\"First\", \"Second\"]\n";
     let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
-    let run = agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(1);
     let report = agentry.report("definitions/report.json");
     assert_eq!(report["questions"][0]["status"], "failed");
     assert_eq!(report["questions"][0]["error_type"], "protocol_error");
-    assert!(
-        report["questions"][0]["error"]
-            .as_str()
-            .expect("error")
-            .contains("cannot read"),
-        "{report}"
-    );
+    assert!(report["questions"][0]["error"].as_str().expect("error").contains("cannot read"), "{report}");
     assert_eq!(report["questions"][1]["status"], "ok");
     assert_eq!(agentry.research_files("definitions").len(), 1);
 }
@@ -143,21 +99,10 @@ async fn malformed_model_output_fails_the_question_clearly_and_the_batch_goes_on
 async fn an_unreachable_model_is_a_clear_failure_not_a_hang() {
     let agentry = Agentry::new().env("AGENTRY__MODEL__MAX_RETRIES", "1");
     // Port 9 (discard) on loopback: nothing listens there.
-    let path = agentry.file(
-        "c.toml",
-        &config("http://127.0.0.1:9/v1", None, one_question()),
-    );
-    let run = agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let path = agentry.file("c.toml", &config("http://127.0.0.1:9/v1", None, one_question()));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(1);
     let report = agentry.report("definitions/report.json");
     assert_eq!(report["questions"][0]["error_type"], "connect_error");
-    assert!(
-        report["questions"][0]["error"]
-            .as_str()
-            .expect("error")
-            .contains("127.0.0.1:9"),
-        "{report}"
-    );
+    assert!(report["questions"][0]["error"].as_str().expect("error").contains("127.0.0.1:9"), "{report}");
 }

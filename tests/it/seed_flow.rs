@@ -12,9 +12,7 @@ use crate::peers::PythonMcpServer;
 
 async fn seed_flow(transport: &str) {
     let mcp = PythonMcpServer::start(transport).await;
-    let model = ModelServer::start(Arc::new(ScriptedResearcher::new()))
-        .await
-        .expect("model server");
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model server");
     let agentry = Agentry::new()
         .env("MODEL_RUNNER_URL", model.base_url())
         .env("MODEL_RUNNER_MODEL", "ai/gemma3:1B-Q4_K_M")
@@ -27,27 +25,14 @@ async fn seed_flow(transport: &str) {
 
     // The answer is printed, and where the research went.
     assert!(run.stdout.contains("(demo model)"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains("Research saved to definitions/"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("Research saved to definitions/"), "{}", run.stdout);
     let files = agentry.research_files("definitions");
     assert_eq!(files.len(), 1, "{files:?}");
     let research = std::fs::read_to_string(&files[0]).expect("research file");
-    assert!(
-        research.contains("question: \"Define Machine Learning\""),
-        "{research}"
-    );
+    assert!(research.contains("question: \"Define Machine Learning\""), "{research}");
     assert!(research.contains("route: \"local\""), "{research}");
-    assert!(
-        research.contains("model: \"ai/gemma3:1B-Q4_K_M\""),
-        "{research}"
-    );
-    assert!(
-        research.contains("tools_used: [\"search\",\"save_research\"]"),
-        "{research}"
-    );
+    assert!(research.contains("model: \"ai/gemma3:1B-Q4_K_M\""), "{research}");
+    assert!(research.contains("tools_used: [\"search\",\"save_research\"]"), "{research}");
     // The content came from the Python server's corpus, through the search tool.
     assert!(research.contains("https://"), "{research}");
 
@@ -57,34 +42,17 @@ async fn seed_flow(transport: &str) {
     assert_eq!(first["temperature"], 0.1);
     assert_eq!(first["max_tokens"], 1500);
     assert_eq!(first["model"], "ai/gemma3:1B-Q4_K_M");
-    let offered: BTreeSet<&str> = first["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .filter_map(|t| t["function"]["name"].as_str())
-        .collect();
-    assert_eq!(
-        offered,
-        BTreeSet::from(["save_research", "search"]),
-        "the gateway allowlist offers only search"
-    );
-    assert!(
-        requests.iter().all(|r| r.bearer.is_none()),
-        "a placeholder key is never sent"
-    );
+    let offered: BTreeSet<&str> =
+        first["tools"].as_array().expect("tools").iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    assert_eq!(offered, BTreeSet::from(["save_research", "search"]), "the gateway allowlist offers only search");
+    assert!(requests.iter().all(|r| r.bearer.is_none()), "a placeholder key is never sent");
     let search_result = requests[1].body["messages"]
         .as_array()
         .expect("messages")
         .iter()
         .find(|m| m["role"] == "tool")
         .expect("the search result went back to the model");
-    assert!(
-        search_result["content"]
-            .as_str()
-            .expect("text")
-            .contains("Found"),
-        "{search_result}"
-    );
+    assert!(search_result["content"].as_str().expect("text").contains("Found"), "{search_result}");
     let report = agentry.report("definitions/report.json");
     assert_eq!(report["totals"]["ok"], 1);
     assert_eq!(report["questions"][0]["tool_calls"], 2);

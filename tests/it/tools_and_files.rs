@@ -38,50 +38,22 @@ async fn malformed_arguments_unknown_tools_and_tool_errors_reach_the_model_as_er
     .await
     .expect("model");
     let agentry = Agentry::new();
-    let path = agentry.file(
-        "c.toml",
-        &config(
-            &model.base_url(),
-            Some(&mcp.url()),
-            "[batch]\nquestions = [\"Define Rust\"]\n",
-        ),
-    );
-    let run = agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let path = agentry
+        .file("c.toml", &config(&model.base_url(), Some(&mcp.url()), "[batch]\nquestions = [\"Define Rust\"]\n"));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(0);
 
     let results = tool_results(&model.requests()[1].body);
     assert_eq!(results.len(), 5, "every call is answered: {results:?}");
-    assert!(
-        results[0].starts_with("Error: the arguments of `search` are not a JSON object"),
-        "{}",
-        results[0]
-    );
-    assert!(
-        results[1].starts_with("Error: unknown tool `no_such_tool`"),
-        "{}",
-        results[1]
-    );
-    assert!(
-        results[1].contains("search"),
-        "the error lists the tools that exist: {}",
-        results[1]
-    );
-    assert!(
-        results[2].starts_with("Error:") && results[2].contains("boom"),
-        "{}",
-        results[2]
-    );
+    assert!(results[0].starts_with("Error: the arguments of `search` are not a JSON object"), "{}", results[0]);
+    assert!(results[1].starts_with("Error: unknown tool `no_such_tool`"), "{}", results[1]);
+    assert!(results[1].contains("search"), "the error lists the tools that exist: {}", results[1]);
+    assert!(results[2].starts_with("Error:") && results[2].contains("boom"), "{}", results[2]);
     assert_eq!(
         results[3],
         "Error: the arguments of `search` are not a JSON object (got an array). Call it again with a JSON object matching its schema."
     );
-    assert!(
-        results[4].contains("Found"),
-        "the valid call still ran: {}",
-        results[4]
-    );
+    assert!(results[4].contains("Found"), "the valid call still ran: {}", results[4]);
     let report = agentry.report("definitions/report.json");
     assert_eq!(report["questions"][0]["tool_calls"], 5);
     assert_eq!(report["questions"][0]["tool_errors"], 4);
@@ -89,59 +61,37 @@ async fn malformed_arguments_unknown_tools_and_tool_errors_reach_the_model_as_er
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_topics_stay_inside_the_output_directory() {
-    let hostile = [
-        "../../etc/passwd".to_owned(),
-        format!("{}\0{}", "x".repeat(250), "y".repeat(250)),
-        ".hidden/..".to_owned(),
-    ];
+    let hostile =
+        ["../../etc/passwd".to_owned(), format!("{}\0{}", "x".repeat(250), "y".repeat(250)), ".hidden/..".to_owned()];
     let topics = hostile.clone();
     let model = ModelServer::start(Arc::new(FnBehaviour::new(move |request| {
         let question = request.last_user_text().unwrap_or_default();
-        let index: usize = question
-            .trim_start_matches("Question ")
-            .parse()
-            .unwrap_or(0);
+        let index: usize = question.trim_start_matches("Question ").parse().unwrap_or(0);
         let answered = request.messages().iter().any(|m| m["role"] == "tool");
         if answered {
             Reply::text("Saved.")
         } else {
-            Reply::tool_call(
-                "save_research",
-                &json!({"topic": topics[index], "research_content": "Content."}),
-            )
+            Reply::tool_call("save_research", &json!({"topic": topics[index], "research_content": "Content."}))
         }
     })))
     .await
     .expect("model");
     let agentry = Agentry::new();
-    let extra = "[batch]\nquestions = [\"Question 0\", \"Question 1\", \"Question 2\"]\noutput_dir = \"out/research\"\n";
+    let extra =
+        "[batch]\nquestions = [\"Question 0\", \"Question 1\", \"Question 2\"]\noutput_dir = \"out/research\"\n";
     let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
-    agentry
-        .run(&["run", "-c", path.to_str().expect("utf-8")])
-        .await
-        .expect_code(0);
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
 
     let files = agentry.research_files("out/research");
     assert_eq!(files.len(), 3, "{files:?}");
     for file in &files {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("utf-8 name");
-        assert_eq!(
-            file.parent(),
-            Some(agentry.dir().join("out/research").as_path())
-        );
-        assert!(
-            !name.starts_with('.') && !name.contains(['\0', '/']) && name.len() <= 100,
-            "{name:?}"
-        );
+        let name = file.file_name().and_then(|n| n.to_str()).expect("utf-8 name");
+        assert_eq!(file.parent(), Some(agentry.dir().join("out/research").as_path()));
+        assert!(!name.starts_with('.') && !name.contains(['\0', '/']) && name.len() <= 100, "{name:?}");
     }
     assert!(!agentry.dir().join("etc").exists() && !agentry.dir().join("out/etc").exists());
     // Everything in the directory is accounted for: three files and the report, no temp files.
-    let entries = std::fs::read_dir(agentry.dir().join("out/research"))
-        .expect("dir")
-        .count();
+    let entries = std::fs::read_dir(agentry.dir().join("out/research")).expect("dir").count();
     assert_eq!(entries, 4);
 }
 
@@ -164,35 +114,17 @@ async fn a_stdio_server_gets_a_clean_environment_and_its_tools_work() {
     let server = format!(
         "[[mcp.servers]]\nname = \"everything\"\ntransport = \"stdio\"\ncommand = {command:?}\nenv = [\"PATH\", \"OPENAI_API_KEY\"]\ntools = [\"echo\", \"get-env\"]\n"
     );
-    let agentry = Agentry::new()
-        .env("OPENAI_API_KEY", CANARY)
-        .env("AGENTRY__MODEL__FALLBACK", "local");
-    let text = config(
-        &model.base_url(),
-        None,
-        "[batch]\nquestions = [\"Echo something\"]\n",
-    )
-    .replace("[mcp]\nservers = []\n", &server);
+    let agentry = Agentry::new().env("OPENAI_API_KEY", CANARY).env("AGENTRY__MODEL__FALLBACK", "local");
+    let text = config(&model.base_url(), None, "[batch]\nquestions = [\"Echo something\"]\n")
+        .replace("[mcp]\nservers = []\n", &server);
     let path = agentry.file("c.toml", &text);
     let path = path.to_str().expect("utf-8");
 
     let listed = agentry.run(&["tools", "-c", path]).await;
     listed.expect_code(0);
-    assert!(
-        listed.stdout.contains("everything (stdio"),
-        "{}",
-        listed.stdout
-    );
-    assert!(
-        listed.stdout.contains("echo") && listed.stdout.contains("get-env"),
-        "{}",
-        listed.stdout
-    );
-    assert!(
-        !listed.stdout.contains("get-sum"),
-        "the allowlist hides other tools: {}",
-        listed.stdout
-    );
+    assert!(listed.stdout.contains("everything (stdio"), "{}", listed.stdout);
+    assert!(listed.stdout.contains("echo") && listed.stdout.contains("get-env"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains("get-sum"), "the allowlist hides other tools: {}", listed.stdout);
 
     // A key is present, so the cloud route would be taken: point the cloud at the test server.
     let agentry = agentry.env("OPENAI_BASE_URL", model.base_url());
@@ -200,21 +132,9 @@ async fn a_stdio_server_gets_a_clean_environment_and_its_tools_work() {
     run.expect_code(0);
     let results = tool_results(&model.requests()[1].body);
     assert!(results[0].contains("hello over stdio"), "{results:?}");
-    assert!(
-        results[1].contains("PATH"),
-        "get-env shows the child's environment: {}",
-        results[1]
-    );
-    assert!(
-        !results[1].contains(CANARY),
-        "the API key must not reach the child: {}",
-        results[1]
-    );
-    assert!(
-        !results[1].contains("AGENTRY__"),
-        "only allowlisted variables reach the child: {}",
-        results[1]
-    );
+    assert!(results[1].contains("PATH"), "get-env shows the child's environment: {}", results[1]);
+    assert!(!results[1].contains(CANARY), "the API key must not reach the child: {}", results[1]);
+    assert!(!results[1].contains("AGENTRY__"), "only allowlisted variables reach the child: {}", results[1]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,13 +144,7 @@ async fn tools_reports_an_unreachable_server_and_exits_1() {
         "c.toml",
         "[mcp]\nconnect_timeout = \"5s\"\n[[mcp.servers]]\nname = \"nowhere\"\nurl = \"http://127.0.0.1:9/mcp\"\n",
     );
-    let run = agentry
-        .run(&["tools", "-c", path.to_str().expect("utf-8")])
-        .await;
+    let run = agentry.run(&["tools", "-c", path.to_str().expect("utf-8")]).await;
     run.expect_code(1);
-    assert!(
-        run.stdout.contains("nowhere") && run.stdout.contains("unavailable"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("nowhere") && run.stdout.contains("unavailable"), "{}", run.stdout);
 }

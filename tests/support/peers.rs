@@ -95,19 +95,14 @@ pub fn search_server_stdio_command() -> Vec<String> {
 /// If the npm package is not installed, with a hint to run `.ci/run`.
 pub fn server_everything_command() -> Vec<String> {
     ensure_installed();
-    let entry = repo_root()
-        .join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let entry = repo_root().join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     assert!(
         entry.exists(),
         "server-everything not found at {}: run `.ci/run` from the repository root once \
          to install the test peers (it runs `npm ci --prefix tests/peers`)",
         entry.display()
     );
-    vec![
-        "node".to_owned(),
-        entry.display().to_string(),
-        "stdio".to_owned(),
-    ]
+    vec!["node".to_owned(), entry.display().to_string(), "stdio".to_owned()]
 }
 
 /// A running `mcp_search_server.py` on an HTTP transport, bound to
@@ -151,16 +146,9 @@ impl PythonMcpServer {
         );
         let log = Arc::new(Mutex::new(String::new()));
         let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, port) = spawn_until_ready(transport, 0, &extra_args, &log)
-            .await
-            .unwrap_or_else(|failure| panic!("{failure}"));
-        Self {
-            child,
-            port,
-            transport: transport.to_owned(),
-            extra_args,
-            log,
-        }
+        let (child, port) =
+            spawn_until_ready(transport, 0, &extra_args, &log).await.unwrap_or_else(|failure| panic!("{failure}"));
+        Self { child, port, transport: transport.to_owned(), extra_args, log }
     }
 
     /// The port the server listens on (the same across restarts).
@@ -176,11 +164,7 @@ impl PythonMcpServer {
     /// The MCP endpoint: `http://127.0.0.1:PORT/sse` for SSE (messages go to
     /// `/messages/`), `http://127.0.0.1:PORT/mcp` for streamable HTTP.
     pub fn url(&self) -> String {
-        let path = if self.transport == "sse" {
-            "sse"
-        } else {
-            "mcp"
-        };
+        let path = if self.transport == "sse" { "sse" } else { "mcp" };
         format!("http://127.0.0.1:{}/{path}", self.port)
     }
 
@@ -215,8 +199,7 @@ impl PythonMcpServer {
                     return;
                 }
                 Err(failure)
-                    if failure.contains("Address already in use")
-                        && tokio::time::Instant::now() < deadline =>
+                    if failure.contains("Address already in use") && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -19,11 +19,7 @@ impl Actor for Probe {
     type State = u64;
     type Arguments = ProbeArgs;
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<ProbeMsg>,
-        args: ProbeArgs,
-    ) -> Result<u64, ActorProcessingErr> {
+    async fn pre_start(&self, _: ActorRef<ProbeMsg>, args: ProbeArgs) -> Result<u64, ActorProcessingErr> {
         Ok(args.starts.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
@@ -44,13 +40,7 @@ impl Actor for Probe {
 }
 
 async fn ping(slot: &Slot<ProbeMsg>) -> Result<u64, Unreachable> {
-    slot.call(
-        "probe",
-        Duration::from_secs(30),
-        Duration::from_secs(5),
-        ProbeMsg::Ping,
-    )
-    .await
+    slot.call("probe", Duration::from_secs(30), Duration::from_secs(5), ProbeMsg::Ping).await
 }
 
 fn crash(slot: &Slot<ProbeMsg>) {
@@ -59,32 +49,15 @@ fn crash(slot: &Slot<ProbeMsg>) {
     }
 }
 
-async fn start(
-    policy: RestartPolicy,
-) -> (
-    SupervisorHandle,
-    Slot<ProbeMsg>,
-    Arc<AtomicU64>,
-    Arc<AtomicU64>,
-) {
+async fn start(policy: RestartPolicy) -> (SupervisorHandle, Slot<ProbeMsg>, Arc<AtomicU64>, Arc<AtomicU64>) {
     let starts = Arc::new(AtomicU64::new(0));
     let slot = Slot::default();
-    let leaf = Leaf::new(
-        "probe",
-        || Probe,
-        ProbeArgs {
-            starts: starts.clone(),
-        },
-        slot.clone(),
-        policy,
-    );
+    let leaf = Leaf::new("probe", || Probe, ProbeArgs { starts: starts.clone() }, slot.clone(), policy);
     let restarts = leaf.restart_counter();
-    let (supervisor, _) = SupervisorHandle::spawn(SupervisorArgs {
-        name: "test".into(),
-        children: vec![Arc::new(leaf)],
-    })
-    .await
-    .expect("supervisor starts");
+    let (supervisor, _) =
+        SupervisorHandle::spawn(SupervisorArgs { name: "test".into(), children: vec![Arc::new(leaf)] })
+            .await
+            .expect("supervisor starts");
     (supervisor, slot, starts, restarts)
 }
 
@@ -106,10 +79,7 @@ async fn a_failed_child_is_restarted_and_the_same_slot_reaches_it() {
     assert_eq!(starts.load(Ordering::SeqCst), 2);
     assert_eq!(restarts.load(Ordering::SeqCst), 1);
     supervisor.shutdown().await;
-    assert!(matches!(
-        ping(&slot).await,
-        Err(Unreachable::Stopped { .. })
-    ));
+    assert!(matches!(ping(&slot).await, Err(Unreachable::Stopped { .. })));
 }
 
 #[tokio::test(start_paused = true)]
@@ -135,10 +105,7 @@ async fn backoff_restarts_are_spaced_and_end_in_down_then_recover_after_the_cool
         };
         let waited = last_restart.elapsed();
         let step = policy.initial * 2u32.pow(attempt);
-        assert!(
-            waited >= step / 2,
-            "restart {generation} after {waited:?}, backoff step {step:?}"
-        );
+        assert!(waited >= step / 2, "restart {generation} after {waited:?}, backoff step {step:?}");
         last_restart = tokio::time::Instant::now();
     }
     // The fourth failure within the window marks it down: callers fail fast with the cause.
@@ -149,10 +116,7 @@ async fn backoff_restarts_are_spaced_and_end_in_down_then_recover_after_the_cool
             _ => tokio::task::yield_now().await,
         }
     };
-    assert!(
-        down.to_string().contains("probe crashed on purpose"),
-        "{down}"
-    );
+    assert!(down.to_string().contains("probe crashed on purpose"), "{down}");
     assert_eq!(starts.load(Ordering::SeqCst), 4);
     // After the cool-down it is tried again.
     tokio::time::sleep(policy.cool_down + Duration::from_secs(1)).await;
@@ -172,9 +136,6 @@ fn backoff_delays_double_up_to_the_cap_with_jitter() {
     for attempt in 0..12 {
         let step = (Duration::from_millis(200) * 2u32.pow(attempt)).min(Duration::from_secs(10));
         let delay = policy.delay(attempt);
-        assert!(
-            delay >= step / 2 && delay <= step,
-            "attempt {attempt}: {delay:?} vs {step:?}"
-        );
+        assert!(delay >= step / 2 && delay <= step, "attempt {attempt}: {delay:?} vs {step:?}");
     }
 }
