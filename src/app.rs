@@ -1,7 +1,9 @@
 //! Wiring: builds every actor's arguments from the settings, starts the supervision tree,
 //! hands out the handles, and stops it all in order.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::actors::Slot;
@@ -34,6 +36,19 @@ pub enum StartError {
     Spawn(String),
 }
 
+/// A secret as the report shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SecretRow {
+    /// Secret name.
+    pub name: String,
+    /// Where the value came from (`None`: absent).
+    pub source: Option<String>,
+    /// Fingerprint of the current value.
+    pub fingerprint: Option<String>,
+    /// Changes seen since start.
+    pub rotations: u64,
+}
+
 /// The running actors and their handles.
 pub struct Runtime {
     supervisor: SupervisorHandle,
@@ -50,6 +65,7 @@ pub struct Runtime {
     pub servers: Vec<McpSessionHandle>,
     router: ModelRouterArgs,
     settings: Arc<Settings>,
+    supervised: Vec<Arc<dyn ChildSpec>>,
 }
 
 /// The MCP restart policy (`DESIGN.md` §3).
@@ -142,7 +158,7 @@ impl Runtime {
                 args,
                 slot,
                 RestartPolicy::Backoff(mcp_backoff()),
-            )));
+            )) as Arc<dyn ChildSpec>);
             servers.push(handle);
         }
 
@@ -155,7 +171,7 @@ impl Runtime {
         let children: Vec<Arc<dyn ChildSpec>> = vec![
             Arc::new(Leaf::new("secret-keeper", || SecretKeeper, secret_args, secret_slot, RestartPolicy::Immediate)),
             Arc::new(Leaf::new("model-router", || ModelRouter, router.clone(), router_slot, RestartPolicy::Immediate)),
-            Arc::new(NestedSupervisor::new("mcp-supervisor", session_specs)),
+            Arc::new(NestedSupervisor::new("mcp-supervisor", session_specs.clone())),
             Arc::new(Leaf::new(
                 "tool-executor",
                 || ToolExecutor,
@@ -171,10 +187,22 @@ impl Runtime {
                 RestartPolicy::Immediate,
             )),
         ];
+        let supervised = children.iter().chain(&session_specs).cloned().collect();
         let (supervisor, join) = SupervisorHandle::spawn(SupervisorArgs { name: "root".into(), children })
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?;
-        Ok(Self { supervisor, join, secrets, model: model_handle, tools, writer, servers, router, settings })
+        Ok(Self {
+            supervisor,
+            join,
+            secrets,
+            model: model_handle,
+            tools,
+            writer,
+            servers,
+            router,
+            settings,
+            supervised,
+        })
     }
 
     /// Waits (bounded) until every MCP server has connected or failed once, so the first
@@ -193,6 +221,32 @@ impl Runtime {
             settings: Arc::new(self.settings.agent.clone()),
             route_label,
         }
+    }
+
+    /// How many times each actor was restarted since start (name → count).
+    pub fn restarts(&self) -> BTreeMap<String, u64> {
+        self.supervised.iter().map(|spec| (spec.name().to_owned(), spec.restarts().load(Ordering::Relaxed))).collect()
+    }
+
+    /// Each secret's source, fingerprint and rotation count (never its value).
+    pub fn secret_summary(&self) -> Vec<SecretRow> {
+        let mut names = vec![self.settings.model.cloud.api_key_secret.clone()];
+        names.extend(
+            self.settings.mcp.servers.iter().filter(|s| !s.token_secret.is_empty()).map(|s| s.token_secret.clone()),
+        );
+        names
+            .into_iter()
+            .map(|name| {
+                let state = self.secrets.current(&name);
+                let credential = state.credential();
+                SecretRow {
+                    source: credential.map(|c| c.source().to_string()),
+                    fingerprint: credential.map(|c| c.fingerprint().to_string()),
+                    rotations: self.secrets.rotations(&name),
+                    name,
+                }
+            })
+            .collect()
     }
 
     /// The route a question would take now, in words.

@@ -194,6 +194,10 @@ pub struct Report {
     pub output_dir: PathBuf,
     /// Totals.
     pub totals: Totals,
+    /// Each secret's source and fingerprint (never its value) and rotations seen.
+    pub secrets: Vec<crate::app::SecretRow>,
+    /// Actor restarts during the batch, by actor (`mcp-session:gateway`, …).
+    pub restarts: std::collections::BTreeMap<String, u64>,
     /// One row per question, in the order given.
     pub questions: Vec<Row>,
 }
@@ -314,6 +318,8 @@ pub async fn run(
         agent: context.settings.name.clone(),
         output_dir: options.output_dir.clone(),
         totals,
+        secrets: Vec::new(),
+        restarts: Default::default(),
         questions,
     }
 }

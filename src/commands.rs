@@ -120,8 +120,10 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
-    let report = batch::run(&runtime.agent_context(label), planned, &options, &shutdown).await;
+    let mut report = batch::run(&runtime.agent_context(label), planned, &options, &shutdown).await;
     signals.abort();
+    report.secrets = runtime.secret_summary();
+    report.restarts = runtime.restarts();
     runtime.shutdown().await;
 
     if mode != Mode::Ask

@@ -228,7 +228,15 @@ fn read_if_present(name: &str, path: &Path) -> Result<Option<SecretString>, Secr
     };
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A link whose target is gone is a broken mount, not an absent secret.
+            return match std::fs::symlink_metadata(path) {
+                Ok(link) if link.file_type().is_symlink() => {
+                    Err(bad("is a symbolic link to a file that does not exist"))
+                }
+                _ => Ok(None),
+            };
+        }
         Err(e) => return Err(bad(&format!("cannot be read ({})", e.kind()))),
     };
     if metadata.is_dir() {

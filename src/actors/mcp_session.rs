@@ -233,18 +233,21 @@ async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        reason = session.waiting() => {
-            let reason = match reason {
-                Ok(reason) => format!("{reason:?}"),
-                Err(error) => error.to_string(),
-            };
-            let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, reason));
-        }
+    // The session lives as long as this future: dropping it would close the connection.
+    let waiting = session.waiting();
+    tokio::pin!(waiting);
+    let ended = tokio::select! {
+        ended = &mut waiting => ended,
         () = token_changed => {
             let _ = myself.cast(McpSessionMsg::TokenRotated(generation));
+            waiting.await
         }
-    }
+    };
+    let reason = match ended {
+        Ok(reason) => format!("{reason:?}"),
+        Err(error) => error.to_string(),
+    };
+    let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, reason));
 }
 
 fn connect_error(server: &ServerSpec, message: String) -> McpError {

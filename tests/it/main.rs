@@ -17,6 +17,7 @@ mod demo_model_server;
 mod demo_scripted_flow;
 mod demo_search_server;
 mod model_errors;
+mod rotation;
 mod secrets_containment;
 mod seed_flow;
 mod shutdown;
