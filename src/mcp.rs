@@ -20,7 +20,9 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use rmcp::model::{
     CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, Implementation, ProtocolVersion, Tool,
 };
-use rmcp::service::{RoleClient, RunningService, ServiceExt};
+use rmcp::service::{
+    ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService, ServiceExt,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
@@ -150,7 +152,8 @@ impl McpError {
 
 /// agentry's `clientInfo`: name and crate version; tools only, no client capabilities.
 ///
-/// The protocol version offered is the newest that still has `initialize` (2025-11-25):
+/// Over Streamable HTTP, [`connect`] first offers 2026-07-28 (`server/discover`) and falls back
+/// to `initialize` with this config's version, the newest that has `initialize` (2025-11-25);
 /// servers answer with the version they speak, down to 2024-11-05 for legacy SSE.
 pub fn client_info() -> ClientConfig {
     ClientConfig::new(ClientCapabilities::default(), Implementation::new("agentry", env!("CARGO_PKG_VERSION")))
@@ -172,11 +175,26 @@ pub async fn connect(
             McpEndpoint::StreamableHttp(url) => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 config.auth_header = token.map(|t| t.expose().to_owned());
-                let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
-                client_info()
-                    .serve(transport)
-                    .await
-                    .map_err(|e| if e.is_authorization_required() { refused() } else { failed(crate::error_chain(&e)) })
+                let classify = |e: ClientInitializeError| {
+                    if e.is_authorization_required() { refused() } else { failed(crate::error_chain(&e)) }
+                };
+                let attempt = |lifecycle: ClientLifecycleMode| {
+                    let transport = StreamableHttpClientTransport::with_client(http.clone(), config.clone());
+                    client_info().serve_with_lifecycle(transport, lifecycle)
+                };
+                // Newest protocol first (`server/discover`); rmcp falls back to `initialize` when
+                // the server says it is a legacy one. Some servers answer `server/discover` with
+                // an empty result instead of an error: those get `initialize` on a new connection.
+                let auto = ClientLifecycleMode::Auto {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                    legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+                };
+                match attempt(auto).await {
+                    Err(
+                        ClientInitializeError::ExpectedInitResult(_) | ClientInitializeError::ExpectedInitResponse(_),
+                    ) => attempt(ClientLifecycleMode::Initialize).await.map_err(classify),
+                    other => other.map_err(classify),
+                }
             }
             McpEndpoint::LegacySse(url) => {
                 let mut headers = HeaderMap::new();

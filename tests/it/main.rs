@@ -13,6 +13,7 @@ mod peers;
 mod harness;
 
 mod batch;
+mod conformance;
 mod demo_model_server;
 mod demo_scripted_flow;
 mod demo_search_server;

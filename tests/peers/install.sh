@@ -4,6 +4,7 @@
 #      (skipped when .peers/venv/requirements.sha256 matches the file).
 #   2. npm packages of tests/peers/package-lock.json in tests/peers/node_modules
 #      (skipped when node_modules/.agentry-lock.sha256 matches the lockfile).
+#   3. the MCP conformance suite and Node 22 in tests/conformance/node_modules (same rule).
 # Called by .ci/run, and by the integration tests themselves on first use, so a plain
 # `cargo test --workspace` works on a fresh clone.
 set -euo pipefail
@@ -47,3 +48,15 @@ else
     echo "$want_node_hash" > "$node_stamp"
 fi
 
+
+# --- 3. MCP conformance suite (with its own Node 22) ---------------------------
+conformance="$root/tests/conformance"
+conf_stamp="$conformance/node_modules/.agentry-lock.sha256"
+want_conf_hash="$(cat "$conformance/package.json" "$conformance/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if [[ -f "$conf_stamp" && "$(cat "$conf_stamp")" == "$want_conf_hash" ]]; then
+    step "Conformance suite: tests/conformance/node_modules is up to date (lock $want_conf_hash)"
+else
+    step "Conformance suite: npm ci --prefix tests/conformance"
+    npm ci --prefix "$conformance" --no-audit --no-fund
+    echo "$want_conf_hash" > "$conf_stamp"
+fi
