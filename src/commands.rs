@@ -11,7 +11,7 @@ use crate::actors::mcp_session::ServerTools;
 use crate::actors::secret_keeper::{EnvLookup, SecretState};
 use crate::app::Runtime;
 use crate::batch::{self, Planned, RunOptions};
-use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs};
+use crate::cli::{ServePeer, Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs};
 use crate::config::{self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind};
 use crate::demo;
 use crate::secrets::{self, SecretSpec};
@@ -30,6 +30,7 @@ pub async fn execute(cli: Cli) -> i32 {
         Command::Tools { common } => tools(common).await,
         Command::Config { command: ConfigCommand::Check { common } } => config_check(common),
         Command::Demo(args) => demo(args).await,
+        Command::Serve { peer } => serve(peer).await,
     }
 }
 
@@ -416,4 +417,54 @@ async fn demo(args: DemoArgs) -> i32 {
     };
     let no_env: EnvLookup = Arc::new(|_: &str| None);
     run_batch(settings, planned, no_env, Mode::Demo).await
+}
+
+/// Runs one demo peer until Ctrl-C or SIGTERM.
+async fn serve(peer: ServePeer) -> i32 {
+    telemetry::init(&config::TelemetrySettings { log_format: config::LogFormat::Text, otlp_endpoint: String::new() });
+    let started = match peer {
+        ServePeer::Model { listen, latency, accept_key_file } => {
+            let behaviour = Arc::new(demo::scripted::ScriptedResearcher::new());
+            demo::model_server::ModelServer::start_on(listen, behaviour).await.map(|server| {
+                let server = Arc::new(server.with_latency(latency));
+                println!("READY {}", server.base_url());
+                if let Some(path) = accept_key_file {
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let key = std::fs::read_to_string(&path).ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+                            server.set_accepted_key(key);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    });
+                }
+                Box::new(server) as Box<dyn std::any::Any + Send>
+            })
+        }
+        ServePeer::Search { listen, latency } => demo::search_server::SearchServer::start_on(listen, latency).await.map(|server| {
+            println!("READY {}", server.url());
+            Box::new(server) as Box<dyn std::any::Any + Send>
+        }),
+    };
+    let _server = match started {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("error: cannot listen: {error}");
+            return EXIT_FAILED;
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            eprintln!("error: cannot watch SIGTERM: {error}");
+            return EXIT_FAILED;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    0
 }

@@ -500,7 +500,12 @@ impl fmt::Debug for ModelServer {
 impl ModelServer {
     /// Binds `127.0.0.1:0` and starts serving with `behaviour`.
     pub async fn start(behaviour: Arc<dyn Behaviour>) -> std::io::Result<ModelServer> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behaviour).await
+    }
+
+    /// Serves on `addr` (port 0: any free port).
+    pub async fn start_on(addr: SocketAddr, behaviour: Arc<dyn Behaviour>) -> std::io::Result<ModelServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Arc::new(Shared {

@@ -356,7 +356,10 @@ fn run_search(arguments: Option<&JsonObject>) -> CallToolResult {
 /// The MCP [`ServerHandler`] behind [`SearchServer`]; usable with any rmcp
 /// transport (e.g. stdio) too.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DemoSearchHandler;
+pub struct DemoSearchHandler {
+    /// A fixed delay before each search answers (for benchmarks; zero in the demo).
+    pub latency: Duration,
+}
 
 impl ServerHandler for DemoSearchHandler {
     fn get_info(&self) -> ServerConfig {
@@ -384,6 +387,9 @@ impl ServerHandler for DemoSearchHandler {
         if request.name != TOOL_NAME {
             return Err(ErrorData::invalid_params(Cow::Owned(format!("Unknown tool: {}", request.name)), None));
         }
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         Ok(run_search(request.arguments.as_ref()).into())
     }
 
@@ -409,14 +415,19 @@ impl fmt::Debug for SearchServer {
 impl SearchServer {
     /// Binds `127.0.0.1:0` and serves the MCP endpoint at `/mcp`.
     pub async fn start() -> std::io::Result<SearchServer> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), Duration::ZERO).await
+    }
+
+    /// Serves on `addr` (port 0: any free port), each search answering after `latency`.
+    pub async fn start_on(addr: SocketAddr, latency: Duration) -> std::io::Result<SearchServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let config = StreamableHttpServerConfig::default()
             .with_sse_keep_alive(None)
             .with_cancellation_token(cancel.child_token());
         let service: StreamableHttpService<DemoSearchHandler, LocalSessionManager> =
-            StreamableHttpService::new(|| Ok(DemoSearchHandler), Default::default(), config);
+            StreamableHttpService::new(move || Ok(DemoSearchHandler { latency }), Default::default(), config);
         let router = axum::Router::new().route_service("/mcp", service);
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
