@@ -11,7 +11,7 @@ use crate::actors::mcp_session::ServerTools;
 use crate::actors::secret_keeper::{EnvLookup, SecretState};
 use crate::app::Runtime;
 use crate::batch::{self, Planned, RunOptions};
-use crate::cli::{ServePeer, Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs};
+use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs, ServePeer};
 use crate::config::{self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind};
 use crate::demo;
 use crate::secrets::{self, SecretSpec};
@@ -432,7 +432,10 @@ async fn serve(peer: ServePeer) -> i32 {
                     let server = server.clone();
                     tokio::spawn(async move {
                         loop {
-                            let key = std::fs::read_to_string(&path).ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+                            let key = std::fs::read_to_string(&path)
+                                .ok()
+                                .map(|k| k.trim().to_owned())
+                                .filter(|k| !k.is_empty());
                             server.set_accepted_key(key);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
@@ -441,10 +444,12 @@ async fn serve(peer: ServePeer) -> i32 {
                 Box::new(server) as Box<dyn std::any::Any + Send>
             })
         }
-        ServePeer::Search { listen, latency } => demo::search_server::SearchServer::start_on(listen, latency).await.map(|server| {
-            println!("READY {}", server.url());
-            Box::new(server) as Box<dyn std::any::Any + Send>
-        }),
+        ServePeer::Search { listen, latency } => {
+            demo::search_server::SearchServer::start_on(listen, latency).await.map(|server| {
+                println!("READY {}", server.url());
+                Box::new(server) as Box<dyn std::any::Any + Send>
+            })
+        }
     };
     let _server = match started {
         Ok(server) => server,

@@ -235,6 +235,22 @@ pub async fn connect(
     tokio::time::timeout(timeout, open).await.map_err(|_| failed(format!("no answer within {timeout:?}")))?
 }
 
+/// Whether a failed request was refused for its credentials (HTTP 401/403), on either HTTP
+/// transport.
+pub fn is_auth_failure(error: &rmcp::service::ServiceError) -> bool {
+    if error.is_authorization_required() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(legacy_sse::LegacySseError::Send { status: Some(status), .. }) = current.downcast_ref() {
+            return matches!(status.as_u16(), 401 | 403);
+        }
+        source = current.source();
+    }
+    false
+}
+
 /// The variables a stdio child gets: only those named, and never one holding a secret of ours
 /// (those are named `*_KEY`, `*_TOKEN`, `*_SECRET`, `*_PASSWORD` by convention and refused).
 fn passthrough_env(names: &[String]) -> HashMap<String, String> {

@@ -22,7 +22,7 @@ use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceEr
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::secret_keeper::{SecretKeeperHandle, SecretState};
+use super::secret_keeper::{Reloaded, SecretKeeperHandle, SecretState};
 use super::{Slot, Unreachable};
 use crate::mcp::{self, McpError, ServerSpec};
 
@@ -86,6 +86,8 @@ pub enum McpSessionMsg {
     ConnectionLost(u64, String),
     /// The bearer token changed: reconnect with the new one (no restart).
     TokenRotated(u64),
+    /// A call was refused with 401/403: re-read the token (a change then reconnects).
+    AuthRejected(u64),
 }
 
 enum Phase {
@@ -143,7 +145,23 @@ impl Actor for McpSession {
             McpSessionMsg::ConnectFailed(generation, _)
             | McpSessionMsg::ConnectionLost(generation, _)
             | McpSessionMsg::TokenRotated(generation)
+            | McpSessionMsg::AuthRejected(generation)
                 if generation != state.generation => {}
+            McpSessionMsg::AuthRejected(_) => {
+                let server = state.args.server.name.clone();
+                match state.args.server.token_secret.clone() {
+                    Some(secret) => {
+                        let secrets = state.args.secrets.clone();
+                        tokio::spawn(async move {
+                            // A new value reaches connect_and_watch through the token channel.
+                            if let Ok(Reloaded::Unchanged) = secrets.reload(&secret).await {
+                                tracing::error!(%server, %secret, "the MCP server refused the bearer token and re-reading it found the same value");
+                            }
+                        });
+                    }
+                    None => tracing::error!(%server, "the MCP server requires a bearer token: set token_secret for it"),
+                }
+            }
             McpSessionMsg::TokenRotated(_) => {
                 // Calls keep using the current connection while a new one opens with the new
                 // token; the old one is closed once calls on it have had time to finish.
@@ -264,6 +282,8 @@ fn spawn_call(
     reply: CallReply,
 ) {
     let server = args.server.name.clone();
+    let location = args.server.location();
+    let secret = args.server.token_secret.clone();
     let timeout = args.call_timeout;
     let myself = myself.clone();
     tokio::spawn(
@@ -275,6 +295,10 @@ fn spawn_call(
                 Ok(Ok(result)) => Ok(result),
                 Ok(Err(ServiceError::McpError(error))) => {
                     Err(McpError::Call { server, tool, message: error.message.to_string() })
+                }
+                Ok(Err(error)) if mcp::is_auth_failure(&error) => {
+                    let _ = myself.cast(McpSessionMsg::AuthRejected(generation));
+                    Err(McpError::Auth { server, location, secret })
                 }
                 Ok(Err(error)) => {
                     if matches!(error, ServiceError::TransportClosed | ServiceError::TransportSend(_)) {

@@ -262,3 +262,84 @@ async fn a_rejected_key_without_fallback_fails_each_question_naming_secret_and_f
     );
     assert!(!text.contains(CANARY) && !text.contains(&CANARY[10..22]));
 }
+
+/// The gateway's bearer token rotates mid-batch over both HTTP transports: the session
+/// reconnects with the new token, without an actor restart, and searches work again.
+async fn gateway_token_rotation(transport: &str) {
+    use agentry::demo::model_server::ScriptedToolCall;
+    use serde_json::json;
+
+    use crate::peers::PythonMcpServer;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("secrets dir");
+    let peer_token = dir.path().join("peer-token");
+    std::fs::write(&peer_token, "token-one").expect("peer token");
+    std::fs::write(secrets.join("mcp_gateway_auth_token"), "token-one\n").expect("our token");
+    let mcp =
+        PythonMcpServer::start_with_args(transport, &["--require-bearer", peer_token.to_str().expect("utf-8")]).await;
+    let model = Arc::new(
+        ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+            if request.messages().iter().any(|m| m["role"] == "tool") {
+                Reply::text("Answered.")
+            } else {
+                Reply::tool_calls(vec![ScriptedToolCall::new("search", &json!({"query": "rust"}))])
+            }
+        })))
+        .await
+        .expect("model")
+        .with_latency(Duration::from_millis(10)),
+    );
+    let mut settings = settings(dir.path(), "http://127.0.0.1:9/v1", &model.base_url(), "local", 40);
+    settings.mcp.servers = vec![agentry::config::McpServerSettings {
+        name: "gateway".into(),
+        url: mcp.url(),
+        transport: agentry::config::TransportKind::Auto,
+        tools: vec!["search".into()],
+        token_secret: "mcp_gateway_auth_token".into(),
+        command: vec![],
+        env: vec![],
+    }];
+    let runtime = Runtime::start(settings.clone(), no_env()).await.expect("runtime");
+    runtime.tools_settled(Duration::from_secs(20)).await;
+    let rotator = {
+        let model = model.clone();
+        let secrets = secrets.clone();
+        tokio::spawn(async move {
+            while model.request_count() < 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The gateway first (as when an operator rotates it), then our copy.
+            std::fs::write(&peer_token, "token-two").expect("peer token");
+            std::fs::write(secrets.join("mcp_gateway_auth_token"), "token-two\n").expect("our token");
+        })
+    };
+    let report = run_batch(&runtime, &settings).await;
+    rotator.await.expect("rotated");
+    assert_eq!(report.totals.ok, 40);
+    assert_eq!(runtime.secrets.rotations("mcp_gateway_auth_token"), 1);
+    assert_eq!(runtime.restarts()["mcp-session:gateway"], 0, "{transport}: reconnected in place, not restarted");
+    // After the rotation settled, searches succeed again.
+    let last = model.requests().last().map(|r| r.body.clone()).expect("requests");
+    let result = last["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .expect("tool result")
+        .clone();
+    assert!(result["content"].as_str().expect("text").contains("Found"), "{transport}: {result}");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_gateway_token_reconnects_over_streamable_http() {
+    gateway_token_rotation("streamable-http").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_gateway_token_reconnects_over_legacy_sse() {
+    gateway_token_rotation("sse").await;
+}
