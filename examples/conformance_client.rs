@@ -102,10 +102,7 @@ async fn run() -> u8 {
         name: "conformance".into(),
         url: url.clone(),
         transport: TransportKind::Auto,
-        tools: Vec::new(),
-        token_secret: String::new(),
-        command: Vec::new(),
-        env: Vec::new(),
+        ..McpServerSettings::default()
     }];
     agentry::telemetry::init(&settings.telemetry);
     let connect_timeout = settings.mcp.connect_timeout;
@@ -148,7 +145,7 @@ async fn drive(
     // The first attempt settles within the connect timeout; the margin covers tools/list.
     let tools = match session.settled(connect_timeout * 2).await {
         ServerTools::Ready(tools) => tools,
-        ServerTools::Failed(cause) => return Err(format!("connect failed: {cause}")),
+        ServerTools::Failed { cause, .. } => return Err(format!("connect failed: {cause}")),
         ServerTools::Connecting => {
             return Err(format!("not connected within {:?}", connect_timeout * 2));
         }

@@ -68,14 +68,14 @@ pub struct Runtime {
     supervised: Vec<Arc<dyn ChildSpec>>,
 }
 
-/// The MCP restart policy (`DESIGN.md` §3).
-fn mcp_backoff() -> BackoffPolicy {
+/// The MCP restart policy from `[mcp.restart]` (`DESIGN.md` §3).
+fn mcp_backoff(settings: &crate::config::RestartSettings) -> BackoffPolicy {
     BackoffPolicy {
-        initial: Duration::from_millis(200),
-        max: Duration::from_secs(10),
-        max_restarts: 10,
-        window: Duration::from_secs(60),
-        cool_down: Duration::from_secs(30),
+        initial: settings.initial_backoff,
+        max: settings.max_backoff,
+        max_restarts: settings.max_restarts,
+        window: settings.window,
+        cool_down: settings.cool_down,
     }
 }
 
@@ -139,10 +139,11 @@ impl Runtime {
                 name: server.name.clone(),
                 endpoint: server.endpoint().map_err(StartError::Settings)?,
                 allow: server.tools.clone(),
+                retry_tools: server.retry_tools.clone(),
                 token_secret: (!server.token_secret.is_empty()).then(|| server.token_secret.clone()),
             });
             let (handle, slot, tools) =
-                McpSessionHandle::new(spec.clone(), settings.mcp.connect_timeout, settings.mcp.call_timeout);
+                McpSessionHandle::new(spec.clone(), settings.mcp.restart_wait, settings.mcp.call_timeout);
             let args = McpSessionArgs {
                 token: spec.token_secret.as_deref().and_then(|name| secrets.subscribe(name)),
                 server: spec,
@@ -157,7 +158,7 @@ impl Runtime {
                 || McpSession,
                 args,
                 slot,
-                RestartPolicy::Backoff(mcp_backoff()),
+                RestartPolicy::Backoff(mcp_backoff(&settings.mcp.restart)),
             )) as Arc<dyn ChildSpec>);
             servers.push(handle);
         }

@@ -114,7 +114,7 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     };
     tracing::info!(route = %runtime.describe_route(), "starting");
     for (server, state) in runtime.tools_settled(connect_timeout).await {
-        if let ServerTools::Failed(cause) = state {
+        if let ServerTools::Failed { cause, .. } = state {
             tracing::warn!(%server, %cause, "MCP server not available yet; its tools are missing until it connects");
         }
     }
@@ -215,7 +215,7 @@ async fn tools(common: CommonArgs) -> i32 {
                     println!("  {}{hint}  {description}", tool.name);
                 }
             }
-            ServerTools::Failed(cause) => {
+            ServerTools::Failed { cause, .. } => {
                 println!("  unavailable: {cause}");
                 code = EXIT_FAILED;
             }
@@ -404,8 +404,7 @@ async fn demo(args: DemoArgs) -> i32 {
         transport: TransportKind::StreamableHttp,
         tools: vec!["search".into()],
         token_secret: String::new(),
-        command: vec![],
-        env: vec![],
+        ..Default::default()
     }];
     settings.mcp.connect_timeout = Duration::from_secs(10);
     let planned = match batch::plan(&settings.batch, args.force) {

@@ -199,16 +199,42 @@ pub struct McpSettings {
     /// Deadline for one tool call.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// How long a tool call waits for a restarting session.
+    #[serde(with = "humantime_serde")]
+    pub restart_wait: Duration,
+    /// How failed sessions are restarted.
+    pub restart: RestartSettings,
     /// The servers.
     #[serde(default)]
     pub servers: Vec<McpServerSettings>,
 }
 
+/// `[mcp.restart]`: exponential backoff with jitter, a limit within a window, then down.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSettings {
+    /// First delay.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest delay.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Restarts allowed within `window`; one more marks the server down.
+    pub max_restarts: usize,
+    /// The window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a down server stays down before the next attempt.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
 /// How to reach an MCP server, as written in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
     /// Legacy SSE when the URL path ends in `/sse`, else Streamable HTTP.
+    #[default]
     Auto,
     /// Legacy HTTP+SSE (2024-11-05).
     Sse,
@@ -219,7 +245,7 @@ pub enum TransportKind {
 }
 
 /// `[[mcp.servers]]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServerSettings {
     /// Unique name (used in logs, the report and tool-name prefixes).
@@ -242,6 +268,10 @@ pub struct McpServerSettings {
     /// Environment variables passed through to a stdio child (nothing else is).
     #[serde(default)]
     pub env: Vec<String>,
+    /// Tools safe to call again after a session died mid-call, beyond those the server marks
+    /// `readOnlyHint` or `idempotentHint`.
+    #[serde(default)]
+    pub retry_tools: Vec<String>,
 }
 
 fn default_transport() -> TransportKind {
@@ -354,6 +384,11 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
         let key = error.path().to_string();
         ConfigError::Key { origin: layers.origin_of(&key), message: error.into_inner().to_string(), key }
     })?;
+    // The embedded default question is a placeholder: a questions file given without an inline
+    // list replaces it rather than adding to it.
+    if layers.user_sets("questions_file") && !layers.user_sets("questions") {
+        settings.batch.questions.clear();
+    }
     apply_questions(&mut settings, sources, layers.user_sets_questions());
     if let Some(dir) = sources.file.as_deref().and_then(Path::parent) {
         settings.batch.questions_file = relative_to(dir, &settings.batch.questions_file);
@@ -459,10 +494,15 @@ impl Layers {
         }
     }
 
+    /// Whether a layer above the defaults sets `batch.<key>`.
+    fn user_sets(&self, key: &str) -> bool {
+        let variable = format!("AGENTRY__BATCH__{}", key.to_uppercase());
+        self.user_file.as_ref().is_some_and(|(_, format, text)| layer_has_key(text, *format, &format!("batch.{key}")))
+            || self.agentry_env.keys().any(|k| k.to_uppercase() == variable)
+    }
+
     fn user_sets_questions(&self) -> bool {
-        self.user_file.as_ref().is_some_and(|(_, format, text)| {
-            layer_has_key(text, *format, "batch.questions") || layer_has_key(text, *format, "batch.questions_file")
-        }) || self.agentry_env.keys().any(|k| k.to_uppercase().starts_with("AGENTRY__BATCH__QUESTIONS"))
+        self.user_sets("questions") || self.user_sets("questions_file")
     }
 }
 
@@ -584,6 +624,12 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
     }
     if mcp.connect_timeout.is_zero() || mcp.call_timeout.is_zero() {
         return Err(invalid("mcp", "connect_timeout and call_timeout must be longer than 0s"));
+    }
+    if mcp.restart.initial_backoff.is_zero() || mcp.restart.initial_backoff > mcp.restart.max_backoff {
+        return Err(invalid(
+            "mcp.restart.initial_backoff",
+            "must be longer than 0s and at most mcp.restart.max_backoff",
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for (i, server) in mcp.servers.iter().enumerate() {

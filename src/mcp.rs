@@ -14,12 +14,15 @@ pub mod legacy_sse;
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use rmcp::ClientHandler;
 use rmcp::model::{
     CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, Implementation, ProtocolVersion, Tool,
 };
+use rmcp::service::NotificationContext;
 use rmcp::service::{
     ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService, ServiceExt,
 };
@@ -32,7 +35,41 @@ use crate::llm::wire::ToolDefinition;
 use crate::secrets::Credential;
 
 /// A live MCP session.
-pub type Session = RunningService<RoleClient, ClientConfig>;
+pub type Session = RunningService<RoleClient, Client>;
+
+/// Called when the server says its tool list changed.
+pub type ToolsChanged = Arc<dyn Fn() + Send + Sync>;
+
+/// agentry's side of an MCP session: its `clientInfo`, and a hook for
+/// `notifications/tools/list_changed` (the McpSession re-lists the tools).
+#[derive(Clone)]
+pub struct Client {
+    info: ClientConfig,
+    tools_changed: Option<ToolsChanged>,
+}
+
+impl Client {
+    /// A client that reports tool-list changes to `tools_changed`.
+    pub fn new(tools_changed: Option<ToolsChanged>) -> Self {
+        Self { info: client_info(), tools_changed }
+    }
+}
+
+impl ClientHandler for Client {
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+
+    fn on_tool_list_changed(
+        &self,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + rmcp::service::MaybeSendFuture + '_ {
+        if let Some(tools_changed) = &self.tools_changed {
+            tools_changed();
+        }
+        std::future::ready(())
+    }
+}
 
 /// One configured server, resolved.
 #[derive(Debug, Clone)]
@@ -43,6 +80,8 @@ pub struct ServerSpec {
     pub endpoint: McpEndpoint,
     /// Allowed tool names (empty: all).
     pub allow: Vec<String>,
+    /// Tools safe to call again after the session died mid-call (beyond the server's hints).
+    pub retry_tools: Vec<String>,
     /// Name of the bearer-token secret, if any.
     pub token_secret: Option<String>,
 }
@@ -166,7 +205,9 @@ pub async fn connect(
     http: &reqwest::Client,
     token: Option<&Credential>,
     timeout: Duration,
+    tools_changed: Option<ToolsChanged>,
 ) -> Result<Session, McpError> {
+    let client = Client::new(tools_changed);
     let failed = |message: String| McpError::Connect { server: spec.name.clone(), location: spec.location(), message };
     let refused =
         || McpError::Auth { server: spec.name.clone(), location: spec.location(), secret: spec.token_secret.clone() };
@@ -180,7 +221,7 @@ pub async fn connect(
                 };
                 let attempt = |lifecycle: ClientLifecycleMode| {
                     let transport = StreamableHttpClientTransport::with_client(http.clone(), config.clone());
-                    client_info().serve_with_lifecycle(transport, lifecycle)
+                    client.clone().serve_with_lifecycle(transport, lifecycle)
                 };
                 // Newest protocol first (`server/discover`); rmcp falls back to `initialize` when
                 // the server says it is a legacy one. Some servers answer `server/discover` with
@@ -218,7 +259,7 @@ pub async fn connect(
                         }
                         e => failed(crate::error_chain(&e)),
                     })?;
-                client_info().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
+                client.clone().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
             }
             McpEndpoint::Stdio { command, env } => {
                 let (program, args) = command.split_first().ok_or_else(|| failed("empty command".into()))?;
@@ -228,7 +269,7 @@ pub async fn connect(
                     .stderr(Stdio::inherit())
                     .spawn()
                     .map_err(|e| failed(format!("cannot start {program}: {e}")))?;
-                client_info().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
+                client.clone().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
             }
         }
     };

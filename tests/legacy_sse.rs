@@ -511,14 +511,20 @@ where
 fn fake_config(url: Url) -> LegacySseConfig {
     let mut config = LegacySseConfig::new(url);
     config.headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {FAKE_TOKEN}")).expect("header value"));
-    config.connect_timeout = Duration::from_millis(500);
+    // Long enough never to be hit on a loaded machine, short of `BOUND`; the
+    // tests of the connect timeout set a short one.
+    config.connect_timeout = Duration::from_secs(20);
     config.post_timeout = Duration::from_secs(10);
     config
 }
 
 /// Connects to a fake expecting failure; checks no secret is shown.
 async fn connect_err(url: Url) -> LegacySseError {
-    let error = bounded("failing connect", LegacySseTransport::connect(reqwest::Client::new(), fake_config(url)))
+    connect_err_with(fake_config(url)).await
+}
+
+async fn connect_err_with(config: LegacySseConfig) -> LegacySseError {
+    let error = bounded("failing connect", LegacySseTransport::connect(reqwest::Client::new(), config))
         .await
         .expect_err("connect should fail");
     let shown = everything_shown(&error);
@@ -556,7 +562,9 @@ async fn fake_without_response_headers_hits_the_connect_timeout() {
         client_closes(&mut stream, BOUND * 2).await;
     })
     .await;
-    let error = connect_err(url).await;
+    let mut config = fake_config(url);
+    config.connect_timeout = Duration::from_millis(500);
+    let error = connect_err_with(config).await;
     let LegacySseError::Connect { source, .. } = &error else {
         panic!("expected a connect error: {error:?}");
     };
@@ -575,7 +583,9 @@ async fn fake_stream_without_endpoint_hits_the_connect_timeout() {
         }
     })
     .await;
-    let error = connect_err(url).await;
+    let mut config = fake_config(url);
+    config.connect_timeout = Duration::from_millis(500);
+    let error = connect_err_with(config).await;
     assert!(matches!(error, LegacySseError::NoEndpoint { timed_out: true, .. }), "{error:?}");
 }
 

@@ -33,8 +33,32 @@ pub enum ServerTools {
     Connecting,
     /// Connected: the allowed tools.
     Ready(Arc<[Tool]>),
-    /// The last attempt failed with this cause.
-    Failed(Arc<str>),
+    /// The last attempt failed with this cause; `last` is the tool list from before, if the
+    /// server was ever ready (calls to those tools reach the session, which waits for the
+    /// restart or says the server is down).
+    Failed {
+        /// Why.
+        cause: Arc<str>,
+        /// The tools the server had.
+        last: Option<Arc<[Tool]>>,
+    },
+}
+
+impl ServerTools {
+    /// The tools the server has, or had before it failed.
+    pub fn known(&self) -> Option<&Arc<[Tool]>> {
+        match self {
+            Self::Ready(tools) => Some(tools),
+            Self::Failed { last, .. } => last.as_ref(),
+            Self::Connecting => None,
+        }
+    }
+}
+
+/// Publishes a failure, keeping the tools known so far.
+fn publish_failure(tools: &watch::Sender<ServerTools>, cause: &McpError) {
+    let last = tools.borrow().known().cloned();
+    tools.send_replace(ServerTools::Failed { cause: cause.to_string().into(), last });
 }
 
 /// Start-up arguments (cloned on every restart).
@@ -88,6 +112,10 @@ pub enum McpSessionMsg {
     TokenRotated(u64),
     /// A call was refused with 401/403: re-read the token (a change then reconnects).
     AuthRejected(u64),
+    /// The server sent `notifications/tools/list_changed`.
+    ToolsChanged(u64),
+    /// The re-listed tools.
+    ToolsListed(u64, Arc<[Tool]>),
 }
 
 enum Phase {
@@ -146,7 +174,34 @@ impl Actor for McpSession {
             | McpSessionMsg::ConnectionLost(generation, _)
             | McpSessionMsg::TokenRotated(generation)
             | McpSessionMsg::AuthRejected(generation)
+            | McpSessionMsg::ToolsChanged(generation)
+            | McpSessionMsg::ToolsListed(generation, _)
                 if generation != state.generation => {}
+            McpSessionMsg::ToolsChanged(generation) => {
+                if let Phase::Ready { peer } = &state.phase {
+                    let (peer, server, timeout) = (peer.clone(), state.args.server.clone(), state.args.connect_timeout);
+                    let myself = myself.clone();
+                    tokio::spawn(
+                        async move {
+                            match tokio::time::timeout(timeout, peer.list_all_tools()).await {
+                                Ok(Ok(tools)) => {
+                                    let tools = tools.into_iter().filter(|t| server.allows(&t.name)).collect();
+                                    let _ = myself.cast(McpSessionMsg::ToolsListed(generation, tools));
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::warn!(server = %server.name, %error, "re-listing tools failed")
+                                }
+                                Err(_) => tracing::warn!(server = %server.name, "re-listing tools timed out"),
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+            }
+            McpSessionMsg::ToolsListed(_, tools) => {
+                tracing::info!(server = %state.args.server.name, tools = tools.len(), "tool list changed");
+                state.args.tools.send_replace(ServerTools::Ready(tools));
+            }
             McpSessionMsg::AuthRejected(_) => {
                 let server = state.args.server.name.clone();
                 match state.args.server.token_secret.clone() {
@@ -189,12 +244,12 @@ impl Actor for McpSession {
                 }
             }
             McpSessionMsg::ConnectFailed(_, error) => {
-                state.args.tools.send_replace(ServerTools::Failed(error.to_string().into()));
+                publish_failure(&state.args.tools, &error);
                 return Err(error.into());
             }
             McpSessionMsg::ConnectionLost(_, message) => {
                 let error = McpError::ConnectionLost { server: state.args.server.name.clone(), message };
-                state.args.tools.send_replace(ServerTools::Failed(error.to_string().into()));
+                publish_failure(&state.args.tools, &error);
                 return Err(error.into());
             }
         }
@@ -207,17 +262,22 @@ impl Actor for McpSession {
 async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs, generation: u64) {
     let mut token_rx = args.token.clone();
     let token = token_rx.as_mut().and_then(|t| t.borrow_and_update().credential().cloned());
-    let session = match mcp::connect(&args.server, &args.http, token.as_ref(), args.connect_timeout).await {
-        Ok(session) => session,
-        Err(error) => {
-            if let (McpError::Auth { .. }, Some(secret)) = (&error, args.server.token_secret.as_deref()) {
-                // A rotated token may be waiting in its file: read it now, the restart uses it.
-                let _ = args.secrets.reload(secret).await;
+    let notify = myself.clone();
+    let tools_changed: mcp::ToolsChanged = Arc::new(move || {
+        let _ = notify.cast(McpSessionMsg::ToolsChanged(generation));
+    });
+    let session =
+        match mcp::connect(&args.server, &args.http, token.as_ref(), args.connect_timeout, Some(tools_changed)).await {
+            Ok(session) => session,
+            Err(error) => {
+                if let (McpError::Auth { .. }, Some(secret)) = (&error, args.server.token_secret.as_deref()) {
+                    // A rotated token may be waiting in its file: read it now, the restart uses it.
+                    let _ = args.secrets.reload(secret).await;
+                }
+                let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, error));
+                return;
             }
-            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, error));
-            return;
-        }
-    };
+        };
     let peer = session.peer().clone();
     let listed = tokio::time::timeout(args.connect_timeout, peer.list_all_tools()).await;
     let tools = match listed {
@@ -313,6 +373,16 @@ fn spawn_call(
     );
 }
 
+/// How one attempt at a call failed.
+enum Failure {
+    /// The session never sent it: sending it again is always safe.
+    NotSent(McpError),
+    /// The session died with the call in flight: it may have run.
+    CutOff(McpError),
+    /// Anything else: the answer stands.
+    Final(McpError),
+}
+
 /// What callers hold: survives restarts of the session.
 #[derive(Clone)]
 pub struct McpSessionHandle {
@@ -354,7 +424,35 @@ impl McpSessionHandle {
     }
 
     /// Calls a tool by the server's name for it.
+    ///
+    /// While the session restarts, the call waits for it (up to `mcp.restart_wait`). A call the
+    /// session never sent (it died with the call queued) is sent on the new session. A call cut
+    /// off in flight may have run on the server: it is sent again once only when the tool is
+    /// marked `readOnlyHint`/`idempotentHint` or listed in `retry_tools`; otherwise the model
+    /// gets the error. A server marked down answers at once.
     pub async fn call_tool(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, McpError> {
+        let retry_safe = self.retry_safe(tool);
+        let give_up = tokio::time::Instant::now() + self.restart_wait;
+        let mut cut_off_once = false;
+        loop {
+            let error = match self.call_once(tool, arguments.clone()).await {
+                Ok(result) => return Ok(result),
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::CutOff(error)) if !retry_safe || cut_off_once => return Err(error),
+                Err(Failure::CutOff(error)) => {
+                    cut_off_once = true;
+                    error
+                }
+                Err(Failure::NotSent(error)) if tokio::time::Instant::now() >= give_up => return Err(error),
+                // The message reached an actor that was already dying: try the next one.
+                Err(Failure::NotSent(error)) => error,
+            };
+            tracing::info!(server = %self.server.name, tool, %error, "calling again on the restarted session");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn call_once(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, Failure> {
         let tool_name = tool.to_owned();
         // The actor answers every call; the extra second covers its own timeout firing first.
         let deadline = self.call_timeout + self.restart_wait + Duration::from_secs(1);
@@ -366,8 +464,22 @@ impl McpSessionHandle {
                 reply,
             })
             .await;
-        outcome.unwrap_or_else(|unreachable: Unreachable| {
-            Err(McpError::Unavailable { server: self.server.name.clone(), message: unreachable.to_string() })
-        })
+        let unavailable = |unreachable: Unreachable| McpError::Unavailable {
+            server: self.server.name.clone(),
+            message: unreachable.to_string(),
+        };
+        match outcome {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error @ McpError::ConnectionLost { .. })) => Err(Failure::CutOff(error)),
+            Ok(Err(error)) => Err(Failure::Final(error)),
+            Err(dropped @ Unreachable::Dropped { .. }) => Err(Failure::NotSent(unavailable(dropped))),
+            Err(other) => Err(Failure::Final(unavailable(other))),
+        }
+    }
+
+    /// Whether a call cut off in flight may be sent again.
+    fn retry_safe(&self, tool: &str) -> bool {
+        self.server.retry_tools.iter().any(|t| t == tool)
+            || matches!(self.tools(), ServerTools::Ready(tools) if tools.iter().any(|t| t.name == tool && mcp::is_retry_safe(t)))
     }
 }

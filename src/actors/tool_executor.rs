@@ -24,7 +24,7 @@ use rmcp::model::JsonObject;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::mcp_session::{McpSessionHandle, ServerTools};
+use super::mcp_session::McpSessionHandle;
 use super::research_writer::ResearchWriterHandle;
 use super::{RESTART_WAIT, Slot};
 use crate::llm::wire::{ToolCall, ToolDefinition};
@@ -105,17 +105,12 @@ pub struct ToolExecutorState {
 pub struct ToolExecutor;
 
 impl ToolExecutorState {
-    /// Rebuilds the registry when a server's tool list changed.
+    /// Rebuilds the registry when a server's tool list changed. A server that is restarting
+    /// or down keeps its last known tools: a call then reaches its session, which waits for the
+    /// restart or answers at once that the server is down, naming it and the cause.
     fn refresh(&mut self) {
-        let current: Vec<Option<Arc<[rmcp::model::Tool]>>> = self
-            .args
-            .servers
-            .iter()
-            .map(|s| match s.tools() {
-                ServerTools::Ready(tools) => Some(tools),
-                _ => None,
-            })
-            .collect();
+        let current: Vec<Option<Arc<[rmcp::model::Tool]>>> =
+            self.args.servers.iter().map(|s| s.tools().known().cloned()).collect();
         let same = current.len() == self.built_from.len()
             && current.iter().zip(&self.built_from).all(|(a, b)| match (a, b) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -153,8 +153,7 @@ fn auto_transport_follows_the_path() {
         transport,
         tools: vec![],
         token_secret: String::new(),
-        command: vec![],
-        env: vec![],
+        ..Default::default()
     };
     assert!(matches!(server("http://h:8811/sse", TransportKind::Auto).endpoint(), Ok(McpEndpoint::LegacySse(_))));
     assert!(matches!(server("http://h:8811/sse/", TransportKind::Auto).endpoint(), Ok(McpEndpoint::LegacySse(_))));
@@ -163,4 +162,13 @@ fn auto_transport_follows_the_path() {
         server("http://h:8811/sse", TransportKind::StreamableHttp).endpoint(),
         Ok(McpEndpoint::StreamableHttp(_))
     ));
+}
+
+#[test]
+fn a_questions_file_replaces_the_default_question() {
+    let (_dir, path) = with_file("q.toml", "[batch]\nquestions_file = \"list.txt\"\n");
+    let settings = load(&Sources { file: Some(path), ..Sources::default() }).expect("valid");
+    assert!(settings.batch.questions.is_empty(), "{:?}", settings.batch.questions);
+    let (_dir, path) = with_file("q.toml", "[batch]\nquestions = [\"A\"]\nquestions_file = \"list.txt\"\n");
+    assert_eq!(load(&Sources { file: Some(path), ..Sources::default() }).expect("valid").batch.questions, ["A"]);
 }

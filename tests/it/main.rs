@@ -17,6 +17,7 @@ mod conformance;
 mod demo_model_server;
 mod demo_scripted_flow;
 mod demo_search_server;
+mod mcp_restarts;
 mod model_errors;
 mod rotation;
 mod secrets_containment;

@@ -298,8 +298,7 @@ async fn gateway_token_rotation(transport: &str) {
         transport: agentry::config::TransportKind::Auto,
         tools: vec!["search".into()],
         token_secret: "mcp_gateway_auth_token".into(),
-        command: vec![],
-        env: vec![],
+        ..Default::default()
     }];
     let runtime = Runtime::start(settings.clone(), no_env()).await.expect("runtime");
     runtime.tools_settled(Duration::from_secs(20)).await;

@@ -148,3 +148,31 @@ async fn tools_reports_an_unreachable_server_and_exits_1() {
     run.expect_code(1);
     assert!(run.stdout.contains("nowhere") && run.stdout.contains("unavailable"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn colliding_tool_names_are_prefixed_by_server() {
+    use agentry::config::McpServerSettings;
+
+    let one = PythonMcpServer::start("streamable-http").await;
+    let two = PythonMcpServer::start("sse").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("[batch]\noutput_dir = \"{}\"\n", dir.path().join("out").display())).expect("config");
+    let mut settings =
+        agentry::config::load(&agentry::config::Sources { file: Some(path), ..Default::default() }).expect("config");
+    settings.mcp.servers = vec![
+        McpServerSettings {
+            name: "alpha".into(),
+            url: one.url(),
+            tools: vec!["search".into(), "echo".into()],
+            ..Default::default()
+        },
+        McpServerSettings { name: "beta".into(), url: two.url(), tools: vec!["search".into()], ..Default::default() },
+    ];
+    let runtime = agentry::app::Runtime::start(settings, Arc::new(|_: &str| None)).await.expect("runtime");
+    runtime.tools_settled(std::time::Duration::from_secs(30)).await;
+    let mut names: Vec<String> = runtime.tools.definitions().await.iter().map(|d| d.function.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["alpha__search", "beta__search", "echo", "save_research"]);
+    runtime.shutdown().await;
+}

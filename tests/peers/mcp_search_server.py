@@ -13,7 +13,10 @@ Tools:
                                    result with isError=true carrying `message`
     slow(seconds)                  sleeps `seconds`, then answers; logs
                                    `tool=slow ...` to stderr when it starts, so
-                                   a test knows the call is in flight
+                                   a test knows the call is in flight, and
+                                   `CANCELLED slow` when the client cancels it
+    add_tool(name)                 registers a tool `name` (echoes `text`) and
+                                   sends notifications/tools/list_changed
     chatty()                       mid-call, sends the client a `ping` request
                                    (and waits for its answer) and an info-level
                                    `notifications/message` "chatty says hello";
@@ -271,10 +274,25 @@ def build_server(host: str) -> FastMCP:
 
     @mcp.tool(structured_output=False)
     async def slow(seconds: float) -> str:
-        """Sleep for `seconds`, then answer."""
+        """Sleep for `seconds`, then answer. A cancelled call logs `CANCELLED slow`."""
         log(f"tool=slow seconds={seconds}")
-        await asyncio.sleep(seconds)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            log("CANCELLED slow")
+            raise
         return f"slept {seconds}s"
+
+    @mcp.tool(structured_output=False)
+    async def add_tool(name: str, ctx: Context) -> str:
+        """Register a new echo-like tool called `name` and tell the client the list changed."""
+        def extra(text: str) -> str:
+            return f"{name}: {text}"
+
+        mcp.add_tool(extra, name=name, description=f"Added at run time: echoes as {name}")
+        log(f"tool=add_tool name={name!r}")
+        await ctx.session.send_tool_list_changed()
+        return f"added {name}"
 
     @mcp.tool(structured_output=False)
     async def chatty(ctx: Context) -> str:

@@ -1,0 +1,259 @@
+//! MCP sessions under supervision: servers that die, come back, never come back, hang, or
+//! change their tool list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentry::actors::mcp_session::ServerTools;
+use agentry::app::Runtime;
+use agentry::config::{self, McpServerSettings, Overrides, Settings, Sources, TransportKind};
+use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
+use serde_json::{Value, json};
+
+use crate::harness::{Agentry, config};
+use crate::peers::{PythonMcpServer, server_everything_command};
+
+/// A model that searches once per question, then answers.
+fn searching_model()
+-> FnBehaviour<impl Fn(&agentry::demo::model_server::ChatRequestView<'_>) -> Reply + Send + Sync + 'static> {
+    FnBehaviour::new(|request| {
+        if request.messages().iter().any(|m| m["role"] == "tool") {
+            Reply::text("Answered.")
+        } else {
+            Reply::tool_calls(vec![ScriptedToolCall::new("search", &json!({"query": "rust"}))])
+        }
+    })
+}
+
+const FAST_RESTARTS: &str =
+    "[mcp]\nrestart_wait = \"30s\"\n[mcp.restart]\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\n";
+
+async fn server_dies_mid_batch_and_comes_back(transport: &str) {
+    let mut mcp = PythonMcpServer::start(transport).await;
+    let model =
+        ModelServer::start(Arc::new(searching_model())).await.expect("model").with_latency(Duration::from_millis(50));
+    let agentry = Agentry::new();
+    let text = config(&model.base_url(), Some(&mcp.url()), "[batch]\nconcurrency = 3\nquestions_file = \"q.txt\"\n")
+        .replace("[[mcp.servers]]", &format!("{FAST_RESTARTS}[[mcp.servers]]"));
+    agentry.file("q.txt", &(1..=30).map(|n| format!("Question {n}\n")).collect::<String>());
+    let path = agentry.file("c.toml", &text);
+    let child = agentry.spawn(&["run", "-c", path.to_str().expect("utf-8")]);
+    while model.request_count() < 15 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    mcp.kill().await;
+    // A real outage: agentry keeps trying while nothing listens.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    mcp.restart_same_port().await;
+    let run = Agentry::finish(child).await;
+    run.expect_code(0);
+
+    let report = agentry.report("definitions/report.json");
+    assert_eq!(report["totals"]["ok"], 30, "{transport}");
+    let tool_errors: u64 =
+        report["questions"].as_array().expect("rows").iter().map(|r| r["tool_errors"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(tool_errors, 0, "{transport}: search is read-only, so calls cut off by the outage waited and ran again");
+    let restarts = report["restarts"]["mcp-session:peer"].as_u64().expect("restart count");
+    // 1.5 s of outage with backoff from 100 ms doubling: a handful of attempts, not a tight loop.
+    assert!((1..=8).contains(&restarts), "{transport}: {restarts} restarts");
+    assert!(run.stderr.contains("restarting with backoff"), "{transport}: {}", run.stderr);
+    assert!(run.stderr.contains("MCP session ready"), "{transport}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamable_http_server_that_restarts_mid_batch_loses_no_question() {
+    server_dies_mid_batch_and_comes_back("streamable-http").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_sse_server_that_restarts_mid_batch_loses_no_question() {
+    server_dies_mid_batch_and_comes_back("sse").await;
+}
+
+fn in_process_settings(dir: &std::path::Path, servers: Vec<McpServerSettings>, extra: &str) -> Settings {
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[secrets]\ndir = \"{}\"\n[batch]\noutput_dir = \"{}\"\n{extra}",
+            dir.join("secrets").display(),
+            dir.join("out").display()
+        ),
+    )
+    .expect("config");
+    let mut settings =
+        config::load(&Sources { file: Some(path), env: Default::default(), overrides: Overrides::default() })
+            .expect("config");
+    settings.mcp.servers = servers;
+    settings
+}
+
+fn everything_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
+            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(std::process::id())
+                && !zombie
+                && String::from_utf8_lossy(&cmdline).contains("server-everything")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stdio_child_killed_again_and_again_comes_back_each_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = McpServerSettings {
+        name: "everything".into(),
+        transport: TransportKind::Stdio,
+        command: server_everything_command(),
+        env: vec!["PATH".into()],
+        tools: vec!["echo".into()],
+        ..Default::default()
+    };
+    let settings = in_process_settings(dir.path(), vec![server], FAST_RESTARTS);
+    let runtime = Runtime::start(settings, Arc::new(|_: &str| None)).await.expect("runtime");
+    let session = &runtime.servers[0];
+    assert!(matches!(session.settled(Duration::from_secs(30)).await, ServerTools::Ready(_)));
+    for round in 1..=3u64 {
+        let pids = everything_pids();
+        assert_eq!(pids.len(), 1, "one child per session: {pids:?}");
+        std::process::Command::new("kill").args(["-KILL", &pids[0].to_string()]).status().expect("kill");
+        // The call waits for the restarted session (echo is not read-only, but this call was
+        // made after the death, so it is sent only once, on the new session).
+        let result = session.call_tool("echo", json!({"message": format!("round {round}")}).as_object().cloned()).await;
+        let text = agentry::mcp::result_text(&result.expect("echo on the new session"));
+        assert!(text.contains(&format!("round {round}")), "{text}");
+        assert_eq!(runtime.restarts()["mcp-session:everything"], round);
+        assert_ne!(everything_pids(), pids, "a new child");
+    }
+    runtime.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !everything_pids().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "shutdown stops the child: {:?}", everything_pids());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_comes_back_is_marked_down_and_fails_fast_by_name() {
+    let mut mcp = PythonMcpServer::start("streamable-http").await;
+    let model = ModelServer::start(Arc::new(searching_model())).await.expect("model");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = McpServerSettings { name: "doomed".into(), url: mcp.url(), ..Default::default() };
+    let extra = format!(
+        "[model]\nfallback = \"local\"\n[model.local]\nbase_url = \"{}\"\n[mcp]\nrestart_wait = \"30s\"\n[mcp.restart]\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\nmax_restarts = 3\nwindow = \"60s\"\ncool_down = \"1h\"\n",
+        model.base_url()
+    );
+    let settings = in_process_settings(dir.path(), vec![server], &extra);
+    let runtime = Runtime::start(settings.clone(), Arc::new(|_: &str| None)).await.expect("runtime");
+    assert!(matches!(runtime.servers[0].settled(Duration::from_secs(30)).await, ServerTools::Ready(_)));
+    mcp.kill().await;
+
+    // The first call after the death waits through the restarts until the server is marked down.
+    let error =
+        runtime.servers[0].call_tool("search", json!({"query": "x"}).as_object().cloned()).await.expect_err("down");
+    assert!(error.to_string().contains("doomed") && error.to_string().contains("down"), "{error}");
+    // From then on, calls fail at once (no waiting for restarts that will not come).
+    let started = tokio::time::Instant::now();
+    let error = runtime.servers[0].call_tool("search", None).await.expect_err("down");
+    assert!(error.to_string().contains("doomed"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast, not after restart_wait");
+    assert_eq!(runtime.restarts()["mcp-session:doomed"], 4, "three restarts, the fourth failure marks it down");
+
+    // A batch still ends: the model gets the error as the tool result and answers.
+    let planned = agentry::batch::plan(&settings.batch, true).expect("questions");
+    let options = agentry::batch::RunOptions {
+        concurrency: 1,
+        question_timeout: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(1),
+        progress: false,
+        demo: false,
+        output_dir: settings.batch.output_dir.clone(),
+    };
+    let report = agentry::batch::run(&runtime.agent_context(""), planned, &options, &Default::default()).await;
+    assert_eq!(report.totals.ok, 1);
+    assert_eq!(report.questions[0].tool_errors, 1);
+    let result = tool_results(&model.requests().last().expect("request").body);
+    assert!(result[0].contains("doomed") && result[0].starts_with("Error:"), "{result:?}");
+    runtime.shutdown().await;
+}
+
+fn tool_results(body: &Value) -> Vec<String> {
+    body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_call_times_out_is_cancelled_on_the_server_and_the_model_gets_an_error() {
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.messages().iter().any(|m| m["role"] == "tool") {
+            Reply::text("Gave up on the slow tool.")
+        } else {
+            Reply::tool_calls(vec![ScriptedToolCall::new("slow", &json!({"seconds": 60}))])
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new().env("AGENTRY__MCP__CALL_TIMEOUT", "1s");
+    let path =
+        agentry.file("c.toml", &config(&model.base_url(), Some(&mcp.url()), "[batch]\nquestions = [\"Be slow\"]\n"));
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+    let results = tool_results(&model.requests()[1].body);
+    assert!(results[0].starts_with("Error:") && results[0].contains("did not answer within 1s"), "{results:?}");
+    // The server heard about it: notifications/cancelled stopped the tool.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mcp.stderr().contains("CANCELLED slow") {
+        assert!(tokio::time::Instant::now() < deadline, "no cancellation reached the server:\n{}", mcp.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_list_change_reaches_the_next_question() {
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        let first = request.last_user_text().is_some_and(|q| q.contains("first"));
+        let answered = request.messages().iter().any(|m| m["role"] == "tool");
+        if answered {
+            // The notification and the re-listing race this answer; give them room.
+            Reply::text("Done.").delayed(Duration::from_secs(2))
+        } else if !first {
+            Reply::text("Done.")
+        } else {
+            Reply::tool_calls(vec![ScriptedToolCall::new("add_tool", &json!({"name": "freshly_added"}))])
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let extra = "[batch]\nconcurrency = 1\nquestions = [\"the first\", \"the second\"]\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), Some(&mcp.url()), extra));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+    let offered = |body: &Value| -> Vec<String> {
+        body["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let requests = model.requests();
+    assert!(!offered(&requests[0].body).contains(&"freshly_added".to_owned()));
+    let second = requests.iter().find(|r| r.body.to_string().contains("the second")).expect("second question");
+    assert!(offered(&second.body).contains(&"freshly_added".to_owned()), "{:?}", offered(&second.body));
+    assert!(run.stderr.contains("tool list changed"), "{}", run.stderr);
+}
