@@ -12,6 +12,8 @@ mod peers;
 
 mod harness;
 
+mod legacy_sse;
+
 mod batch;
 mod conformance;
 mod demo_model_server;

@@ -147,10 +147,10 @@ async fn a_canary_key_and_token_never_leak_through_the_main_flows() {
         loop {
             for kid in children_of(pid) {
                 let cmdline = std::fs::read(format!("/proc/{kid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("mcp_search_server.py") {
-                    if let Ok(environ) = std::fs::read(format!("/proc/{kid}/environ")) {
-                        return String::from_utf8_lossy(&environ).replace('\0', "\n");
-                    }
+                if String::from_utf8_lossy(&cmdline).contains("mcp_search_server.py")
+                    && let Ok(environ) = std::fs::read(format!("/proc/{kid}/environ"))
+                {
+                    return String::from_utf8_lossy(&environ).replace('\0', "\n");
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -4,7 +4,7 @@
 //!
 //! * `tests/peers/mcp_search_server.py`, an offline search server on the
 //!   official MCP Python SDK, run from the venv at `.peers/venv`. It serves
-//!   `search`, `echo` and `fail` over SSE, streamable HTTP or stdio; see
+//!   `search`, `echo`, `fail` and test tools (`slow`, `chatty`, `barrier`, `add_tool`) over SSE, streamable HTTP or stdio; see
 //!   [`PythonMcpServer`] for the HTTP transports and
 //!   [`search_server_stdio_command`] for stdio.
 //! * `@modelcontextprotocol/server-everything`, the reference server of the

@@ -22,8 +22,6 @@
 // The shared peer helper; when this file becomes a module of the main
 // integration binary (`tests/it/main.rs`, which already declares `peers`),
 // drop these two lines.
-#[path = "support/peers.rs"]
-mod peers;
 
 use std::{
     future::Future,
