@@ -131,3 +131,32 @@ pub fn config(model_url: &str, mcp_url: Option<&str>, extra: &str) -> String {
         "{extra}\n[model]\nretry_min_delay = \"10ms\"\nretry_max_delay = \"200ms\"\n[model.local]\nbase_url = \"{model_url}\"\nmodel = \"test-model\"\n{mcp}"
     )
 }
+
+/// The tool results (messages with role `tool`) of a chat request body, in order.
+pub fn tool_results(body: &serde_json::Value) -> Vec<String> {
+    body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Live (not zombie) children of `parent` whose command line contains `needle`.
+pub fn child_pids(parent: u32, needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the command name (in parentheses, may hold spaces): state, then parent pid.
+            let mut fields = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default().split(' ');
+            let live = fields.next().is_some_and(|state| state != "Z");
+            let child = fields.next().and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent);
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            live && child && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@ use agentry::config::{self, McpServerSettings, Overrides, Settings, Sources, Tra
 use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
 use serde_json::{Value, json};
 
-use crate::harness::{Agentry, config};
+use crate::harness::{Agentry, child_pids, config, tool_results};
 use crate::peers::{PythonMcpServer, server_everything_command};
 
 /// A model that searches once per question, then answers.
@@ -89,21 +89,7 @@ fn in_process_settings(dir: &std::path::Path, servers: Vec<McpServerSettings>, e
 }
 
 fn everything_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let parent = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
-            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            parent == Some(std::process::id())
-                && !zombie
-                && String::from_utf8_lossy(&cmdline).contains("server-everything")
-        })
-        .collect()
+    child_pids(std::process::id(), "server-everything")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,16 +169,6 @@ async fn a_server_that_never_comes_back_is_marked_down_and_fails_fast_by_name() 
     let result = tool_results(&model.requests().last().expect("request").body);
     assert!(result[0].contains("doomed") && result[0].starts_with("Error:"), "{result:?}");
     runtime.shutdown().await;
-}
-
-fn tool_results(body: &Value) -> Vec<String> {
-    body["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

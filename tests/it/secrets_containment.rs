@@ -42,21 +42,6 @@ fn canary(label: &str) -> String {
     format!("sk-canary-{label}-{:032x}", rand::random::<u128>())
 }
 
-/// The pids whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the command name (which is in parentheses and may hold spaces).
-            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default();
-            after.split(' ').nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
-        })
-        .collect()
-}
-
 /// Every place a secret could end up: output, report, research files.
 fn everything_written(agentry: &Agentry, run: &crate::harness::Run) -> String {
     let mut text = run.output();
@@ -145,11 +130,8 @@ async fn a_canary_key_and_token_never_leak_through_the_main_flows() {
     // While it runs, read the stdio child's environment from /proc.
     let environ = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            for kid in children_of(pid) {
-                let cmdline = std::fs::read(format!("/proc/{kid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("mcp_search_server.py")
-                    && let Ok(environ) = std::fs::read(format!("/proc/{kid}/environ"))
-                {
+            for kid in crate::harness::child_pids(pid, "mcp_search_server.py") {
+                if let Ok(environ) = std::fs::read(format!("/proc/{kid}/environ")) {
                     return String::from_utf8_lossy(&environ).replace('\0', "\n");
                 }
             }

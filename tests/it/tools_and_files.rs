@@ -3,21 +3,10 @@
 use std::sync::Arc;
 
 use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Agentry, config};
+use crate::harness::{Agentry, config, tool_results};
 use crate::peers::{PythonMcpServer, server_everything_command};
-
-/// The tool messages of a request, in order.
-fn tool_results(body: &Value) -> Vec<String> {
-    body["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_arguments_unknown_tools_and_tool_errors_reach_the_model_as_errors() {

@@ -36,27 +36,20 @@ else
     echo "$want_hash" > "$stamp"
 fi
 
-# --- 2. Node peers -------------------------------------------------------------
-peers="$root/tests/peers"
-node_stamp="$peers/node_modules/.agentry-lock.sha256"
-want_node_hash="$(cat "$peers/package.json" "$peers/package-lock.json" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$node_stamp" && "$(cat "$node_stamp")" == "$want_node_hash" ]]; then
-    step "Node peers: tests/peers/node_modules is up to date (lock $want_node_hash)"
-else
-    step "Node peers: npm ci --prefix tests/peers"
-    npm ci --prefix "$peers" --no-audit --no-fund
-    echo "$want_node_hash" > "$node_stamp"
-fi
-
-
-# --- 3. MCP conformance suite (with its own Node 22) ---------------------------
-conformance="$root/tests/conformance"
-conf_stamp="$conformance/node_modules/.agentry-lock.sha256"
-want_conf_hash="$(cat "$conformance/package.json" "$conformance/package-lock.json" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$conf_stamp" && "$(cat "$conf_stamp")" == "$want_conf_hash" ]]; then
-    step "Conformance suite: tests/conformance/node_modules is up to date (lock $want_conf_hash)"
-else
-    step "Conformance suite: npm ci --prefix tests/conformance"
-    npm ci --prefix "$conformance" --no-audit --no-fund
-    echo "$want_conf_hash" > "$conf_stamp"
-fi
+# --- 2 and 3. npm packages: the Node peers, and the conformance suite with its own Node 22 ---
+# npm ci in DIR unless DIR/node_modules was installed from the same package.json and lockfile.
+npm_install() {
+    local dir="$1" label="$2"
+    local stamp="$dir/node_modules/.agentry-lock.sha256"
+    local want
+    want="$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        step "$label: ${dir#"$root"/}/node_modules is up to date (lock $want)"
+    else
+        step "$label: npm ci --prefix ${dir#"$root"/}"
+        npm ci --prefix "$dir" --no-audit --no-fund
+        echo "$want" > "$stamp"
+    fi
+}
+npm_install "$root/tests/peers" "Node peers"
+npm_install "$root/tests/conformance" "Conformance suite"
