@@ -4,6 +4,8 @@
 //! libraries log per request at `info`/`debug`, which is noise in a batch. Header values are
 //! marked sensitive where they are built, so even `RUST_LOG=trace` does not print a key.
 
+pub mod names;
+
 use std::sync::Once;
 
 use tracing_subscriber::EnvFilter;
