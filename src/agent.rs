@@ -113,6 +113,7 @@ pub async fn answer(context: &AgentContext, question: &str) -> Answered {
 async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
     let settings = &context.settings;
     let question_id = research::question_id(question);
+    let trace_id = crate::telemetry::trace_id(&tracing::Span::current());
     let mut messages = Arc::new(vec![
         Message::System { content: settings.system_prompt.replace("{question}", question) },
         Message::User { content: question.to_owned() },
@@ -152,7 +153,7 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
                     model: outcome.model,
                     route,
                     tools_used: transcript.tools_used.clone(),
-                    trace_id: None,
+                    trace_id: trace_id.clone(),
                 };
                 transcript.file = Some(context.writer.save(doc).await.map_err(|e| AgentError::Save(e.to_string()))?);
             }
@@ -171,7 +172,7 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
             model: outcome.model,
             route,
             tools_used: transcript.tools_used.clone(),
-            trace_id: None,
+            trace_id: trace_id.clone(),
         });
         for result in context.tools.execute(calls, question_context).await {
             if result.is_error {

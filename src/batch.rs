@@ -283,6 +283,7 @@ pub async fn run(
     let mut work = Vec::new();
     for (index, item) in planned.into_iter().enumerate() {
         if item.done.is_some() {
+            record_question(Status::Skipped);
             progress.finished(&Row::empty(&item, Status::Skipped));
             rows[index] = Some(Row::empty(&item, Status::Skipped));
         } else {
@@ -330,7 +331,26 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
         row.error = Some("not started: shutting down".into());
         return row;
     }
-    let span = tracing::info_span!("question", id = %item.id);
+    let agent_name = &context.settings.name;
+    // One trace per question: the root has no parent, whatever span the batch runs in.
+    let span = tracing::info_span!(
+        parent: None,
+        "invoke_agent",
+        otel.name = %format!("invoke_agent {agent_name}"),
+        otel.kind = "internal",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.provider.name = "openai",
+        gen_ai.agent.name = %agent_name,
+        gen_ai.conversation.id = %item.id,
+        question.id = %item.id,
+        trace_id = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let trace_id = crate::telemetry::trace_id(&span);
+    if let Some(trace_id) = &trace_id {
+        span.record("trace_id", trace_id.as_str());
+    }
     let question = item.question.clone();
     let work = tokio::time::timeout(options.question_timeout, agent::answer(context, &question));
     let grace = async {
@@ -339,7 +359,7 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
     };
     let mut row = Row::empty(&item, Status::Failed);
     tokio::select! {
-        outcome = tracing::Instrument::instrument(work, span) => match outcome {
+        outcome = tracing::Instrument::instrument(work, span.clone()) => match outcome {
             Ok(answered) => {
                 let t = answered.transcript;
                 row.duration_s = answered.duration.as_secs_f64();
@@ -372,10 +392,23 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
             row.error = Some("interrupted by shutdown".into());
         }
     }
-    if let (Status::Failed, Some(error)) = (row.status, &row.error) {
-        tracing::warn!(question = %row.question, %error, "question failed");
+    row.trace_id = trace_id;
+    if row.status != Status::Ok {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", row.error_type.as_deref().unwrap_or("interrupted"));
     }
+    if let (Status::Failed, Some(error)) = (row.status, &row.error) {
+        tracing::warn!(parent: &span, question = %row.question, %error, "question failed");
+    }
+    record_question(row.status);
     row
+}
+
+fn record_question(status: Status) {
+    let status = format!("{status:?}").to_lowercase();
+    crate::telemetry::metrics::metrics()
+        .questions
+        .add(1, &[crate::telemetry::metrics::kv(crate::telemetry::names::attr::QUESTION_STATUS, status)]);
 }
 
 /// A progress bar on a terminal, plain lines otherwise.

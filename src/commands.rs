@@ -24,6 +24,12 @@ pub const EXIT_USAGE: i32 = 2;
 
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> i32 {
+    let code = dispatch(cli).await;
+    telemetry::flush().await;
+    code
+}
+
+async fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Ask { question, common } => ask(question, common).await,

@@ -346,15 +346,23 @@ fn spawn_call(
     let secret = args.server.token_secret.clone();
     let timeout = args.call_timeout;
     let myself = myself.clone();
+    let span = tools_call_span(&args.server, &peer, &tool);
     tokio::spawn(
         async move {
+            let started = std::time::Instant::now();
             let mut params = CallToolRequestParams::new(tool.clone());
             params.arguments = arguments;
+            // The trace continues on the server: W3C trace context in `params._meta`.
+            if let Some(traceparent) = crate::telemetry::traceparent() {
+                let mut meta = rmcp::model::MetaObject::new();
+                meta.set_traceparent(traceparent);
+                params.meta = Some(meta.into());
+            }
             let result = match tokio::time::timeout(timeout, peer.call_tool(params)).await {
-                Err(_) => Err(McpError::Timeout { server, tool, timeout }),
+                Err(_) => Err(McpError::Timeout { server, tool: tool.clone(), timeout }),
                 Ok(Ok(result)) => Ok(result),
                 Ok(Err(ServiceError::McpError(error))) => {
-                    Err(McpError::Call { server, tool, message: error.message.to_string() })
+                    Err(McpError::Call { server, tool: tool.clone(), message: error.message.to_string() })
                 }
                 Ok(Err(error)) if mcp::is_auth_failure(&error) => {
                     let _ = myself.cast(McpSessionMsg::AuthRejected(generation));
@@ -367,10 +375,53 @@ fn spawn_call(
                     Err(McpError::ConnectionLost { server, message: error.to_string() })
                 }
             };
+            record_call(&tracing::Span::current(), &tool, &result, started.elapsed());
             let _ = reply.send(result);
         }
-        .in_current_span(),
+        .instrument(span),
     );
+}
+
+/// The `tools/call {tool}` client span (MCP conventions).
+fn tools_call_span(server: &ServerSpec, peer: &Peer<RoleClient>, tool: &str) -> tracing::Span {
+    let version = peer.peer_info().map(|info| info.protocol_version.to_string()).unwrap_or_default();
+    let (transport, address) = match &server.endpoint {
+        crate::config::McpEndpoint::LegacySse(url) | crate::config::McpEndpoint::StreamableHttp(url) => {
+            ("tcp", url.host_str().unwrap_or_default().to_owned())
+        }
+        crate::config::McpEndpoint::Stdio { .. } => ("pipe", String::new()),
+    };
+    tracing::info_span!(
+        "tools/call",
+        otel.name = %format!("tools/call {tool}"),
+        otel.kind = "client",
+        mcp.method.name = "tools/call",
+        mcp.protocol.version = %version,
+        gen_ai.tool.name = %tool,
+        gen_ai.operation.name = "execute_tool",
+        network.transport = transport,
+        server.address = %address,
+        agentry.mcp.server = %server.name,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+fn record_call(span: &tracing::Span, tool: &str, result: &Result<CallToolResult, McpError>, elapsed: Duration) {
+    use crate::telemetry::metrics::{kv, metrics};
+    use crate::telemetry::names::attr;
+    let mut attributes = vec![kv(attr::MCP_METHOD, "tools/call"), kv(attr::TOOL_NAME, tool.to_owned())];
+    let error = match result {
+        Ok(result) if result.is_error == Some(true) => Some("tool_error"),
+        Ok(_) => None,
+        Err(error) => Some(error.kind()),
+    };
+    if let Some(error) = error {
+        span.record("error.type", error);
+        span.record("otel.status_code", "ERROR");
+        attributes.push(kv(attr::ERROR_TYPE, error));
+    }
+    metrics().mcp_duration.record(elapsed.as_secs_f64(), &attributes);
 }
 
 /// How one attempt at a call failed.

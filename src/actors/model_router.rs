@@ -116,6 +116,7 @@ pub struct ModelRouterState {
     args: ModelRouterArgs,
     rejected: Option<Fingerprint>,
     last_route: Option<Route>,
+    last_key: Option<Fingerprint>,
 }
 
 /// What a request will be sent with, decided in the handler.
@@ -189,7 +190,7 @@ impl Actor for ModelRouter {
         args: ModelRouterArgs,
     ) -> Result<ModelRouterState, ActorProcessingErr> {
         tracing::info!(route = %args.describe(), "model router ready");
-        Ok(ModelRouterState { args, rejected: None, last_route: None })
+        Ok(ModelRouterState { args, rejected: None, last_route: None, last_key: None })
     }
 
     async fn handle(
@@ -222,17 +223,117 @@ impl Actor for ModelRouter {
                 tracing::warn!(from = %previous, to = %decision.route, route = %state.args.describe(), "model route changed");
             }
             state.last_route = Some(decision.route);
+            record_route(decision.route);
         }
+        let used = decision.endpoint.credential.as_ref().map(Credential::fingerprint);
+        let span = chat_span(&decision, state.args.temperature, state.args.max_tokens);
+        if used.is_some() && state.last_key.is_some() && used != state.last_key {
+            // A rotation becomes visible in the trace of the first request that uses it.
+            tracing::info!(parent: &span, secret = %state.args.secret_name, fingerprint = ?used, "credential rotated");
+        }
+        state.last_key = used.or(state.last_key);
         let args = state.args.clone();
+        let (model, route) = (decision.endpoint.model.clone(), decision.route);
         tokio::spawn(
             async move {
+                let started = std::time::Instant::now();
                 let result = send(&args, &myself, decision, &messages, &tools).await;
+                let route = result.as_ref().map_or(route, |outcome| outcome.route);
+                record_chat(&tracing::Span::current(), (&model, route), &result, started.elapsed(), &messages);
                 drop(messages);
                 let _ = reply.send(result);
             }
-            .in_current_span(),
+            .instrument(span),
         );
         Ok(())
+    }
+}
+
+/// The `chat {model}` client span (GenAI conventions), child of the caller's span (ractor
+/// carries the sender's span to the handler).
+fn chat_span(decision: &Decision, temperature: f32, max_tokens: u32) -> tracing::Span {
+    let endpoint = &decision.endpoint;
+    tracing::info_span!(
+        "chat",
+        otel.name = %format!("chat {}", endpoint.model),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = "openai",
+        gen_ai.request.model = %endpoint.model,
+        gen_ai.request.temperature = f64::from(temperature),
+        gen_ai.request.max_tokens = max_tokens,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.response.id = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        server.address = endpoint.base_url.host_str().unwrap_or_default(),
+        server.port = endpoint.base_url.port_or_known_default().unwrap_or_default(),
+        agentry.route = %decision.route,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records a finished chat call on its span and in the metrics, once per call.
+fn record_chat(
+    span: &tracing::Span,
+    (request_model, route): (&str, Route),
+    result: &Result<ChatOutcome, LlmError>,
+    elapsed: std::time::Duration,
+    messages: &[Message],
+) {
+    use opentelemetry::KeyValue;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use crate::telemetry::metrics::{kv, metrics};
+    use crate::telemetry::names::attr;
+
+    let mut attributes = vec![
+        kv(attr::OPERATION_NAME, "chat"),
+        kv(attr::PROVIDER_NAME, "openai"),
+        kv(attr::REQUEST_MODEL, request_model.to_owned()),
+        kv(attr::ROUTE, route.to_string()),
+    ];
+    match result {
+        Ok(outcome) => {
+            let response = &outcome.completion.response;
+            span.record("gen_ai.response.model", response.model.as_str());
+            span.record("gen_ai.response.id", response.id.as_str());
+            let reasons: Vec<opentelemetry::StringValue> =
+                response.choices.iter().filter_map(|c| c.finish_reason.clone()).map(Into::into).collect();
+            span.set_attribute("gen_ai.response.finish_reasons", opentelemetry::Value::Array(reasons.into()));
+            attributes.push(kv(attr::RESPONSE_MODEL, response.model.clone()));
+            if let Some(usage) = response.usage {
+                span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+                span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+                for (kind, tokens) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
+                    let mut with_type = attributes.clone();
+                    with_type.push(KeyValue::new(attr::TOKEN_TYPE, kind));
+                    metrics().token_usage.record(tokens, &with_type);
+                }
+            }
+            if crate::telemetry::capture_content() {
+                span.set_attribute("gen_ai.input.messages", serde_json::to_string(messages).unwrap_or_default());
+                let output: Vec<&crate::llm::wire::ResponseMessage> =
+                    response.choices.iter().map(|c| &c.message).collect();
+                span.set_attribute("gen_ai.output.messages", format!("{output:?}"));
+            }
+        }
+        Err(error) => {
+            span.record("error.type", error.kind());
+            span.record("otel.status_code", "ERROR");
+            attributes.push(kv(attr::ERROR_TYPE, error.kind()));
+        }
+    }
+    metrics().operation_duration.record(elapsed.as_secs_f64(), &attributes);
+}
+
+/// The route gauge: 1 for the route in use, 0 for the other.
+fn record_route(route: Route) {
+    use crate::telemetry::metrics::{kv, metrics};
+    use crate::telemetry::names::attr;
+    for candidate in [Route::Cloud, Route::Local] {
+        metrics().route.record(u64::from(candidate == route), &[kv(attr::ROUTE, candidate.to_string())]);
     }
 }
 

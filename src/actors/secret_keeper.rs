@@ -154,6 +154,10 @@ impl SecretKeeperState {
             return Reloaded::Unchanged;
         }
         let count = channel.rotations.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            use crate::telemetry::metrics::{kv, metrics};
+            metrics().rotations.add(1, &[kv(crate::telemetry::names::attr::SECRET_NAME, name.to_owned())]);
+        }
         tracing::info!(
             secret = name,
             from = %previous.fingerprint().map(|f| f.to_string()).unwrap_or_else(|| "none".into()),

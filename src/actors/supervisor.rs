@@ -246,6 +246,10 @@ impl SupervisorState {
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, index: usize, cause: Arc<str>) {
         let child = &mut self.children[index];
         child.spec.restarts().fetch_add(1, Ordering::Relaxed);
+        if let Some(server) = child.spec.name().strip_prefix("mcp-session:") {
+            use crate::telemetry::metrics::{kv, metrics};
+            metrics().mcp_restarts.add(1, &[kv(crate::telemetry::names::attr::MCP_SERVER, server.to_owned())]);
+        }
         let delay = match child.spec.policy() {
             RestartPolicy::Immediate => {
                 tracing::warn!(supervisor = %self.name, child = child.spec.name(), %cause, "child failed; restarting now");

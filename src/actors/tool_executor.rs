@@ -197,7 +197,45 @@ impl Actor for ToolExecutor {
     }
 }
 
+/// Runs one call inside its `execute_tool {tool}` span and counts it.
 async fn run_one(
+    call: ToolCall,
+    target: Option<Target>,
+    servers: &[McpSessionHandle],
+    writer: &ResearchWriterHandle,
+    context: &QuestionContext,
+    available: &[String],
+) -> ToolOutcome {
+    use crate::telemetry::metrics::{kv, metrics};
+    use crate::telemetry::names::attr;
+
+    let name = call.function.name.clone();
+    let span = tracing::info_span!(
+        "execute_tool",
+        otel.name = %format!("execute_tool {name}"),
+        otel.kind = "internal",
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = %name,
+        gen_ai.tool.call.id = %call.id,
+        gen_ai.tool.type = if matches!(target, Some(Target::Mcp { .. })) { "extension" } else { "function" },
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if crate::telemetry::capture_content() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.set_attribute("gen_ai.tool.call.arguments", call.function.arguments.clone());
+    }
+    let outcome = run_one_inner(call, target, servers, writer, context, available).instrument(span.clone()).await;
+    let result = if outcome.is_error { "error" } else { "ok" };
+    if outcome.is_error {
+        span.record("error.type", "tool_error");
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics().tool_calls.add(1, &[kv(attr::TOOL_NAME, outcome.name.clone()), kv(attr::TOOL_OUTCOME, result)]);
+    outcome
+}
+
+async fn run_one_inner(
     call: ToolCall,
     target: Option<Target>,
     servers: &[McpSessionHandle],
@@ -237,21 +275,18 @@ async fn run_one(
             Ok(path) => outcome(format!("Research saved to {}", path.display()), false, Some(path)),
             Err(message) => outcome(format!("Error: {message}"), true, None),
         },
-        Target::Mcp { server, tool } => {
-            let span = tracing::info_span!("tool_call", tool = %tool, server = %servers[server].server().name);
-            match servers[server].call_tool(&tool, arguments).instrument(span).await {
-                Ok(result) => {
-                    let text = mcp::result_text(&result);
-                    if result.is_error == Some(true) {
-                        let text = if text.is_empty() { "the tool reported an error".into() } else { text };
-                        outcome(format!("Error: {text}"), true, None)
-                    } else {
-                        outcome(text, false, None)
-                    }
+        Target::Mcp { server, tool } => match servers[server].call_tool(&tool, arguments).await {
+            Ok(result) => {
+                let text = mcp::result_text(&result);
+                if result.is_error == Some(true) {
+                    let text = if text.is_empty() { "the tool reported an error".into() } else { text };
+                    outcome(format!("Error: {text}"), true, None)
+                } else {
+                    outcome(text, false, None)
                 }
-                Err(error) => outcome(format!("Error: {error}"), true, None),
             }
-        }
+            Err(error) => outcome(format!("Error: {error}"), true, None),
+        },
     }
 }
 

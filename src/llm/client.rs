@@ -75,7 +75,10 @@ impl ChatClient {
             url: url.to_string(),
             message: format!("cannot encode the request: {e}"),
         })?);
-        let headers = headers(endpoint)?;
+        let mut headers = headers(endpoint)?;
+        if let Some(traceparent) = crate::telemetry::traceparent().and_then(|t| HeaderValue::from_str(&t).ok()) {
+            headers.insert("traceparent", traceparent);
+        }
         let mut attempts = 0u32;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.policy.min_delay)

@@ -40,7 +40,8 @@ pub const TOKEN_BUCKETS: &[f64] = &[
 pub const GENAI_DURATION_BUCKETS: &[f64] =
     &[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92];
 /// `mcp.client.operation.duration` buckets, as the MCP conventions advise.
-pub const MCP_DURATION_BUCKETS: &[f64] = &[0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+pub const MCP_DURATION_BUCKETS: &[f64] =
+    &[0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
 /// Token counts per model call, by `gen_ai.token.type` (`input`, `output`).
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
