@@ -37,7 +37,7 @@ pub enum StartError {
 }
 
 /// A secret as the report shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SecretRow {
     /// Secret name.
     pub name: String,

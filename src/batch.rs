@@ -10,6 +10,8 @@
 //! - The [`Report`] is written atomically to `report.json`; [`Report::summary`] is the table
 //!   printed on stdout.
 
+pub mod shard;
+
 use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::research_writer::write_file_atomically;
@@ -28,6 +30,8 @@ use crate::research;
 /// One question to answer or skip.
 #[derive(Debug, Clone)]
 pub struct Planned {
+    /// Position in the whole question list (before sharding).
+    pub index: usize,
     /// The question.
     pub question: String,
     /// Its id.
@@ -53,8 +57,8 @@ pub enum PlanError {
     Empty,
 }
 
-/// Reads and deduplicates the questions; marks the answered ones.
-pub fn plan(settings: &BatchSettings, force: bool) -> Result<Vec<Planned>, PlanError> {
+/// Reads and deduplicates the questions; keeps this shard's share; marks the answered ones.
+pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) -> Result<Vec<Planned>, PlanError> {
     let mut questions: Vec<String> = settings.questions.iter().map(|q| q.trim().to_owned()).collect();
     if !settings.questions_file.as_os_str().is_empty() {
         let path = &settings.questions_file;
@@ -64,22 +68,24 @@ pub fn plan(settings: &BatchSettings, force: bool) -> Result<Vec<Planned>, PlanE
     }
     let answered = if force { Default::default() } else { research::scan(&settings.output_dir) };
     let mut seen = HashSet::new();
-    let planned: Vec<Planned> = questions
+    let all: Vec<Planned> = questions
         .into_iter()
         .filter(|q| !q.is_empty())
         .filter_map(|question| {
             let id = research::question_id(&question);
-            seen.insert(id.clone()).then(|| Planned { done: answered.get(&id).cloned(), question, id })
+            seen.insert(id.clone()).then_some((question, id))
         })
+        .enumerate()
+        .map(|(index, (question, id))| Planned { index, done: answered.get(&id).cloned(), question, id })
         .collect();
-    if planned.is_empty() {
+    if all.is_empty() {
         return Err(PlanError::Empty);
     }
-    Ok(planned)
+    Ok(all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(&p.id))).collect())
 }
 
 /// How a question ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Answered, research file written.
@@ -93,8 +99,10 @@ pub enum Status {
 }
 
 /// One row of the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
+    /// Position in the whole question list (rows of merged shard reports sort by it).
+    pub index: usize,
     /// The question.
     pub question: String,
     /// Its id.
@@ -135,6 +143,7 @@ pub struct Row {
 impl Row {
     fn empty(planned: &Planned, status: Status) -> Self {
         Row {
+            index: planned.index,
             question: planned.question.clone(),
             question_id: planned.id.clone(),
             status,
@@ -157,7 +166,7 @@ impl Row {
 }
 
 /// Totals over the rows.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Totals {
     /// Questions in the batch.
     pub questions: usize,
@@ -180,10 +189,13 @@ pub struct Totals {
 }
 
 /// The batch report (`report.json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// agentry version.
-    pub agentry_version: &'static str,
+    pub agentry_version: String,
+    /// This shard (`INDEX/COUNT`), when the batch was sharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// Whether this was `agentry demo` (scripted model, embedded corpus).
     pub demo: bool,
     /// When the batch started (UTC, RFC 3339).
@@ -195,8 +207,10 @@ pub struct Report {
     /// Totals.
     pub totals: Totals,
     /// Each secret's source and fingerprint (never its value) and rotations seen.
+    #[serde(default)]
     pub secrets: Vec<crate::app::SecretRow>,
     /// Actor restarts during the batch, by actor (`mcp-session:gateway`, …).
+    #[serde(default)]
     pub restarts: std::collections::BTreeMap<String, u64>,
     /// One row per question, in the order given.
     pub questions: Vec<Row>,
@@ -299,9 +313,72 @@ pub async fn run(
     }
     progress.done();
     let questions: Vec<Row> = rows.into_iter().flatten().collect();
-    let mut totals =
-        Totals { questions: questions.len(), duration_s: started.elapsed().as_secs_f64(), ..Totals::default() };
-    for row in &questions {
+    let totals = totals(&questions, started.elapsed().as_secs_f64());
+    Report {
+        agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
+        shard: None,
+        demo: options.demo,
+        started_at,
+        agent: context.settings.name.clone(),
+        output_dir: options.output_dir.clone(),
+        totals,
+        secrets: Vec::new(),
+        restarts: Default::default(),
+        questions,
+    }
+}
+
+/// Combines shard reports: rows by question (a later `ok` wins over a failure), in the
+/// original question order, totals recomputed.
+pub fn merge(reports: Vec<Report>) -> Report {
+    let mut rows: std::collections::BTreeMap<String, Row> = std::collections::BTreeMap::new();
+    let mut secrets: Vec<crate::app::SecretRow> = Vec::new();
+    let mut restarts = std::collections::BTreeMap::new();
+    let mut duration_s: f64 = 0.0;
+    let mut started_at = String::new();
+    let (mut agent, mut output_dir, mut demo) = (String::new(), PathBuf::new(), false);
+    for report in reports {
+        duration_s = duration_s.max(report.totals.duration_s);
+        if started_at.is_empty() || report.started_at < started_at {
+            started_at = report.started_at;
+        }
+        (agent, output_dir, demo) = (report.agent, report.output_dir, demo || report.demo);
+        for row in report.questions {
+            let keep = rows.get(&row.question_id).is_none_or(|old| old.status != Status::Ok);
+            if keep {
+                rows.insert(row.question_id.clone(), row);
+            }
+        }
+        for secret in report.secrets {
+            if !secrets.iter().any(|s| s.name == secret.name && s.fingerprint == secret.fingerprint) {
+                secrets.push(secret);
+            }
+        }
+        for (actor, count) in report.restarts {
+            *restarts.entry(actor).or_insert(0) += count;
+        }
+    }
+    let mut questions: Vec<Row> = rows.into_values().collect();
+    questions.sort_by_key(|r| r.index);
+    let mut report = Report {
+        agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
+        shard: None,
+        demo,
+        started_at,
+        agent,
+        output_dir,
+        totals: Totals::default(),
+        secrets,
+        restarts,
+        questions,
+    };
+    report.totals = totals(&report.questions, duration_s);
+    report
+}
+
+fn totals(rows: &[Row], duration_s: f64) -> Totals {
+    let mut totals = Totals { questions: rows.len(), duration_s, ..Totals::default() };
+    for row in rows {
         match row.status {
             Status::Ok => totals.ok += 1,
             Status::Failed => totals.failed += 1,
@@ -312,17 +389,7 @@ pub async fn run(
         totals.output_tokens += row.output_tokens;
         totals.tool_calls += u64::from(row.tool_calls);
     }
-    Report {
-        agentry_version: env!("CARGO_PKG_VERSION"),
-        demo: options.demo,
-        started_at,
-        agent: context.settings.name.clone(),
-        output_dir: options.output_dir.clone(),
-        totals,
-        secrets: Vec::new(),
-        restarts: Default::default(),
-        questions,
-    }
+    totals
 }
 
 async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions, shutdown: &CancellationToken) -> Row {

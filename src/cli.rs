@@ -40,6 +40,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Work with reports.
+    Report {
+        /// What to do.
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// A DEMO: the whole pipeline against a built-in scripted model and search server on
     /// loopback. No keys, no Docker, no network.
     Demo(DemoArgs),
@@ -115,6 +121,24 @@ pub struct RunArgs {
     /// Answer questions again even if a research file already answers them.
     #[arg(long)]
     pub force: bool,
+    /// Answer only this instance's share of the questions: INDEX/COUNT, 0-based (also from
+    /// AGENTRY_SHARD, or JOB_COMPLETION_INDEX / AGENTRY_SHARD_SLOT with AGENTRY_SHARD_COUNT).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<crate::batch::shard::Shard>,
+}
+
+/// `agentry report ...`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Combine shard reports into one report (rows in the original question order).
+    Merge {
+        /// Shard reports (`report-shard-*-of-*.json`).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where to write the merged report.
+        #[arg(long, short = 'o', default_value = "report.json")]
+        output: PathBuf,
+    },
 }
 
 /// `agentry demo`

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::mcp_session::ServerTools;
 use crate::actors::secret_keeper::{EnvLookup, SecretState};
 use crate::app::Runtime;
-use crate::batch::{self, Planned, RunOptions};
-use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, RunArgs, ServePeer};
+use crate::batch::shard::Shard;
+use crate::batch::{self, Planned, Report, RunOptions};
+use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, ReportCommand, RunArgs, ServePeer};
 use crate::config::{self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind};
 use crate::demo;
 use crate::secrets::{self, SecretSpec};
@@ -37,6 +38,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Config { command: ConfigCommand::Check { common } } => config_check(common),
         Command::Demo(args) => demo(args).await,
         Command::Serve { peer } => serve(peer).await,
+        Command::Report { command: ReportCommand::Merge { inputs, output } } => merge_reports(&inputs, &output),
     }
 }
 
@@ -66,14 +68,25 @@ async fn run(args: RunArgs) -> i32 {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let planned = match batch::plan(&settings.batch, args.force) {
+    let env = |name: &str| std::env::var(name).ok();
+    let shard = match args.shard.map(Some).map_or_else(|| Shard::from_env(&env), Ok) {
+        Ok(shard) => shard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let planned = match batch::plan(&settings.batch, args.force, shard) {
         Ok(planned) => planned,
         Err(error) => {
             eprintln!("error: {error}");
             return EXIT_USAGE;
         }
     };
-    run_batch(settings, planned, process_env(), Mode::Real).await
+    if let Some(shard) = shard {
+        tracing::info!(%shard, questions = planned.len(), "answering this shard's share");
+    }
+    run_batch(settings, planned, process_env(), Mode::Real { shard }).await
 }
 
 async fn ask(question: String, common: CommonArgs) -> i32 {
@@ -82,7 +95,7 @@ async fn ask(question: String, common: CommonArgs) -> i32 {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let planned = match batch::plan(&settings.batch, true) {
+    let planned = match batch::plan(&settings.batch, true, None) {
         Ok(planned) => planned,
         Err(error) => {
             eprintln!("error: {error}");
@@ -94,14 +107,22 @@ async fn ask(question: String, common: CommonArgs) -> i32 {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Real,
+    Real { shard: Option<Shard> },
     Ask,
     Demo,
 }
 
 /// Starts the actors, answers `planned`, writes the report, prints the outcome.
 async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mode: Mode) -> i32 {
-    let report_path = settings.batch.report_path();
+    let shard = match mode {
+        Mode::Real { shard } => shard,
+        _ => None,
+    };
+    let report_path = match shard {
+        // Shards may share the output directory: each writes its own report.
+        Some(shard) => settings.batch.report_path().with_file_name(shard.report_name()),
+        None => settings.batch.report_path(),
+    };
     let options = RunOptions {
         concurrency: settings.batch.concurrency,
         question_timeout: settings.agent.question_timeout,
@@ -110,6 +131,13 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
         demo: mode == Mode::Demo,
         output_dir: settings.batch.output_dir.clone(),
     };
+    // Refuse a directory we cannot write before any question is asked, not after.
+    for dir in [settings.batch.output_dir.clone(), report_path.parent().map(PathBuf::from).unwrap_or_default()] {
+        if let Err(error) = check_writable(&dir) {
+            eprintln!("error: {} is not writable: {error} (batch.output_dir / batch.report)", dir.display());
+            return EXIT_USAGE;
+        }
+    }
     let connect_timeout = settings.mcp.connect_timeout;
     let runtime = match Runtime::start(settings, env).await {
         Ok(runtime) => runtime,
@@ -129,6 +157,7 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
     let mut report = batch::run(&runtime.agent_context(label), planned, &options, &shutdown).await;
     signals.abort();
+    report.shard = shard.map(|s| s.to_string());
     report.secrets = runtime.secret_summary();
     report.restarts = runtime.restarts();
     runtime.shutdown().await;
@@ -325,7 +354,7 @@ fn config_check(common: CommonArgs) -> i32 {
         }
     }
     println!("\n# questions");
-    match batch::plan(&settings.batch, false) {
+    match batch::plan(&settings.batch, false, None) {
         Ok(planned) => {
             let done = planned.iter().filter(|p| p.done.is_some()).count();
             println!(
@@ -413,7 +442,7 @@ async fn demo(args: DemoArgs) -> i32 {
         ..Default::default()
     }];
     settings.mcp.connect_timeout = Duration::from_secs(10);
-    let planned = match batch::plan(&settings.batch, args.force) {
+    let planned = match batch::plan(&settings.batch, args.force, None) {
         Ok(planned) => planned,
         Err(error) => {
             eprintln!("error: {error}");
@@ -477,4 +506,36 @@ async fn serve(peer: ServePeer) -> i32 {
         _ = term.recv() => {},
     }
     0
+}
+
+/// `agentry report merge`: one report from shard reports, rows in the original order.
+fn merge_reports(inputs: &[PathBuf], output: &std::path::Path) -> i32 {
+    let mut reports = Vec::new();
+    for path in inputs {
+        let read = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Report>(&text).map_err(|e| format!("not an agentry report: {e}")));
+        match read {
+            Ok(report) => reports.push(report),
+            Err(error) => {
+                eprintln!("error: {}: {error}", path.display());
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let merged = batch::merge(reports);
+    if let Err(error) = merged.write(output) {
+        eprintln!("error: cannot write {}: {error}", output.display());
+        return EXIT_FAILED;
+    }
+    print!("{}", merged.summary());
+    println!("Merged {} reports into {}", inputs.len(), output.display());
+    merged.exit_code()
+}
+
+/// Creates `dir` if needed and proves a file can be created in it.
+fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    std::fs::create_dir_all(dir)?;
+    tempfile::Builder::new().prefix(".agentry-check-").tempfile_in(dir).map(drop)
 }

@@ -52,6 +52,15 @@ pub struct ResearchWriterArgs {
 pub enum ResearchWriterMsg {
     /// Write a research file.
     Save(Box<ResearchDoc>, RpcReplyPort<Result<PathBuf, WriterError>>),
+    /// Another process took the reserved name first; the file went to `to`.
+    Moved {
+        /// The question.
+        question_id: String,
+        /// The reserved name.
+        from: PathBuf,
+        /// Where it went.
+        to: PathBuf,
+    },
 }
 
 /// State.
@@ -88,29 +97,51 @@ impl Actor for ResearchWriter {
 
     async fn handle(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: ResearchWriterMsg,
         state: &mut ResearchWriterState,
     ) -> Result<(), ActorProcessingErr> {
-        let ResearchWriterMsg::Save(doc, reply) = message;
-        let path = state.path_for(&doc);
+        let (doc, reply) = match message {
+            ResearchWriterMsg::Save(doc, reply) => (doc, reply),
+            ResearchWriterMsg::Moved { question_id, from, to } => {
+                state.taken.insert(to.clone());
+                if state.by_question.get(&question_id) == Some(&from) {
+                    state.by_question.insert(question_id, to);
+                }
+                return Ok(());
+            }
+        };
+        let (path, owned) = state.path_for(&doc);
         let dir = state.dir.clone();
         tokio::task::spawn_blocking(move || {
             let text = research::render(&doc, SystemTime::now());
-            let result = write_atomically(&dir, &path, text.as_bytes())
-                .map(|()| path.clone())
-                .map_err(|e| WriterError::Io { path, message: e.to_string() });
-            let _ = reply.send(result);
+            let written = if owned {
+                write_atomically(&dir, &path, text.as_bytes(), Replace::Yes).map(|()| path.clone())
+            } else {
+                write_new(&dir, &path, text.as_bytes())
+            };
+            if let Ok(actual) = &written {
+                if *actual != path {
+                    let moved = ResearchWriterMsg::Moved {
+                        question_id: doc.question_id.clone(),
+                        from: path.clone(),
+                        to: actual.clone(),
+                    };
+                    let _ = myself.cast(moved);
+                }
+            }
+            let _ = reply.send(written.map_err(|e| WriterError::Io { path, message: e.to_string() }));
         });
         Ok(())
     }
 }
 
 impl ResearchWriterState {
-    /// The question's file: the one it already has, or a new unique name, reserved now.
-    fn path_for(&mut self, doc: &ResearchDoc) -> PathBuf {
+    /// The question's file: the one it already has (`true`: replace it), or a new unique name,
+    /// reserved now (`false`: create it, never replacing another process's file).
+    fn path_for(&mut self, doc: &ResearchDoc) -> (PathBuf, bool) {
         if let Some(path) = self.by_question.get(&doc.question_id) {
-            return path.clone();
+            return (path.clone(), true);
         }
         let stem = research::safe_stem(&doc.topic);
         let path = (1..)
@@ -119,16 +150,42 @@ impl ResearchWriterState {
             .unwrap_or_else(|| self.dir.join(format!("{}.md", doc.question_id)));
         self.taken.insert(path.clone());
         self.by_question.insert(doc.question_id.clone(), path.clone());
-        path
+        (path, false)
     }
 }
 
-/// Temporary file in the same directory, fsync, rename: readers see all or nothing.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Whether a write may replace an existing file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    No,
+}
+
+/// Creates a new file at `path`, or, when another process (a shard sharing the directory)
+/// created that name meanwhile, at the next free `-N` name. Never replaces a file.
+fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("research").to_owned();
+    let candidates = std::iter::once(path.to_path_buf()).chain((2..1000).map(|n| dir.join(format!("{stem}-{n}.md"))));
+    for candidate in candidates {
+        match write_atomically(dir, &candidate, bytes, Replace::No) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free name for {stem}")))
+}
+
+/// Temporary file in the same directory, fsync, rename (or link, when nothing may be
+/// replaced): readers see all or nothing.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8], replace: Replace) -> std::io::Result<()> {
     let mut file = tempfile::Builder::new().prefix(".agentry-").suffix(".tmp").tempfile_in(dir)?;
     file.write_all(bytes)?;
     file.as_file().sync_data()?;
-    file.persist(path).map_err(|e| e.error)?;
+    match replace {
+        Replace::Yes => file.persist(path).map_err(|e| e.error)?,
+        Replace::No => file.persist_noclobber(path).map_err(|e| e.error)?,
+    };
     Ok(())
 }
 
@@ -139,7 +196,7 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir)?;
-    write_atomically(dir, path, bytes)
+    write_atomically(dir, path, bytes, Replace::Yes)
 }
 
 /// What callers hold.
