@@ -140,6 +140,7 @@ impl Runtime {
                 endpoint: server.endpoint().map_err(StartError::Settings)?,
                 allow: server.tools.clone(),
                 retry_tools: server.retry_tools.clone(),
+                max_concurrent_calls: settings.mcp.max_concurrent_calls.max(1),
                 token_secret: (!server.token_secret.is_empty()).then(|| server.token_secret.clone()),
             });
             let (handle, slot, tools) =

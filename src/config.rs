@@ -202,6 +202,8 @@ pub struct McpSettings {
     /// How long a tool call waits for a restarting session.
     #[serde(with = "humantime_serde")]
     pub restart_wait: Duration,
+    /// Most requests in flight at once on one Streamable HTTP session.
+    pub max_concurrent_calls: usize,
     /// How failed sessions are restarted.
     pub restart: RestartSettings,
     /// The servers.

@@ -82,6 +82,8 @@ pub struct ServerSpec {
     pub allow: Vec<String>,
     /// Tools safe to call again after the session died mid-call (beyond the server's hints).
     pub retry_tools: Vec<String>,
+    /// Most requests in flight at once (Streamable HTTP).
+    pub max_concurrent_calls: usize,
     /// Name of the bearer-token secret, if any.
     pub token_secret: Option<String>,
 }
@@ -214,7 +216,8 @@ pub async fn connect(
     let open = async {
         match &spec.endpoint {
             McpEndpoint::StreamableHttp(url) => {
-                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .max_concurrent_requests(spec.max_concurrent_calls);
                 config.auth_header = token.map(|t| t.expose().to_owned());
                 let classify = |e: ClientInitializeError| {
                     if e.is_authorization_required() { refused() } else { failed(crate::error_chain(&e)) }

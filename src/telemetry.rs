@@ -129,8 +129,13 @@ pub fn init(settings: &TelemetrySettings) {
             .with_writer(std::io::stderr)
             .boxed(),
     };
+    // Only agentry's own spans become OpenTelemetry spans: the actor runtime's and the MCP
+    // library's internal spans would add a dozen one-span traces per run.
     let otel = tracer.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("agentry")).with_error_records_to_exceptions(true)
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("agentry"))
+            .with_error_records_to_exceptions(true)
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target("agentry", tracing::Level::TRACE))
     });
     let _ = tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init();
     for problem in problems {

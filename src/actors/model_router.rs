@@ -260,7 +260,8 @@ fn chat_span(decision: &Decision, temperature: f32, max_tokens: u32) -> tracing:
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = "openai",
         gen_ai.request.model = %endpoint.model,
-        gen_ai.request.temperature = f64::from(temperature),
+        // Via the decimal text: f64::from(0.1f32) would show 0.10000000149011612.
+        gen_ai.request.temperature = temperature.to_string().parse::<f64>().unwrap_or_default(),
         gen_ai.request.max_tokens = max_tokens,
         gen_ai.response.model = tracing::field::Empty,
         gen_ai.response.id = tracing::field::Empty,

@@ -40,12 +40,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -437,6 +437,8 @@ struct Shared {
     peak_in_flight: AtomicUsize,
     next_call_id: AtomicU64,
     started: u64,
+    /// Unix time in ms of the first request since start or reset (0: none yet).
+    first_request_ms: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -447,6 +449,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn record(&self, mut request: RecordedRequest) -> u64 {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let _ = self.first_request_ms.compare_exchange(0, now_ms, Ordering::SeqCst, Ordering::SeqCst);
         let mut requests = lock(&self.requests);
         let number = requests.len() as u64;
         request.number = number;
@@ -459,6 +463,24 @@ impl Shared {
             r.status = Some(status);
         }
     }
+}
+
+/// `GET /_agentry/stats`: counters for a harness in another process.
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "requests": lock(&shared.requests).len(),
+        "in_flight": shared.in_flight.load(Ordering::SeqCst),
+        "peak_in_flight": shared.peak_in_flight.load(Ordering::SeqCst),
+        "first_request_unix_ms": shared.first_request_ms.load(Ordering::SeqCst),
+    }))
+}
+
+/// `POST /_agentry/reset`: forgets the requests seen (between benchmark runs).
+async fn reset(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    lock(&shared.requests).clear();
+    shared.peak_in_flight.store(shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    shared.first_request_ms.store(0, Ordering::SeqCst);
+    Json(json!({"reset": true}))
 }
 
 /// Counts a request as in flight until dropped (also when the client goes
@@ -518,10 +540,14 @@ impl ModelServer {
             peak_in_flight: AtomicUsize::new(0),
             next_call_id: AtomicU64::new(1),
             started,
+            first_request_ms: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
             .route("/v1/models", get(list_models).fallback(method_not_allowed))
+            // Not OpenAI: for the benchmark harness, which runs this server as its own process.
+            .route("/_agentry/stats", get(stats))
+            .route("/_agentry/reset", post(reset))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&shared));

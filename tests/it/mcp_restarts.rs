@@ -154,7 +154,7 @@ async fn a_server_that_never_comes_back_is_marked_down_and_fails_fast_by_name() 
     assert_eq!(runtime.restarts()["mcp-session:doomed"], 4, "three restarts, the fourth failure marks it down");
 
     // A batch still ends: the model gets the error as the tool result and answers.
-    let planned = agentry::batch::plan(&settings.batch, true).expect("questions");
+    let planned = agentry::batch::plan(&settings.batch, true, None).expect("questions");
     let options = agentry::batch::RunOptions {
         concurrency: 1,
         question_timeout: Duration::from_secs(60),

@@ -38,7 +38,7 @@ fn settings(dir: &Path, cloud_url: &str, local_url: &str, fallback: &str, questi
 }
 
 async fn run_batch(runtime: &Runtime, settings: &Settings) -> Report {
-    let planned = batch::plan(&settings.batch, true).expect("questions");
+    let planned = batch::plan(&settings.batch, true, None).expect("questions");
     let options = RunOptions {
         concurrency: settings.batch.concurrency,
         question_timeout: settings.agent.question_timeout,

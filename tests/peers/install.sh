@@ -53,3 +53,13 @@ npm_install() {
 }
 npm_install "$root/tests/peers" "Node peers"
 npm_install "$root/tests/conformance" "Conformance suite"
+
+# --- 4. promtool (Debian package `prometheus`): checks the dashboard's PromQL and config/prometheus.yml ---
+if command -v promtool >/dev/null 2>&1; then
+    step "promtool: $(promtool --version 2>&1 | head -n1)"
+else
+    step "promtool: apt-get install prometheus"
+    sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus
+fi

@@ -1,0 +1,283 @@
+//! The end-to-end benchmark: agentry against a model server and an MCP server that are
+//! separate processes with a fixed latency each, so only agentry's own cost is measured.
+//!
+//! ```text
+//! cargo bench --bench e2e                       # S1–S4, 3 runs each
+//! cargo bench --bench e2e -- --runs 5 --scenarios S1,S3 --out target/bench
+//! ```
+//!
+//! Per scenario and run: wall time; the ideal time `ceil(N/C) × (model calls per question ×
+//! model latency + tool latency)` and efficiency = ideal / wall; agentry's user+sys CPU per
+//! question (getrusage of the waited child); its peak RSS (`VmHWM`, sampled every 5 ms);
+//! questions per second; time from process start to the first model request (the model
+//! server's own clock). Every run is verified: N research files and N `ok` rows, so a fast
+//! wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
+//! with every run, to `<out>/bench.json` and `<out>/bench.md`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use serde_json::{Value, json};
+
+/// The scripted model makes three calls per question: search, save_research, answer.
+const MODEL_CALLS_PER_QUESTION: f64 = 3.0;
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    questions: usize,
+    concurrency: usize,
+    model_latency: Duration,
+    tool_latency: Duration,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "S1",
+        what: "one question",
+        questions: 1,
+        concurrency: 1,
+        model_latency: Duration::ZERO,
+        tool_latency: Duration::ZERO,
+    },
+    Scenario {
+        name: "S2",
+        what: "throughput",
+        questions: 2000,
+        concurrency: 64,
+        model_latency: Duration::ZERO,
+        tool_latency: Duration::ZERO,
+    },
+    Scenario {
+        name: "S3",
+        what: "latency-bound",
+        questions: 400,
+        concurrency: 100,
+        model_latency: Duration::from_millis(200),
+        tool_latency: Duration::from_millis(100),
+    },
+    Scenario {
+        name: "S4",
+        what: "wide",
+        questions: 5000,
+        concurrency: 1000,
+        model_latency: Duration::from_millis(500),
+        tool_latency: Duration::from_millis(100),
+    },
+];
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Measured {
+    wall_s: f64,
+    efficiency: f64,
+    cpu_ms_per_question: f64,
+    peak_rss_mb: f64,
+    questions_per_s: f64,
+    first_request_ms: f64,
+}
+
+/// A demo peer (`agentry serve ...`) in its own process.
+struct Peer {
+    child: Child,
+    url: String,
+}
+
+impl Peer {
+    fn start(kind: &str, latency: Duration) -> Peer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
+            .args(["serve", kind, "--latency", &format!("{}ms", latency.as_millis())])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("agentry serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("READY line");
+        let url =
+            line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("{kind}: unexpected {line:?}")).to_owned();
+        Peer { child, url }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
+}
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn model_stats(http: &reqwest::Client, model_url: &str, action: &str) -> Value {
+    let base = model_url.trim_end_matches("/v1");
+    let request = if action == "reset" {
+        http.post(format!("{base}/_agentry/reset"))
+    } else {
+        http.get(format!("{base}/_agentry/stats"))
+    };
+    request.send().await.expect("model stats").json().await.expect("stats JSON")
+}
+
+async fn run_once(scenario: &Scenario, dir: &Path, model: &Peer, http: &reqwest::Client) -> Measured {
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    model_stats(http, &model.url, "reset").await;
+    let cpu_before = cpu_seconds();
+    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
+        .args(["run", "-c", dir.join("bench.toml").to_str().expect("utf-8")])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agentry runs");
+    let pid = child.id();
+    let mut peak_kb = 0;
+    let status = loop {
+        if let Some(kb) = vm_hwm_kb(pid) {
+            peak_kb = peak_kb.max(kb);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    assert!(status.success(), "{}: agentry exited with {status}", scenario.name);
+
+    // Verify the run: N research files and N ok rows.
+    let files = std::fs::read_dir(&out)
+        .expect("output dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "md"))
+        .count();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report")).expect("report JSON");
+    assert_eq!(files, scenario.questions, "{}: research files", scenario.name);
+    assert_eq!(report["totals"]["ok"], scenario.questions, "{}: ok rows", scenario.name);
+
+    let stats = model_stats(http, &model.url, "stats").await;
+    let first = stats["first_request_unix_ms"].as_f64().unwrap_or(0.0);
+    let waves = scenario.questions.div_ceil(scenario.concurrency) as f64;
+    let ideal =
+        waves * (MODEL_CALLS_PER_QUESTION * scenario.model_latency.as_secs_f64() + scenario.tool_latency.as_secs_f64());
+    Measured {
+        wall_s: wall,
+        efficiency: if ideal > 0.0 { ideal / wall } else { f64::NAN },
+        cpu_ms_per_question: cpu * 1000.0 / scenario.questions as f64,
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        questions_per_s: scenario.questions as f64 / wall,
+        first_request_ms: first - started_unix_ms,
+    }
+}
+
+fn median_range(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn cell(values: impl Iterator<Item = f64>, digits: usize) -> String {
+    let (median, min, max) = median_range(values);
+    if median.is_nan() {
+        return "–".into();
+    }
+    format!("{median:.digits$} ({min:.digits$}–{max:.digits$})")
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let wanted: Vec<String> =
+        flag("--scenarios").map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
+    let out = PathBuf::from(flag("--out").unwrap_or_else(|| "target/bench".into()));
+    std::fs::create_dir_all(&out).expect("out dir");
+    let http = reqwest::Client::new();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    let mut table = format!(
+        "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    let mut all = Vec::new();
+    for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
+        let model = Peer::start("model", scenario.model_latency);
+        let search = Peer::start("search", scenario.tool_latency);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let questions: String =
+            (0..scenario.questions).map(|n| format!("Define benchmark topic number {n}\n")).collect();
+        std::fs::write(dir.path().join("q.txt"), questions).expect("questions");
+        std::fs::write(
+            dir.path().join("bench.toml"),
+            format!(
+                "[batch]\nquestions_file = \"q.txt\"\nconcurrency = {c}\noutput_dir = \"out\"\n\
+                 [secrets]\ndir = \"{secrets}\"\n\
+                 [model]\nfallback = \"local\"\nrequest_timeout = \"60s\"\n[model.local]\nbase_url = \"{model}\"\nmodel = \"bench\"\n\
+                 [[mcp.servers]]\nname = \"search\"\nurl = \"{search}\"\ntools = [\"search\"]\n",
+                c = scenario.concurrency,
+                secrets = dir.path().join("no-secrets").display(),
+                model = model.url,
+                search = search.url,
+            ),
+        )
+        .expect("config");
+        let mut measured = Vec::new();
+        for run in 1..=runs {
+            let m = run_once(scenario, dir.path(), &model, &http).await;
+            eprintln!("{} run {run}/{runs}: {m:?}", scenario.name);
+            measured.push(m);
+        }
+        table.push_str(&format!(
+            "| {} {} | {} | {} | {} / {} ms | {} | {} | {} | {} | {} | {} |\n",
+            scenario.name,
+            scenario.what,
+            scenario.questions,
+            scenario.concurrency,
+            scenario.model_latency.as_millis(),
+            scenario.tool_latency.as_millis(),
+            cell(measured.iter().map(|m| m.wall_s), 3),
+            cell(measured.iter().map(|m| m.efficiency), 3),
+            cell(measured.iter().map(|m| m.cpu_ms_per_question), 2),
+            cell(measured.iter().map(|m| m.peak_rss_mb), 1),
+            cell(measured.iter().map(|m| m.questions_per_s), 0),
+            cell(measured.iter().map(|m| m.first_request_ms), 0),
+        ));
+        all.push(json!({
+            "scenario": scenario.name,
+            "questions": scenario.questions,
+            "concurrency": scenario.concurrency,
+            "model_latency_ms": scenario.model_latency.as_millis() as u64,
+            "tool_latency_ms": scenario.tool_latency.as_millis() as u64,
+            "runs": measured,
+        }));
+    }
+    let header = format!(
+        "agentry {} end-to-end benchmark, {cores} cores, median (min–max) of {runs} runs\n\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("\n{header}{table}");
+    std::fs::write(out.join("bench.md"), format!("{header}{table}")).expect("bench.md");
+    let json = json!({"cores": cores, "runs": runs, "scenarios": all});
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json).expect("json")).expect("bench.json");
+}

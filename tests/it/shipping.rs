@@ -1,0 +1,1203 @@
+//! Shipping: the Dockerfile, `compose.yaml`, the Swarm stack file `compose.swarm.yaml` and the
+//! Kubernetes manifests in `deploy/kubernetes/`, checked without a Docker engine.
+//!
+//! * the real Docker Compose binary's `config` and the Compose JSON schema
+//!   (`tests/schemas/compose-spec.schema.json`) on both Compose files, and every file they name;
+//! * the service names the observability configs address (collector, Jaeger, Prometheus) exist;
+//! * hadolint on the Dockerfile, and what its runtime stage copies is what the build stage makes;
+//! * kubernetes-validate (strict, Kubernetes [`KUBERNETES_VERSION`]) on the manifests, and the
+//!   Indexed Job's sharding and Secret mount;
+//! * the MCP gateway's entrypoint script (token from the secret file, one-variable transport
+//!   switch) run with `sh` against a stand-in for the gateway binary;
+//! * agentry run the way the `agent` service runs it: its environment, command, user, mounts
+//!   and secrets taken from `docker compose config`, against the test peers. The binary is
+//!   Cargo's test build (`CARGO_BIN_EXE_agentry`, a debug build), not the image's release build:
+//!   building release inside the test is too slow; the image build itself needs Docker.
+//!
+//! The tools (tests/tools/requirements.txt) live in `.peers/venv`, installed by
+//! `tests/peers/install.sh`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentry::demo::model_server::ModelServer;
+use agentry::demo::scripted::ScriptedResearcher;
+use serde_json::Value;
+
+use crate::peers::{self, PythonMcpServer};
+
+/// The Kubernetes version the manifests are validated against.
+const KUBERNETES_VERSION: &str = "1.34.0";
+
+/// Where agentry looks for secrets by default (`secrets.dir` in config/default.toml).
+const SECRETS_DIR: &str = "/run/secrets";
+
+/// The placeholder key that routes questions to the local model (`model.cloud.placeholder_keys`).
+const PLACEHOLDER_KEY: &str = "sk-test-dummy-key-for-learning";
+
+fn root() -> PathBuf {
+    peers::repo_root()
+}
+
+/// A tool from tests/tools/requirements.txt, in `.peers/venv/bin`.
+fn tool(name: &str) -> PathBuf {
+    peers::ensure_installed();
+    let path = root().join(".peers/venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{name} not found at {}: tests/peers/install.sh installs tests/tools/requirements.txt into .peers/venv",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command with a clean environment (PATH, a scratch HOME, `vars`) in the repository root.
+fn run_tool(program: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let home = tempfile::tempdir().expect("scratch HOME");
+    Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Every YAML document in `text`, as JSON (PyYAML from the venv: no YAML crate in the tests).
+fn yaml_documents(text: &str) -> Vec<Value> {
+    let mut child = Command::new(peers::python())
+        .args(["-c", "import sys, json, yaml; json.dump(list(yaml.safe_load_all(sys.stdin)), sys.stdout)"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write YAML");
+    let output = child.wait_with_output().expect("python output");
+    assert!(output.status.success(), "YAML did not parse:\n{}\n{text}", describe(&output));
+    let docs: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON from python");
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn yaml_file(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    yaml_documents(&text)
+}
+
+/// `docker compose -f FILE config` (the real Compose binary, no engine), as JSON. The YAML form
+/// is parsed because Compose's JSON form leaves out the top-level `models:`.
+fn compose_config(file: &str, vars: &[(&str, &str)]) -> Value {
+    let output = run_tool(&tool("docker-compose"), &["-f", file, "config"], vars);
+    assert!(output.status.success(), "docker compose -f {file} config failed:\n{}", describe(&output));
+    let mut docs = yaml_documents(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(docs.len(), 1, "one document");
+    docs.remove(0)
+}
+
+fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
+    value.as_str().unwrap_or_else(|| panic!("{what} is not a string: {value}"))
+}
+
+fn env_of(service: &Value) -> BTreeMap<String, String> {
+    service["environment"]
+        .as_object()
+        .map(|env| env.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// `http://host:port/path` → (host, port, path without the leading slash).
+fn split_url(url: &str) -> (String, u16, String) {
+    let parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let host = parsed.host_str().unwrap_or_default().to_owned();
+    let port = parsed.port_or_known_default().unwrap_or_default();
+    (host, port, parsed.path().trim_start_matches('/').to_owned())
+}
+
+/// An image reference is pinned when it names a version: a digest, or a tag other than
+/// `latest` with a version number in the tag or the name (`cc-debian12:nonroot`).
+fn is_pinned(image: &str) -> bool {
+    if image.contains("@sha256:") {
+        return true;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((name, tag)) => {
+            tag != "latest" && (tag.chars().any(|c| c.is_ascii_digit()) || name.chars().any(|c| c.is_ascii_digit()))
+        }
+        None => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfile, parsed just enough: stages, their WORKDIR, and their instructions.
+
+#[derive(Debug)]
+struct Stage {
+    image: String,
+    name: Option<String>,
+    workdir: String,
+    /// (keyword in upper case, arguments), with WORKDIR applied in order.
+    instructions: Vec<(String, String, String)>,
+}
+
+#[derive(Debug)]
+struct Dockerfile {
+    /// ARG defaults declared before the first FROM.
+    args: BTreeMap<String, String>,
+    stages: Vec<Stage>,
+}
+
+impl Dockerfile {
+    fn read() -> Self {
+        let text = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+        // Comments go first (also inside continued lines), then continuations are joined.
+        let mut logical = Vec::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if line.trim_start().starts_with('#') {
+                continue;
+            }
+            if let Some(head) = line.strip_suffix('\\') {
+                current.push_str(head);
+                current.push(' ');
+                continue;
+            }
+            current.push_str(line);
+            if !current.trim().is_empty() {
+                logical.push(current.trim().to_owned());
+            }
+            current.clear();
+        }
+        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        let mut stages: Vec<Stage> = Vec::new();
+        for line in logical {
+            let (keyword, rest) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
+            let keyword = keyword.to_uppercase();
+            let rest = rest.trim().to_owned();
+            if keyword == "FROM" {
+                let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+                let mut image = words[0].to_owned();
+                for (name, value) in &args {
+                    image = image.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
+                }
+                let name = (words.len() == 3 && words[1].eq_ignore_ascii_case("as")).then(|| words[2].to_owned());
+                stages.push(Stage { image, name, workdir: "/".into(), instructions: Vec::new() });
+                continue;
+            }
+            match stages.last_mut() {
+                None if keyword == "ARG" => {
+                    if let Some((name, value)) = rest.split_once('=') {
+                        args.insert(name.trim().to_owned(), value.trim().trim_matches('"').to_owned());
+                    }
+                }
+                None => panic!("Dockerfile: {keyword} before the first FROM"),
+                Some(stage) => {
+                    if keyword == "WORKDIR" {
+                        stage.workdir = resolve(&stage.workdir, &rest);
+                    }
+                    let workdir = stage.workdir.clone();
+                    stage.instructions.push((keyword, rest, workdir));
+                }
+            }
+        }
+        assert!(stages.len() >= 2, "the Dockerfile is multi-stage");
+        Self { args, stages }
+    }
+
+    fn runtime(&self) -> &Stage {
+        self.stages.last().expect("a final stage")
+    }
+
+    fn stage(&self, name: &str) -> &Stage {
+        self.stages.iter().find(|s| s.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no stage named {name}"))
+    }
+
+    /// The runtime user's numeric uid and gid (`USER 65532:65532`).
+    fn runtime_user(&self) -> (u32, u32) {
+        let user = self
+            .runtime()
+            .instructions
+            .iter()
+            .rev()
+            .find(|(k, _, _)| k == "USER")
+            .map(|(_, v, _)| v.clone())
+            .expect("the runtime stage sets USER");
+        let (uid, gid) = user.split_once(':').unwrap_or((&user, &user));
+        let uid: u32 = uid.parse().unwrap_or_else(|_| panic!("USER {user}: use a numeric uid"));
+        let gid: u32 = gid.parse().unwrap_or_else(|_| panic!("USER {user}: use a numeric gid"));
+        (uid, gid)
+    }
+}
+
+/// Resolves `path` against the directory `base` (both container paths).
+fn resolve(base: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') { path.to_owned() } else { format!("{}/{path}", base.trim_end_matches('/')) };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// A COPY instruction: flags, sources, destination.
+fn parse_copy(args: &str) -> (BTreeMap<String, String>, Vec<String>, String) {
+    let mut flags = BTreeMap::new();
+    let mut paths = Vec::new();
+    for word in args.split_whitespace() {
+        match word.strip_prefix("--") {
+            Some(flag) => {
+                let (k, v) = flag.split_once('=').unwrap_or((flag, ""));
+                flags.insert(k.to_owned(), v.to_owned());
+            }
+            None => paths.push(word.to_owned()),
+        }
+    }
+    let dest = paths.pop().expect("COPY has a destination");
+    (flags, paths, dest)
+}
+
+/// The exec-form list of ENTRYPOINT/CMD.
+fn exec_form(args: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|e| panic!("not exec form ({e}): {args}"))
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let output = run_tool(&tool("hadolint"), &["--no-color", "Dockerfile"], &[]);
+    assert!(output.status.success() && output.stdout.is_empty(), "hadolint Dockerfile:\n{}", describe(&output));
+}
+
+#[test]
+fn the_dockerfile_pins_its_bases_runs_as_non_root_and_holds_no_secret() {
+    let dockerfile = Dockerfile::read();
+    for stage in &dockerfile.stages {
+        assert!(is_pinned(&stage.image), "base image {} is not pinned by version", stage.image);
+    }
+
+    // The Rust in the build stage is at least Cargo.toml's rust-version.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let msrv = manifest
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix("rust-version").map(|v| v.trim_start_matches([' ', '=']).trim_matches('"').to_owned())
+        })
+        .expect("Cargo.toml has rust-version");
+    let rust = dockerfile.args.get("RUST_VERSION").expect("ARG RUST_VERSION=<version> before the first FROM");
+    let version = |v: &str| v.split('.').map(|n| n.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
+    assert!(version(rust) >= version(&msrv), "the build stage's Rust {rust} is older than rust-version {msrv}");
+
+    let (uid, _) = dockerfile.runtime_user();
+    assert_ne!(uid, 0, "the runtime stage runs as a non-root user");
+
+    // No secret in a build argument or a default environment, and no secret file copied in.
+    let secretish = ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"];
+    let declared = dockerfile.args.keys().cloned().chain(dockerfile.stages.iter().flat_map(|s| {
+        s.instructions
+            .iter()
+            .filter(|(k, _, _)| k == "ARG" || k == "ENV")
+            .map(|(_, v, _)| v.split(['=', ' ']).next().unwrap_or_default().to_owned())
+    }));
+    for name in declared {
+        assert!(!secretish.iter().any(|s| name.to_uppercase().contains(s)), "the Dockerfile declares {name}");
+    }
+    for stage in &dockerfile.stages {
+        for (keyword, args, _) in &stage.instructions {
+            if keyword == "COPY" || keyword == "ADD" {
+                assert!(!args.contains("secrets") && !args.contains(".env"), "{keyword} {args} copies secrets");
+            }
+        }
+    }
+}
+
+#[test]
+fn what_the_runtime_stage_copies_is_what_the_build_stage_makes() {
+    let dockerfile = Dockerfile::read();
+    let runtime = dockerfile.runtime();
+    let binary_name =
+        Path::new(env!("CARGO_BIN_EXE_agentry")).file_name().and_then(|n| n.to_str()).expect("binary name").to_owned();
+
+    let mut copied_binary_to = None;
+    let mut runtime_copies = 0;
+    for (keyword, args, runtime_workdir) in &runtime.instructions {
+        if keyword != "COPY" {
+            continue;
+        }
+        let (flags, sources, dest) = parse_copy(args);
+        let from =
+            flags.get("from").unwrap_or_else(|| panic!("the runtime stage copies from the build context: {args}"));
+        let build = dockerfile.stage(from);
+        for source in sources {
+            runtime_copies += 1;
+            let prefix = format!("{}/", build.workdir.trim_end_matches('/'));
+            let rel = source
+                .strip_prefix(&prefix)
+                .unwrap_or_else(|| {
+                    panic!("COPY --from={from} {source}: not under the build stage's WORKDIR {}", build.workdir)
+                })
+                .trim_end_matches('/')
+                .to_owned();
+            if let Some(built) = rel.strip_prefix("target/") {
+                // Cargo's layout for a release build of the binary target (no --target triple,
+                // no CARGO_TARGET_DIR in the image).
+                assert_eq!(built, format!("release/{binary_name}"), "COPY --from={from} {source}");
+                let cargo_build = build
+                    .instructions
+                    .iter()
+                    .rev()
+                    .find(|(k, v, _)| k == "RUN" && v.contains("cargo build"))
+                    .map(|(_, v, _)| v.clone())
+                    .expect("the build stage runs cargo build");
+                assert!(cargo_build.contains("--release"), "the build stage builds release: {cargo_build}");
+                assert!(!cargo_build.contains("--target "), "{cargo_build}");
+                if let Some(bin) = cargo_build.split("--bin ").nth(1) {
+                    assert_eq!(bin.split_whitespace().next(), Some(binary_name.as_str()), "{cargo_build}");
+                }
+                assert!(
+                    !build.instructions.iter().any(|(k, v, _)| k == "ENV" && v.contains("CARGO_TARGET_DIR")),
+                    "CARGO_TARGET_DIR moves target/"
+                );
+                copied_binary_to = Some(resolve(runtime_workdir, &dest));
+                continue;
+            }
+            // Otherwise: copied into the build stage from the repository, or made by mkdir -p.
+            let from_context = build.instructions.iter().any(|(k, v, workdir)| {
+                if k != "COPY" {
+                    return false;
+                }
+                let (flags, srcs, dest) = parse_copy(v);
+                let dest = resolve(workdir, &dest);
+                !flags.contains_key("from")
+                    && srcs.iter().any(|s| {
+                        let landed = if srcs.len() > 1 || dest.ends_with('/') || v.trim_end().ends_with("./") {
+                            resolve(&dest, Path::new(s).file_name().and_then(|n| n.to_str()).unwrap_or(s))
+                        } else {
+                            dest.clone()
+                        };
+                        let wanted = resolve(&build.workdir, &rel);
+                        (wanted == landed || wanted.starts_with(&format!("{landed}/"))) && root().join(s).exists()
+                    })
+            });
+            let made = build.instructions.iter().any(|(k, v, _)| {
+                k == "RUN"
+                    && v.split("&&").any(|c| c.trim().starts_with("mkdir -p") && c.split_whitespace().any(|w| w == rel))
+            });
+            assert!(
+                from_context || made,
+                "COPY --from={from} {source}: the build stage neither copies {rel} from the repository nor makes it"
+            );
+        }
+    }
+    assert!(runtime_copies >= 2, "the runtime stage copies the binary and config/");
+
+    // config/ is inside the image, and the entrypoint is the binary that was copied.
+    assert!(
+        runtime
+            .instructions
+            .iter()
+            .any(|(k, v, _)| k == "COPY" && v.contains(&format!("{}/config", dockerfile.stage("build").workdir))),
+        "the runtime stage copies config/"
+    );
+    let entrypoint = runtime.instructions.iter().rev().find(|(k, _, _)| k == "ENTRYPOINT").expect("ENTRYPOINT");
+    let entrypoint = exec_form(&entrypoint.1);
+    assert_eq!(Some(&entrypoint[0]), copied_binary_to.as_ref(), "ENTRYPOINT runs the copied agentry binary");
+
+    let release = root().join("target/release").join(&binary_name);
+    if release.exists() {
+        eprintln!("(a release build is present at {})", release.display());
+    }
+}
+
+#[test]
+fn the_build_stage_copies_every_file_the_crate_embeds() {
+    let dockerfile = Dockerfile::read();
+    let build = dockerfile.stage("build");
+    let context: Vec<String> = build
+        .instructions
+        .iter()
+        .filter(|(k, _, _)| k == "COPY")
+        .map(|(_, v, _)| parse_copy(v))
+        .filter(|(flags, _, _)| flags.get("from").is_none())
+        .flat_map(|(_, sources, _)| sources)
+        .map(|s| s.trim_end_matches('/').to_owned())
+        .collect();
+    for needed in ["Cargo.toml", "Cargo.lock", "src"] {
+        assert!(context.iter().any(|c| c == needed), "the build stage copies {needed}");
+    }
+    // Cargo refuses a manifest whose declared targets are missing, even for `--bin agentry`, so
+    // every target Cargo.toml declares (its path, or the inferred one) and a build script must be
+    // in the build context before the first `cargo build` (the dependency layer).
+    let mut before_first_build: Vec<String> = Vec::new();
+    for (keyword, args, _) in &build.instructions {
+        if keyword == "RUN" && args.contains("cargo build") {
+            break;
+        }
+        if keyword == "COPY" {
+            let (flags, sources, _) = parse_copy(args);
+            if !flags.contains_key("from") {
+                before_first_build.extend(sources.into_iter().map(|s| s.trim_end_matches('/').to_owned()));
+            }
+        }
+    }
+    for needed in ["Cargo.toml", "Cargo.lock"] {
+        assert!(before_first_build.iter().any(|c| c == needed), "the dependency layer copies {needed}");
+    }
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml"))
+            .expect("Cargo.toml parses");
+    let mut named: Vec<String> = Vec::new();
+    if let Some(build) = manifest.get("package").and_then(|p| p.get("build")).and_then(|b| b.as_str()) {
+        named.push(build.to_owned());
+    }
+    if root().join("build.rs").exists() {
+        named.push("build.rs".to_owned());
+    }
+    for (section, dir) in [("example", "examples"), ("test", "tests"), ("bench", "benches")] {
+        for target in manifest.get(section).and_then(|t| t.as_array()).into_iter().flatten() {
+            let path = match target.get("path").and_then(|p| p.as_str()) {
+                Some(path) => path.to_owned(),
+                None => {
+                    let name = target.get("name").and_then(|n| n.as_str()).expect("a named target");
+                    let single = format!("{dir}/{name}.rs");
+                    if root().join(&single).exists() { single } else { format!("{dir}/{name}/main.rs") }
+                }
+            };
+            assert!(root().join(&path).exists(), "Cargo.toml declares [[{section}]] at {path}, which does not exist");
+            named.push(path);
+        }
+    }
+    for path in named {
+        assert!(
+            before_first_build.iter().any(|c| Path::new(&path).starts_with(c)),
+            "Cargo.toml needs {path}, which the Dockerfile's build stage does not copy before its first \
+             cargo build (cargo refuses a manifest whose targets are missing)"
+        );
+    }
+    assert!(manifest.get("workspace").is_none(), "a workspace: the Dockerfile builds this one crate only");
+
+    // include_str!/include_bytes! reach outside src/ (config/default.toml): those files too.
+    let mut stack = vec![root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src").filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source");
+            for marker in ["include_str!(\"", "include_bytes!(\""] {
+                for piece in text.split(marker).skip(1) {
+                    let literal = piece.split('"').next().unwrap_or_default();
+                    let target = path.parent().expect("dir").join(literal);
+                    let target = target.canonicalize().unwrap_or_else(|e| panic!("{}: {literal}: {e}", path.display()));
+                    let rel = target.strip_prefix(root().canonicalize().expect("root")).expect("inside the repo");
+                    let first = rel.components().next().expect("component").as_os_str().to_string_lossy().into_owned();
+                    assert!(
+                        context.iter().any(|c| *c == first || rel.starts_with(c)),
+                        "{} embeds {}, which the Dockerfile's build stage does not copy",
+                        path.display(),
+                        rel.display()
+                    );
+                }
+            }
+        }
+    }
+
+    // .dockerignore lets exactly these in, and never secrets.
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    let lines: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(lines.first(), Some(&"*"), ".dockerignore starts by ignoring everything");
+    let allowed: Vec<&str> =
+        lines.iter().filter_map(|l| l.strip_prefix('!')).map(|l| l.trim_end_matches('/')).collect();
+    for source in &context {
+        let first =
+            Path::new(source).components().next().expect("component").as_os_str().to_string_lossy().into_owned();
+        assert!(allowed.contains(&first.as_str()), ".dockerignore keeps {source} out of the build context");
+    }
+    for never in ["secrets", ".env", "target", ".git", ".peers", "definitions"] {
+        assert!(!allowed.iter().any(|a| a.starts_with(never)), ".dockerignore lets {never} in");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Compose files.
+
+#[test]
+fn both_compose_files_pass_compose_config_and_the_compose_schema() {
+    for file in ["compose.yaml", "compose.swarm.yaml"] {
+        let output = run_tool(&tool("docker-compose"), &["-f", file, "config", "--quiet"], &[]);
+        assert!(output.status.success(), "docker compose -f {file} config:\n{}", describe(&output));
+        if file == "compose.yaml" {
+            assert!(output.stderr.is_empty(), "docker compose -f {file} config warns:\n{}", describe(&output));
+        }
+    }
+    let output = run_tool(
+        &tool("check-jsonschema"),
+        &["--schemafile", "tests/schemas/compose-spec.schema.json", "compose.yaml", "compose.swarm.yaml"],
+        &[],
+    );
+    assert!(output.status.success(), "check-jsonschema:\n{}", describe(&output));
+
+    // The schema is the upstream file, unchanged: it must still describe the elements used.
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/schemas/compose-spec.schema.json")).expect("schema"),
+    )
+    .expect("schema JSON");
+    assert!(schema["properties"]["models"].is_object(), "the schema knows top-level models:");
+}
+
+#[test]
+fn every_file_the_compose_files_name_exists() {
+    for file in ["compose.yaml", "compose.swarm.yaml"] {
+        let config = compose_config(file, &[]);
+        let services = config["services"].as_object().expect("services");
+        for (name, service) in services {
+            if let Some(build) = service.get("build") {
+                let context = PathBuf::from(str_of(&build["context"], "build.context"));
+                assert!(
+                    context.join(str_of(&build["dockerfile"], "dockerfile")).exists(),
+                    "{file}: {name}: Dockerfile"
+                );
+            }
+            for volume in service["volumes"].as_array().into_iter().flatten() {
+                if volume["type"] != "bind" {
+                    continue;
+                }
+                let source = PathBuf::from(str_of(&volume["source"], "volume source"));
+                if !source.starts_with(root()) {
+                    assert_eq!(
+                        source,
+                        Path::new("/var/run/docker.sock"),
+                        "{file}: {name}: a host path outside the repo"
+                    );
+                    continue;
+                }
+                if source.ends_with("definitions") {
+                    // The output directory: made by the user (deploy/README.md), never committed.
+                    assert!(git_ignores(&source), "{file}: {}: the output directory is git-ignored", source.display());
+                    continue;
+                }
+                assert!(source.exists(), "{file}: {name} mounts {}, which does not exist", source.display());
+            }
+        }
+        for (name, config_entry) in config["configs"].as_object().into_iter().flatten() {
+            let path = PathBuf::from(str_of(&config_entry["file"], "configs.file"));
+            assert!(path.exists(), "{file}: config {name}: {} does not exist", path.display());
+        }
+        for (name, secret) in config["secrets"].as_object().into_iter().flatten() {
+            if let Some(path) = secret["file"].as_str() {
+                // Secret files are made by the user and kept out of git (and of the image).
+                let path = PathBuf::from(path);
+                assert!(path.starts_with(root().join("secrets")), "{file}: secret {name} lives in secrets/");
+                assert!(git_ignores(&path), "{file}: secret {name}: {} is not git-ignored", path.display());
+            } else {
+                assert_eq!(secret["external"], true, "{file}: secret {name} is a file or external");
+            }
+        }
+    }
+}
+
+fn git_ignores(path: &Path) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(root())
+        .args(["check-ignore", "-q", "--no-index"])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The observability configs address services by name; those services must exist in both
+/// Compose files, and Grafana must find the dashboards where its provisioning looks.
+#[test]
+fn the_observability_configs_address_services_that_exist() {
+    let collector = &yaml_file("otel-collector.yaml")[0];
+    let prometheus = &yaml_file("config/prometheus.yml")[0];
+    let datasources = &yaml_file("config/grafana/provisioning/datasources/datasources.yaml")[0];
+    let providers = &yaml_file("config/grafana/provisioning/dashboards/dashboards.yaml")[0];
+
+    let mut hosts: Vec<(String, String)> = Vec::new();
+    for (name, exporter) in collector["exporters"].as_object().into_iter().flatten() {
+        if let Some(endpoint) = exporter["endpoint"].as_str() {
+            let host = endpoint.split("://").last().unwrap_or(endpoint).split(':').next().unwrap_or_default();
+            if host != "0.0.0.0" && host != "localhost" {
+                hosts.push((format!("otel-collector.yaml exporter {name}"), host.to_owned()));
+            }
+        }
+    }
+    for job in prometheus["scrape_configs"].as_array().into_iter().flatten() {
+        for target in job["static_configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["targets"].as_array().into_iter().flatten())
+        {
+            let host = str_of(target, "target").split(':').next().unwrap_or_default();
+            if host != "localhost" {
+                hosts.push((format!("prometheus.yml job {}", job["job_name"]), host.to_owned()));
+            }
+        }
+    }
+    for source in datasources["datasources"].as_array().into_iter().flatten() {
+        let (host, _, _) = split_url(str_of(&source["url"], "datasource url"));
+        hosts.push((format!("datasource {}", source["name"]), host));
+    }
+    assert!(hosts.len() >= 3, "{hosts:?}");
+
+    for file in ["compose.yaml", "compose.swarm.yaml"] {
+        let config = compose_config(file, &[]);
+        let services = config["services"].as_object().expect("services");
+        for (what, host) in &hosts {
+            assert!(services.contains_key(host), "{file}: {what} addresses {host}, which is not a service");
+        }
+        // agentry exports to the collector, which listens on 4317 (gRPC) and 4318 (HTTP).
+        let agent_env = env_of(&config["services"]["agent"]);
+        let (host, port, _) = split_url(&agent_env["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        assert_eq!(host, "otel-collector", "{file}");
+        let protocol = agent_env.get("OTEL_EXPORTER_OTLP_PROTOCOL").map(String::as_str).unwrap_or("grpc");
+        assert_eq!(port, if protocol == "grpc" { 4317 } else { 4318 }, "{file}: {protocol} port");
+        let receivers = &collector["receivers"]["otlp"]["protocols"];
+        let listen = if protocol == "grpc" { &receivers["grpc"]["endpoint"] } else { &receivers["http"]["endpoint"] };
+        assert!(
+            str_of(listen, "receiver endpoint").ends_with(&format!(":{port}")),
+            "{file}: the collector listens on {port}"
+        );
+
+        // Grafana: the provider's path is where the dashboards are mounted.
+        let grafana = &config["services"]["grafana"];
+        for provider in providers["providers"].as_array().into_iter().flatten() {
+            let path = str_of(&provider["options"]["path"], "provider path");
+            let mounted = grafana["volumes"].as_array().into_iter().flatten().any(|v| {
+                v["target"] == path && Path::new(str_of(&v["source"], "source")).join("agentry-overview.json").exists()
+            }) || grafana["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| str_of(&c["target"], "config target").starts_with(&format!("{path}/")));
+            assert!(mounted, "{file}: Grafana's dashboards are not at {path}");
+        }
+    }
+    assert!(root().join("config/grafana/dashboards/agentry-overview.json").exists(), "the dashboard file");
+}
+
+#[test]
+fn every_service_image_is_pinned_and_no_secret_is_a_variable() {
+    for file in ["compose.yaml", "compose.swarm.yaml"] {
+        let config = compose_config(file, &[]);
+        for (name, service) in config["services"].as_object().expect("services") {
+            for variable in env_of(service).keys() {
+                let upper = variable.to_uppercase();
+                assert!(
+                    !["KEY", "TOKEN", "SECRET", "PASSWORD"].iter().any(|s| upper.contains(s)),
+                    "{file}: {name}: {variable} would carry a secret in the environment; use a secret file"
+                );
+            }
+            let image = service["image"].as_str().unwrap_or_default();
+            if service.get("build").is_some() || image.starts_with("agentry:") {
+                continue; // built from the Dockerfile here
+            }
+            assert!(is_pinned(image), "{file}: {name}: image {image:?} is not pinned by version");
+        }
+    }
+}
+
+#[test]
+fn compose_wires_the_agent_to_its_secrets_model_gateway_and_collector() {
+    let config = compose_config("compose.yaml", &[]);
+    let agent = &config["services"]["agent"];
+    assert_eq!(agent["read_only"], true, "the agent's root filesystem is read-only");
+    assert!(agent.get("build").is_some(), "the agent is built from the Dockerfile");
+    let user = str_of(&agent["user"], "user");
+    assert!(!user.starts_with("0") && !user.starts_with("root"), "the agent runs as a non-root user: {user}");
+
+    // Secrets: files, named as agentry looks for them.
+    let targets: Vec<&str> =
+        agent["secrets"].as_array().expect("secrets").iter().map(|s| str_of(&s["target"], "target")).collect();
+    assert_eq!(targets, [format!("{SECRETS_DIR}/openai_api_key"), format!("{SECRETS_DIR}/mcp_gateway_auth_token")]);
+    for (name, secret) in config["secrets"].as_object().expect("secrets") {
+        assert!(secret.get("file").is_some(), "{name}: a file: source (external secrets work only in Swarm)");
+    }
+
+    // The local model through Compose models:.
+    assert_eq!(agent["models"]["llm"]["endpoint_var"], "MODEL_RUNNER_URL");
+    assert_eq!(agent["models"]["llm"]["model_var"], "MODEL_RUNNER_MODEL");
+    assert!(str_of(&config["models"]["llm"]["model"], "model").starts_with("ai/"), "{}", config["models"]);
+
+    // The gateway: pinned, DuckDuckGo's search only, a health check on /health, waited for.
+    let gateway = &config["services"]["mcp-gateway"];
+    assert!(str_of(&gateway["image"], "image").starts_with("docker/mcp-gateway:v"));
+    let command: Vec<&str> = gateway["command"].as_array().expect("command").iter().map(|c| str_of(c, "arg")).collect();
+    for arg in ["--port=8811", "--servers=duckduckgo", "--tools=search"] {
+        assert!(command.contains(&arg), "gateway command {command:?} lacks {arg}");
+    }
+    let health: Vec<&str> =
+        gateway["healthcheck"]["test"].as_array().expect("test").iter().map(|c| str_of(c, "arg")).collect();
+    assert!(health.iter().any(|a| a.ends_with(":8811/health")), "{health:?}");
+    assert_eq!(agent["depends_on"]["mcp-gateway"]["condition"], "service_healthy");
+    assert!(gateway["secrets"].as_array().expect("secrets").iter().any(|s| s["source"] == "mcp_gateway_auth_token"));
+}
+
+/// The gateway's entrypoint script, as the container runs it (`$$` is Compose's `$`), against a
+/// stand-in for /docker-mcp that prints what it was given.
+fn run_gateway_entrypoint(gateway: &Value, token: &str) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("secrets dir");
+    std::fs::write(secrets.join("mcp_gateway_auth_token"), token).expect("token file");
+    let stub = dir.path().join("docker-mcp");
+    std::fs::write(&stub, "#!/bin/sh\nprintf 'arg=%s\\n' \"$@\"\nprintf 'token=%s\\n' \"$MCP_GATEWAY_AUTH_TOKEN\"\n")
+        .expect("stub");
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let entrypoint: Vec<String> = gateway["entrypoint"]
+        .as_array()
+        .expect("entrypoint")
+        .iter()
+        .map(|a| str_of(a, "arg").replace("$$", "$"))
+        .collect();
+    assert_eq!(entrypoint[..2], ["/bin/sh", "-c"], "{entrypoint:?}");
+    let script = entrypoint[2]
+        .replace("/docker-mcp", &stub.display().to_string())
+        .replace(&format!("{SECRETS_DIR}/"), &format!("{}/", secrets.display()));
+    let command: Vec<String> =
+        gateway["command"].as_array().expect("command").iter().map(|a| str_of(a, "arg").to_owned()).collect();
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .args(&entrypoint[3..])
+        .args(&command)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env_of(gateway))
+        .output()
+        .expect("sh runs")
+}
+
+#[test]
+fn one_variable_switches_gateway_and_agent_to_legacy_sse() {
+    for file in ["compose.yaml", "compose.swarm.yaml"] {
+        for (endpoint, transport) in [(None, "streaming"), (Some("sse"), "sse"), (Some("mcp"), "streaming")] {
+            let vars: Vec<(&str, &str)> = endpoint.map(|e| ("MCP_ENDPOINT", e)).into_iter().collect();
+            let config = compose_config(file, &vars);
+            let gateway = &config["services"]["mcp-gateway"];
+            let output = run_gateway_entrypoint(gateway, "gateway-token-1234");
+            assert!(output.status.success(), "{file}: {}", describe(&output));
+            let printed = String::from_utf8_lossy(&output.stdout);
+            let args: Vec<&str> = printed.lines().filter_map(|l| l.strip_prefix("arg=")).collect();
+            assert_eq!(args[..3], ["gateway", "run", &format!("--transport={transport}")], "{file}: {printed}");
+            assert!(args.contains(&"--servers=duckduckgo") && args.contains(&"--port=8811"), "{file}: {printed}");
+            assert!(printed.contains("token=gateway-token-1234"), "{file}: the token comes from the secret file");
+
+            // The agent follows: the gateway serves /mcp for streaming and /sse for sse.
+            let url = &env_of(&config["services"]["agent"])["MCP_SERVER_URL"];
+            let (host, port, path) = split_url(url);
+            assert_eq!((host.as_str(), port), ("mcp-gateway", 8811), "{file}: {url}");
+            assert_eq!(path, if transport == "sse" { "sse" } else { "mcp" }, "{file}: {url}");
+        }
+        let config = compose_config(file, &[("MCP_ENDPOINT", "websocket")]);
+        let output = run_gateway_entrypoint(&config["services"]["mcp-gateway"], "t");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{file}: an unknown MCP_ENDPOINT stops the gateway: {}",
+            describe(&output)
+        );
+    }
+    // Both files start the gateway the same way.
+    let compose = compose_config("compose.yaml", &[]);
+    let swarm = compose_config("compose.swarm.yaml", &[]);
+    assert_eq!(compose["services"]["mcp-gateway"]["entrypoint"], swarm["services"]["mcp-gateway"]["entrypoint"]);
+    assert_eq!(compose["services"]["mcp-gateway"]["command"], swarm["services"]["mcp-gateway"]["command"]);
+}
+
+#[test]
+fn the_swarm_stack_uses_external_secrets_and_one_shard_per_replica() {
+    for shards in [None, Some("7")] {
+        let vars: Vec<(&str, &str)> = shards.map(|s| ("AGENTRY_SHARDS", s)).into_iter().collect();
+        let config = compose_config("compose.swarm.yaml", &vars);
+        for (name, secret) in config["secrets"].as_object().expect("secrets") {
+            assert_eq!(secret["external"], true, "{name}: created with docker secret create");
+        }
+        let agent = &config["services"]["agent"];
+        assert!(agent.get("build").is_none() && agent.get("models").is_none(), "docker stack deploy ignores these");
+        let replicas = agent["deploy"]["replicas"].as_u64().expect("replicas");
+        assert!(replicas > 1, "several replicas");
+        if let Some(shards) = shards {
+            assert_eq!(replicas.to_string(), shards);
+        }
+        let env = env_of(agent);
+        assert_eq!(env["AGENTRY_SHARD_COUNT"], replicas.to_string(), "one shard per replica");
+        assert_eq!(env["AGENTRY_SHARD_SLOT"], "{{.Task.Slot}}", "Swarm's 1-based task slot");
+        assert_eq!(agent["deploy"]["restart_policy"]["condition"], "on-failure", "a finished shard stays finished");
+        assert_eq!(agent["read_only"], true);
+        let targets: Vec<&str> =
+            agent["secrets"].as_array().expect("secrets").iter().map(|s| str_of(&s["target"], "t")).collect();
+        assert!(
+            targets.contains(&"/run/secrets/openai_api_key")
+                && targets.contains(&"/run/secrets/mcp_gateway_auth_token")
+        );
+    }
+    let text = std::fs::read_to_string(root().join("compose.swarm.yaml")).expect("stack file");
+    let top_level: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with([' ', '#']) && l.contains(':'))
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .collect();
+    for key in &top_level {
+        assert!(
+            ["services", "networks", "volumes", "secrets", "configs", "version"].contains(key) || key.starts_with("x-"),
+            "docker stack deploy rejects the top-level key {key}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes.
+
+fn manifests() -> Vec<(String, Value)> {
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .flat_map(|path| {
+            let rel = path.strip_prefix(root()).expect("in repo").display().to_string();
+            yaml_file(&rel).into_iter().map(move |doc| (rel.clone(), doc))
+        })
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_kubernetes_validate() {
+    let files: Vec<String> = {
+        let mut names: Vec<String> = manifests().into_iter().map(|(f, _)| f).collect();
+        names.dedup();
+        names
+    };
+    assert!(files.len() >= 3, "{files:?}");
+    let mut args = vec!["--strict", "-k", KUBERNETES_VERSION];
+    args.extend(files.iter().map(String::as_str));
+    let output = run_tool(&tool("kubernetes-validate"), &args, &[]);
+    assert!(output.status.success(), "kubernetes-validate:\n{}", describe(&output));
+    let report = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!report.contains("WARN") && !report.contains("ERROR"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_indexed_job_shares_the_batch_and_mounts_the_secret_as_files() {
+    let manifests = manifests();
+    let find = |kind: &str| {
+        manifests.iter().find(|(_, d)| d["kind"] == kind).map(|(_, d)| d.clone()).unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let job = find("Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let completions = spec["completions"].as_u64().expect("completions");
+    assert!(completions > 1);
+    let pod = &spec["template"]["spec"];
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    let env: BTreeMap<String, String> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| Some((str_of(&e["name"], "name").to_owned(), e["value"].as_str()?.to_owned())))
+        .collect();
+    assert_eq!(env["AGENTRY_SHARD_COUNT"], completions.to_string(), "AGENTRY_SHARD_COUNT must equal completions");
+
+    // Non-root (the image's user), read-only root filesystem.
+    let (uid, gid) = Dockerfile::read().runtime_user();
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], uid);
+    assert_eq!(pod["securityContext"]["runAsGroup"], gid);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+
+    // The Secret as a volume at the secrets directory, never with subPath (which would pin the
+    // first version of each file and defeat the ..data symlink swap).
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let secret_volume = volumes.iter().find(|v| v.get("secret").is_some()).expect("a Secret volume");
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    let secret_mount = mounts.iter().find(|m| m["name"] == secret_volume["name"]).expect("the Secret is mounted");
+    assert_eq!(secret_mount["mountPath"], SECRETS_DIR);
+    assert!(secret_mount.get("subPath").is_none() && secret_mount.get("subPathExpr").is_none(), "{secret_mount}");
+    assert!(secret_volume["secret"].get("items").is_none(), "all keys, named as agentry looks for them");
+
+    // The config file the Job names passes `agentry config check` with the Job's environment.
+    let args: Vec<&str> = container["args"].as_array().expect("args").iter().map(|a| str_of(a, "arg")).collect();
+    let config_path = args.iter().skip_while(|a| **a != "--config").nth(1).expect("--config FILE");
+    let config_mount = mounts
+        .iter()
+        .find(|m| config_path.starts_with(&format!("{}/", str_of(&m["mountPath"], "mountPath"))))
+        .expect("the config file is mounted");
+    let config_volume = volumes.iter().find(|v| v["name"] == config_mount["name"]).expect("volume");
+    let config_map_name = &config_volume["configMap"]["name"];
+    let config_map = manifests
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "ConfigMap" && &d["metadata"]["name"] == config_map_name)
+        .expect("ConfigMap");
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let mount_dir = sandbox.path().join(str_of(&config_mount["mountPath"], "path").trim_start_matches('/'));
+    std::fs::create_dir_all(&mount_dir).expect("mount dir");
+    for (key, value) in config_map["data"].as_object().expect("data") {
+        std::fs::write(mount_dir.join(key), str_of(value, "data")).expect("write");
+    }
+    let config_file = mount_dir.join(Path::new(config_path).file_name().expect("file name"));
+    let secrets = sandbox.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("secrets");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
+        .args(["config", "check", "--config"])
+        .arg(&config_file)
+        .current_dir(sandbox.path())
+        .env_clear()
+        .envs(&env)
+        .env("JOB_COMPLETION_INDEX", "0")
+        .env("AGENTRY__SECRETS__DIR", &secrets)
+        .output()
+        .await
+        .expect("agentry config check");
+    assert!(output.status.success(), "agentry config check with the Job's settings:\n{}", describe(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(&format!("questions_file = \"{}", mount_dir.display())), "{text}");
+
+    // Each shard's output goes to a volume all pods share.
+    let output_mount = mounts.iter().find(|m| m["mountPath"] == "/app/definitions").expect("output mount");
+    let output_volume = volumes.iter().find(|v| v["name"] == output_mount["name"]).expect("volume");
+    let claim = &output_volume["persistentVolumeClaim"]["claimName"];
+    let pvc = manifests
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "PersistentVolumeClaim" && &d["metadata"]["name"] == claim)
+        .expect("the claim");
+    assert!(pvc["spec"]["accessModes"].as_array().expect("modes").iter().any(|m| m == "ReadWriteMany"), "{pvc}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// agentry as the `agent` service runs it.
+
+/// Whether this process runs as root (then the agent runs as the Compose `user:` instead, as in
+/// the container; root would ignore the read-only directory).
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agentry_runs_as_the_compose_agent_service_would() {
+    let config = compose_config("compose.yaml", &[]);
+    let agent = &config["services"]["agent"];
+    let dockerfile = Dockerfile::read();
+    let workdir = dockerfile.runtime().workdir.clone();
+
+    // The container's filesystem, in a sandbox: /app (WORKDIR), the mounts, /run/secrets.
+    let sandbox = tempfile::tempdir().expect("sandbox");
+    chmod(sandbox.path(), 0o755);
+    let host = |container: &str| sandbox.path().join(container.trim_start_matches('/'));
+    std::fs::create_dir_all(host(&workdir)).expect("workdir");
+    let user = str_of(&agent["user"], "user");
+    let (uid, gid) = user.split_once(':').expect("user uid:gid");
+    let (uid, gid): (u32, u32) = (uid.parse().expect("uid"), gid.parse().expect("gid"));
+    let as_root = running_as_root();
+
+    let mut mount_targets = Vec::new();
+    let mut output_dir = None;
+    for volume in agent["volumes"].as_array().expect("volumes") {
+        let target = str_of(&volume["target"], "target").to_owned();
+        let source = PathBuf::from(str_of(&volume["source"], "source"));
+        let place = host(&target);
+        std::fs::create_dir_all(place.parent().expect("parent")).expect("parent dirs");
+        if source.is_file() {
+            std::fs::copy(&source, &place).expect("copy mounted file");
+            chmod(&place, 0o444);
+        } else {
+            // ./definitions: the output directory, the user's own.
+            assert_eq!(volume["read_only"].as_bool(), None, "{target} is writable");
+            std::fs::create_dir_all(&place).expect("output dir");
+            if as_root {
+                chown(&place, uid, gid);
+            }
+            output_dir = Some((target.clone(), place.clone()));
+        }
+        mount_targets.push(target);
+    }
+    let (output_target, output_host) = output_dir.expect("a writable output mount");
+
+    // Secrets as Compose mounts them: the user's files (0600, as deploy/README.md says).
+    let token = format!("gw-{:032x}", rand::random::<u128>());
+    let secrets_host = host(SECRETS_DIR);
+    std::fs::create_dir_all(&secrets_host).expect("secrets dir");
+    for secret in agent["secrets"].as_array().expect("secrets") {
+        let target = str_of(&secret["target"], "target");
+        assert!(target.starts_with(&format!("{SECRETS_DIR}/")), "{target}");
+        let value = match str_of(&secret["source"], "source") {
+            "openai_api_key" => PLACEHOLDER_KEY.to_owned(),
+            "mcp_gateway_auth_token" => token.clone(),
+            other => panic!("unexpected secret {other}"),
+        };
+        let path = host(target);
+        std::fs::write(&path, &value).expect("secret file");
+        chmod(&path, 0o600);
+        if as_root {
+            chown(&path, uid, gid);
+        }
+    }
+
+    // The peers stand in for the gateway (requiring the same bearer token) and Model Runner.
+    let token_for_peer = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token_for_peer.path(), &token).expect("write token");
+    let peer_token = token_for_peer.path().to_str().expect("utf-8").to_owned();
+    let mcp = PythonMcpServer::start_with_args("streamable-http", &["--require-bearer", &peer_token]).await;
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model server");
+
+    // The service's environment, its container paths moved into the sandbox.
+    let mut env = env_of(agent);
+    for value in env.values_mut() {
+        for target in mount_targets.iter().chain([&workdir]) {
+            if value == target || value.starts_with(&format!("{target}/")) {
+                *value = format!("{}{}", host(target).display(), &value[target.len()..]);
+            }
+        }
+    }
+    let (gateway_host, gateway_port, gateway_path) = split_url(&env["MCP_SERVER_URL"]);
+    assert!(config["services"].get(&gateway_host).is_some(), "MCP_SERVER_URL names the service {gateway_host}");
+    assert_eq!(gateway_port, 8811);
+    let (_, _, peer_path) = split_url(&mcp.url());
+    assert_eq!(gateway_path, peer_path, "the default transport is Streamable HTTP at /mcp");
+    env.insert("MCP_SERVER_URL".into(), mcp.url());
+    let models = &agent["models"]["llm"];
+    let local_model = str_of(&config["models"]["llm"]["model"], "model").to_owned();
+    env.insert(str_of(&models["endpoint_var"], "endpoint_var").to_owned(), model.base_url());
+    env.insert(str_of(&models["model_var"], "model_var").to_owned(), local_model.clone());
+    // No collector here; the Compose wiring of OTLP is checked above.
+    env.retain(|k, _| !k.starts_with("OTEL_EXPORTER_OTLP"));
+    env.insert("AGENTRY__SECRETS__DIR".into(), secrets_host.display().to_string());
+
+    let command: Vec<String> =
+        agent["command"].as_array().expect("command").iter().map(|c| str_of(c, "arg").to_owned()).collect();
+    let run = |env: BTreeMap<String, String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"));
+        cmd.args(&command)
+            .current_dir(host(&workdir))
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if as_root {
+            cmd.uid(uid).gid(gid);
+        }
+        async move {
+            let output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+                .await
+                .expect("agentry finished within 120 s")
+                .expect("agentry ran");
+            let text =
+                format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            (output.status.code(), text)
+        }
+    };
+
+    // 1. A read-only output directory (a bind mount the user cannot write) is refused before
+    //    any work, naming the directory: a usage error.
+    chmod(&output_host, 0o555);
+    let (code, text) = run(env.clone()).await;
+    assert_eq!(code, Some(2), "a read-only output directory is a usage error (exit 2):\n{text}");
+    assert!(text.contains(&output_host.display().to_string()), "the error names the directory:\n{text}");
+    assert_eq!(model.request_count(), 0, "nothing is asked before the output directory is known to be writable");
+    assert!(std::fs::read_dir(&output_host).expect("output dir").next().is_none(), "nothing written");
+
+    // 2. Writable: the batch from the mounted questions file, one research file per question.
+    chmod(&output_host, 0o755);
+    let (code, text) = run(env.clone()).await;
+    assert_eq!(code, Some(0), "{text}");
+    let questions_file = config["services"]["agent"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| {
+            env_of(agent).values().any(|val| val == str_of(&v["target"], "target"))
+                && Path::new(str_of(&v["source"], "s")).is_file()
+        })
+        .map(|v| PathBuf::from(str_of(&v["source"], "source")))
+        .expect("the questions file is a mount the environment names");
+    let questions = std::fs::read_to_string(&questions_file)
+        .expect("questions")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    assert!(questions >= 3, "a few sample questions in {}", questions_file.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&output_host)
+        .expect("output")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), questions, "{files:?}\n{text}");
+    let report_path = output_host.join("report.json");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report.json")).expect("JSON");
+    assert_eq!(report["totals"]["ok"], questions, "{report}");
+    let mut everything = text.clone() + &report.to_string();
+    for file in &files {
+        let research = std::fs::read_to_string(file).expect("research file");
+        assert!(research.contains("route: \"local\""), "{research}");
+        assert!(research.contains(&format!("model: \"{local_model}\"")), "{research}");
+        if as_root {
+            assert_eq!(std::fs::metadata(file).expect("meta").uid(), uid, "written as the service's user");
+        }
+        everything.push_str(&research);
+    }
+    assert!(text.contains(&output_target) || text.contains(&output_host.display().to_string()), "{text}");
+
+    // The local route was taken with the placeholder never sent; the gateway token was.
+    let requests = model.requests();
+    assert!(!requests.is_empty());
+    assert!(requests.iter().all(|r| r.bearer.is_none()), "the placeholder key is never sent");
+    assert!(requests.iter().all(|r| r.body["model"] == local_model.as_str()));
+    assert!(mcp.stderr().contains("search"), "the search tool was called through the bearer-protected peer");
+    assert!(!everything.contains(&token), "the gateway token leaked");
+    assert!(!everything.contains(PLACEHOLDER_KEY), "the key leaked");
+}
