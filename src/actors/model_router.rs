@@ -305,8 +305,9 @@ fn record_chat(
             span.set_attribute("gen_ai.response.finish_reasons", opentelemetry::Value::Array(reasons.into()));
             attributes.push(kv(attr::RESPONSE_MODEL, response.model.clone()));
             if let Some(usage) = response.usage {
-                span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
-                span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+                // As i64: OpenTelemetry has no unsigned integers (tracing's u64 becomes a string).
+                span.record("gen_ai.usage.input_tokens", i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX));
+                span.record("gen_ai.usage.output_tokens", i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX));
                 for (kind, tokens) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
                     let mut with_type = attributes.clone();
                     with_type.push(KeyValue::new(attr::TOKEN_TYPE, kind));

@@ -1,0 +1,201 @@
+//! A real run's traces and metrics, received over OTLP (gRPC, HTTP/protobuf, and through the
+//! rotel collector) and checked against the GenAI and MCP conventions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentry::demo::model_server::ModelServer;
+use agentry::demo::scripted::ScriptedResearcher;
+use agentry::telemetry::names;
+
+use crate::harness::Agentry;
+use crate::otlp::{OtlpReceiver, ReceivedSpan, Rotel, children_of, spans_named};
+use crate::peers::PythonMcpServer;
+
+const CANARY: &str = "sk-canary-telemetry-5c4b3a2d1e0f9a8b";
+
+/// Runs the seed flow on the cloud route (key = canary) with OTLP export to `endpoint`.
+async fn traced_run(
+    endpoint: &str,
+    protocol: &str,
+    extra_env: &[(&str, &str)],
+) -> (Agentry, ModelServer, crate::harness::Run) {
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model =
+        ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model").require_key(Some(CANARY.into()));
+    let mut agentry = Agentry::new()
+        .env("OPENAI_BASE_URL", model.base_url())
+        .env("OPENAI_MODEL_NAME", "gpt-test")
+        .env("MCP_SERVER_URL", mcp.url())
+        .env("QUESTION", "Define Machine Learning")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        .env("RUST_LOG", "debug");
+    agentry.file("secrets/openai_api_key", CANARY);
+    for (name, value) in extra_env {
+        agentry = agentry.env(name, *value);
+    }
+    let run = agentry.run(&["run"]).await;
+    run.expect_code(0);
+    drop(mcp);
+    (agentry, model, run)
+}
+
+/// The span tree, attributes, propagation and metrics of one question.
+fn check_export(receiver: &OtlpReceiver, agentry: &Agentry, model: &ModelServer) {
+    let spans = receiver.spans();
+    let tree = receiver.span_tree();
+    // Exported at exit without waiting: the flush on exit delivered them.
+    let roots = spans_named(&spans, "invoke_agent research-assistant");
+    assert_eq!(roots.len(), 1, "one trace per question:\n{tree}");
+    let root = roots[0];
+    assert!(root.is_root() && root.kind == "internal", "{tree}");
+    assert_eq!(root.attr_str("gen_ai.operation.name"), Some("invoke_agent"));
+    assert_eq!(root.resource_str("service.name"), Some("agentry"));
+    assert!(spans.iter().all(|s| s.trace_id == root.trace_id), "only the question's trace is exported:\n{tree}");
+
+    let children = children_of(&spans, root);
+    let chats: Vec<&&ReceivedSpan> = children.iter().filter(|s| s.name == "chat gpt-test").collect();
+    assert_eq!(chats.len(), 3, "search, save, answer:\n{tree}");
+    for chat in &chats {
+        assert_eq!(chat.kind, "client");
+        assert_eq!(chat.attr_str("gen_ai.operation.name"), Some("chat"));
+        assert_eq!(chat.attr_str("gen_ai.provider.name"), Some("openai"));
+        assert_eq!(chat.attr_str("gen_ai.request.model"), Some("gpt-test"));
+        assert_eq!(chat.attr_str("gen_ai.response.model"), Some("gpt-test"));
+        assert_eq!(chat.attr_str("server.address"), Some("127.0.0.1"));
+        assert_eq!(chat.attr_str("agentry.route"), Some("cloud"));
+        assert!(chat.attr("gen_ai.response.finish_reasons").is_some_and(|v| v.is_array()), "{tree}");
+        assert_eq!(chat.attr("gen_ai.request.temperature").and_then(|v| v.as_f64()), Some(0.1));
+    }
+    let tokens = |key: &str| chats.iter().filter_map(|c| c.attr_i64(key)).sum::<i64>();
+
+    let report = agentry.report("definitions/report.json");
+    let row = &report["questions"][0];
+    assert_eq!(tokens("gen_ai.usage.input_tokens"), row["input_tokens"].as_i64().expect("tokens"), "{tree}");
+    assert_eq!(tokens("gen_ai.usage.output_tokens"), row["output_tokens"].as_i64().expect("tokens"));
+    assert_eq!(row["trace_id"].as_str(), Some(root.trace_id.as_str()), "the report names the trace");
+    let file = std::fs::read_to_string(agentry.research_files("definitions")[0].clone()).expect("file");
+    assert!(file.contains(&format!("trace_id: \"{}\"", root.trace_id)), "the research file names the trace");
+
+    let search = children.iter().find(|s| s.name == "execute_tool search").unwrap_or_else(|| panic!("{tree}"));
+    assert_eq!(search.kind, "internal");
+    assert_eq!(search.attr_str("gen_ai.tool.name"), Some("search"));
+    assert!(search.attr_str("gen_ai.tool.call.id").is_some_and(|id| id.starts_with("call_")));
+    assert!(children.iter().any(|s| s.name == "execute_tool save_research"), "{tree}");
+    let call = children_of(&spans, search)
+        .into_iter()
+        .find(|s| s.name == "tools/call search")
+        .unwrap_or_else(|| panic!("{tree}"));
+    assert_eq!(call.kind, "client");
+    assert_eq!(call.attr_str("mcp.method.name"), Some("tools/call"));
+    assert_eq!(call.attr_str("network.transport"), Some("tcp"));
+    assert!(call.attr_str("mcp.protocol.version").is_some_and(|v| v.starts_with("20")), "{tree}");
+
+    // W3C trace context reached the model server, pointing into this trace.
+    for request in model.requests() {
+        let traceparent = request.traceparent.expect("traceparent header");
+        assert!(traceparent.starts_with(&format!("00-{}-", root.trace_id)), "{traceparent}");
+    }
+    // No span carries the key.
+    let everything = format!("{spans:?}");
+    assert!(!everything.contains(CANARY) && !everything.contains(&CANARY[10..24]), "the key leaked into a span");
+
+    // Metrics, with the conventions' units and buckets; recorded once per call.
+    let usage = receiver
+        .metric(names::TOKEN_USAGE)
+        .unwrap_or_else(|| panic!("{}", crate::otlp::metrics_summary(&receiver.metrics())));
+    assert_eq!(usage.unit, "{token}");
+    let input =
+        usage.point(&[("gen_ai.token.type", "input")]).and_then(|p| p.histogram().cloned()).expect("input tokens");
+    assert_eq!(input.explicit_bounds, names::TOKEN_BUCKETS);
+    assert_eq!(input.count, 3, "one point per model call");
+    assert_eq!(input.sum, Some(row["input_tokens"].as_f64().expect("tokens")));
+    let duration = receiver.metric(names::OPERATION_DURATION).expect("operation duration");
+    assert_eq!(duration.unit, "s");
+    assert_eq!(duration.total_count(), 3);
+    let mcp = receiver.metric(names::MCP_OPERATION_DURATION).expect("mcp duration");
+    assert_eq!(mcp.unit, "s");
+    assert_eq!(mcp.points[0].histogram().expect("histogram").explicit_bounds, names::MCP_DURATION_BUCKETS);
+    let questions = receiver.metric(names::QUESTIONS).expect("questions");
+    assert_eq!(questions.point(&[("agentry.question.status", "ok")]).and_then(|p| p.as_i64()), Some(1));
+    let tools = receiver.metric(names::TOOL_CALLS).expect("tool calls");
+    assert_eq!(
+        tools.point(&[("gen_ai.tool.name", "search"), ("agentry.tool.outcome", "ok")]).and_then(|p| p.as_i64()),
+        Some(1)
+    );
+    let route = receiver.metric(names::ROUTE).expect("route");
+    assert_eq!(route.point(&[("agentry.route", "cloud")]).and_then(|p| p.as_i64()), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_exports_its_trace_and_metrics_over_grpc() {
+    let receiver = OtlpReceiver::start().await;
+    let (agentry, model, _) = traced_run(&receiver.grpc_endpoint(), "grpc", &[]).await;
+    check_export(&receiver, &agentry, &model);
+    assert!(receiver.export_counts().grpc() > 0 && receiver.export_counts().http() == 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_exports_its_trace_and_metrics_over_http_protobuf() {
+    let receiver = OtlpReceiver::start().await;
+    let (agentry, model, _) = traced_run(&receiver.http_endpoint(), "http/protobuf", &[]).await;
+    check_export(&receiver, &agentry, &model);
+    assert!(receiver.export_counts().http() > 0 && receiver.export_counts().grpc() == 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_exports_through_a_real_collector() {
+    let receiver = OtlpReceiver::start().await;
+    let rotel = Rotel::start(&receiver.grpc_endpoint()).await;
+    let (agentry, model, _) = traced_run(&rotel.grpc_endpoint(), "grpc", &[]).await;
+    // The collector forwards in batches: wait for them, then check the same things.
+    receiver.wait_for_metric(names::ROUTE, Duration::from_secs(30)).await;
+    receiver
+        .wait_for_spans(|spans| spans.iter().any(|s| s.name.starts_with("invoke_agent")), Duration::from_secs(30))
+        .await;
+    check_export(&receiver, &agentry, &model);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_content_goes_into_spans_only_when_asked() {
+    let receiver = OtlpReceiver::start().await;
+    traced_run(&receiver.grpc_endpoint(), "grpc", &[]).await;
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|s| s.attr("gen_ai.input.messages").is_none() && s.attr("gen_ai.tool.call.arguments").is_none())
+    );
+
+    let receiver = OtlpReceiver::start().await;
+    traced_run(&receiver.grpc_endpoint(), "grpc", &[("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")])
+        .await;
+    let spans = receiver.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.attr_str("gen_ai.input.messages").is_some_and(|m| m.contains("Define Machine Learning")))
+    );
+    assert!(spans.iter().any(|s| s.attr("gen_ai.tool.call.arguments").is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_collector_costs_one_warning_and_no_hang() {
+    // Nothing listens on port 9: every export fails.
+    let (_, _, run) = traced_run("http://127.0.0.1:9", "grpc", &[("RUST_LOG", "warn")]).await;
+    let warnings = run.stderr.lines().filter(|l| l.contains("telemetry was not fully exported")).count();
+    assert_eq!(warnings, 1, "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_endpoint_nothing_is_exported_or_said() {
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model");
+    let agentry = Agentry::new().env("MODEL_RUNNER_URL", model.base_url());
+    let path = agentry.file("c.toml", "[mcp]\nservers = []\n");
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+    assert!(!run.stderr.to_lowercase().contains("otlp") && !run.stderr.contains("telemetry"), "{}", run.stderr);
+    assert!(model.requests().iter().all(|r| r.traceparent.is_none()), "no trace context without traces");
+    assert_eq!(agentry.report("definitions/report.json")["questions"][0]["trace_id"], serde_json::Value::Null);
+}
