@@ -133,15 +133,16 @@ async fn model_stats(http: &reqwest::Client, model_url: &str, action: &str) -> V
     request.send().await.expect("model stats").json().await.expect("stats JSON")
 }
 
-async fn run_once(scenario: &Scenario, dir: &Path, model: &Peer, http: &reqwest::Client) -> Measured {
-    let out = dir.join("out");
-    let _ = std::fs::remove_dir_all(&out);
+async fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &Peer, http: &reqwest::Client) -> Measured {
+    // A fresh directory each run: deleting thousands of files just before would make the file
+    // system's inode allocator (and so agentry's measured CPU) pay for the harness's clean-up.
+    let out = dir.join(format!("out-{run}"));
     model_stats(http, &model.url, "reset").await;
     let cpu_before = cpu_seconds();
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
-        .args(["run", "-c", dir.join("bench.toml").to_str().expect("utf-8")])
+        .args(["run", "-c", dir.join("bench.toml").to_str().expect("utf-8"), "--output-dir", out.to_str().expect("utf-8")])
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -231,7 +232,7 @@ async fn main() {
         std::fs::write(
             dir.path().join("bench.toml"),
             format!(
-                "[batch]\nquestions_file = \"q.txt\"\nconcurrency = {c}\noutput_dir = \"out\"\n\
+                "[batch]\nquestions_file = \"q.txt\"\nconcurrency = {c}\n\
                  [secrets]\ndir = \"{secrets}\"\n\
                  [model]\nfallback = \"local\"\nrequest_timeout = \"60s\"\n[model.local]\nbase_url = \"{model}\"\nmodel = \"bench\"\n\
                  [[mcp.servers]]\nname = \"search\"\nurl = \"{search}\"\ntools = [\"search\"]\n",
@@ -244,7 +245,7 @@ async fn main() {
         .expect("config");
         let mut measured = Vec::new();
         for run in 1..=runs {
-            let m = run_once(scenario, dir.path(), &model, &http).await;
+            let m = run_once(scenario, dir.path(), run, &model, &http).await;
             eprintln!("{} run {run}/{runs}: {m:?}", scenario.name);
             measured.push(m);
         }

@@ -186,6 +186,8 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8], replace: Replace) -> 
         Replace::Yes => file.persist(path).map_err(|e| e.error)?,
         Replace::No => file.persist_noclobber(path).map_err(|e| e.error)?,
     };
+    // The rename is durable once the directory entry is on disk too.
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 

