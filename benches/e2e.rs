@@ -142,7 +142,13 @@ async fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &Peer, htt
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
-        .args(["run", "-c", dir.join("bench.toml").to_str().expect("utf-8"), "--output-dir", out.to_str().expect("utf-8")])
+        .args([
+            "run",
+            "-c",
+            dir.join("bench.toml").to_str().expect("utf-8"),
+            "--output-dir",
+            out.to_str().expect("utf-8"),
+        ])
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::actors::Slot;
 use crate::actors::mcp_session::{McpSession, McpSessionArgs, McpSessionHandle, ServerTools};
 use crate::actors::model_router::{ModelRouter, ModelRouterArgs, ModelRouterHandle, RouteTarget};
-use crate::actors::research_writer::{ResearchWriter, ResearchWriterArgs, ResearchWriterHandle};
+use crate::actors::research_writer::{Outcomes, ResearchWriter, ResearchWriterArgs, ResearchWriterHandle};
 use crate::actors::secret_keeper::{EnvLookup, SecretKeeper, SecretKeeperHandle};
 use crate::actors::supervisor::{
     BackoffPolicy, ChildSpec, Leaf, NestedSupervisor, RestartPolicy, SupervisorArgs, SupervisorHandle,
@@ -165,7 +165,8 @@ impl Runtime {
         }
 
         let writer_slot = Slot::default();
-        let writer = ResearchWriterHandle::new(writer_slot.clone());
+        let outcomes = Outcomes::new();
+        let writer = ResearchWriterHandle::new(writer_slot.clone(), outcomes.clone());
         let tools_slot = Slot::default();
         let tool_deadline = settings.mcp.call_timeout + settings.mcp.connect_timeout + Duration::from_secs(5);
         let tools = ToolExecutorHandle::new(tools_slot.clone(), tool_deadline);
@@ -184,7 +185,7 @@ impl Runtime {
             Arc::new(Leaf::new(
                 "research-writer",
                 || ResearchWriter,
-                ResearchWriterArgs { dir: settings.batch.output_dir.clone() },
+                ResearchWriterArgs { dir: settings.batch.output_dir.clone(), outcomes },
                 writer_slot,
                 RestartPolicy::Immediate,
             )),

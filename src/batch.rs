@@ -328,6 +328,25 @@ pub async fn run(
     }
 }
 
+impl Report {
+    /// Applies what the research writer found when the files reached the disk: a question
+    /// whose file could not be written failed after all; a file another process's name pushed
+    /// aside is where it really is.
+    pub fn apply_writes(&mut self, ended: &crate::actors::research_writer::Ended) {
+        for row in &mut self.questions {
+            if let Some(error) = ended.failed.get(&row.question_id) {
+                row.status = Status::Failed;
+                row.file = None;
+                row.error_type = Some("save_failed".into());
+                row.error = Some(error.clone());
+            } else if let Some(path) = ended.moved.get(&row.question_id) {
+                row.file = Some(path.clone());
+            }
+        }
+        self.totals = totals(&self.questions, self.totals.duration_s);
+    }
+}
+
 /// Combines shard reports: rows by question (a later `ok` wins over a failure), in the
 /// original question order, totals recomputed.
 pub fn merge(reports: Vec<Report>) -> Report {

@@ -157,6 +157,8 @@ async fn run_batch(settings: Settings, planned: Vec<Planned>, env: EnvLookup, mo
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
     let mut report = batch::run(&runtime.agent_context(label), planned, &options, &shutdown).await;
     signals.abort();
+    // Every research file is on disk before the report says so.
+    report.apply_writes(&runtime.writer.drain(Duration::from_secs(120)).await);
     report.shard = shard.map(|s| s.to_string());
     report.secrets = runtime.secret_summary();
     report.restarts = runtime.restarts();

@@ -3,8 +3,13 @@
 //! - **Owns**: the directory, which file belongs to which question, the names taken.
 //! - **Accepts**: `Save(doc)` → the path written.
 //! - **Concurrency**: the handler decides the name (serially: that is what makes names unique
-//!   and deterministic) and reserves it; the write itself (temporary file in the same
-//!   directory, fsync, rename) runs on the blocking pool, so saves overlap on disk.
+//!   and deterministic), reserves it and answers at once; the write itself (temporary file in
+//!   the same directory, fsync, rename, fsync of the directory) runs behind, on the blocking
+//!   pool, a few at a time (creating files in one directory serialises in the kernel anyway;
+//!   more at once only spin). A question never waits for the disk.
+//! - **Durability before the report**: [`ResearchWriterHandle::drain`] waits for every write;
+//!   the batch calls it before writing `report.json`, and a write that failed turns its
+//!   question's row into a failure ([`Outcomes`]).
 //! - **Exactly one file per question**: a second save for the same question replaces the
 //!   first file (same name), it never adds one.
 //! - **Names**: [`research::safe_stem`] of the topic; a name held by another question gets
@@ -46,6 +51,58 @@ pub enum WriterError {
 pub struct ResearchWriterArgs {
     /// The output directory.
     pub dir: PathBuf,
+    /// Writes in progress and how they ended (shared with the handles; survives restarts).
+    pub outcomes: Arc<Outcomes>,
+}
+
+/// What happened to the writes behind the replies.
+pub struct Outcomes {
+    pending: tokio::sync::watch::Sender<usize>,
+    /// Limits writes on the blocking pool at once.
+    permits: Arc<tokio::sync::Semaphore>,
+    ended: std::sync::Mutex<Ended>,
+}
+
+/// Writes that did not end where the reply said.
+#[derive(Debug, Clone, Default)]
+pub struct Ended {
+    /// Question id → the error of its failed write.
+    pub failed: std::collections::HashMap<String, String>,
+    /// Question id → where its file went instead of the reserved name (another process took it).
+    pub moved: std::collections::HashMap<String, PathBuf>,
+}
+
+/// Writes on the blocking pool at once.
+const WRITES_AT_ONCE: usize = 4;
+
+impl Outcomes {
+    /// Fresh bookkeeping.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: tokio::sync::watch::Sender::new(0),
+            permits: Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE)),
+            ended: Default::default(),
+        })
+    }
+
+    fn finished(&self, question_id: &str, reserved: &Path, result: &std::io::Result<PathBuf>) {
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(actual) if actual != reserved => {
+                    ended.moved.insert(question_id.to_owned(), actual.clone());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(file = %reserved.display(), %error, "research file not written");
+                    ended
+                        .failed
+                        .insert(question_id.to_owned(), format!("cannot write {}: {error}", reserved.display()));
+                }
+            }
+        }
+        self.pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Messages.
@@ -65,6 +122,7 @@ pub enum ResearchWriterMsg {
 
 /// State.
 pub struct ResearchWriterState {
+    outcomes: Arc<Outcomes>,
     dir: Arc<Path>,
     by_question: HashMap<String, PathBuf>,
     taken: HashSet<PathBuf>,
@@ -83,6 +141,7 @@ impl Actor for ResearchWriter {
         _: ActorRef<Self::Msg>,
         args: ResearchWriterArgs,
     ) -> Result<ResearchWriterState, ActorProcessingErr> {
+        let outcomes = args.outcomes.clone();
         let dir = args.dir.clone();
         let (by_question, taken) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dir)?;
@@ -92,7 +151,7 @@ impl Actor for ResearchWriter {
         })
         .await?
         .map_err(|e| format!("output directory {}: {e}", args.dir.display()))?;
-        Ok(ResearchWriterState { dir: args.dir.into(), by_question, taken })
+        Ok(ResearchWriterState { dir: args.dir.into(), by_question, taken, outcomes })
     }
 
     async fn handle(
@@ -113,24 +172,36 @@ impl Actor for ResearchWriter {
         };
         let (path, owned) = state.path_for(&doc);
         let dir = state.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let text = research::render(&doc, SystemTime::now());
-            let written = if owned {
-                write_atomically(&dir, &path, text.as_bytes(), Replace::Yes).map(|()| path.clone())
-            } else {
-                write_new(&dir, &path, text.as_bytes())
-            };
-            if let Ok(actual) = &written {
-                if *actual != path {
-                    let moved = ResearchWriterMsg::Moved {
-                        question_id: doc.question_id.clone(),
-                        from: path.clone(),
-                        to: actual.clone(),
-                    };
-                    let _ = myself.cast(moved);
+        let outcomes = state.outcomes.clone();
+        outcomes.pending.send_modify(|n| *n += 1);
+        // The question goes on; the file follows (see the module doc on durability).
+        let _ = reply.send(Ok(path.clone()));
+        tokio::spawn(async move {
+            let permit = outcomes.permits.clone().acquire_owned().await;
+            let written = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let text = research::render(&doc, SystemTime::now());
+                let written = if owned {
+                    write_atomically(&dir, &path, text.as_bytes(), Replace::Yes).map(|()| path.clone())
+                } else {
+                    write_new(&dir, &path, text.as_bytes())
+                };
+                if let Ok(actual) = &written {
+                    if *actual != path {
+                        let moved = ResearchWriterMsg::Moved {
+                            question_id: doc.question_id.clone(),
+                            from: path.clone(),
+                            to: actual.clone(),
+                        };
+                        let _ = myself.cast(moved);
+                    }
                 }
+                outcomes.finished(&doc.question_id, &path, &written);
+            })
+            .await;
+            if let Err(error) = written {
+                tracing::error!(%error, "a research file write panicked");
             }
-            let _ = reply.send(written.map_err(|e| WriterError::Io { path, message: e.to_string() }));
         });
         Ok(())
     }
@@ -205,15 +276,26 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Clone)]
 pub struct ResearchWriterHandle {
     slot: Slot<ResearchWriterMsg>,
+    outcomes: Arc<Outcomes>,
 }
 
 impl ResearchWriterHandle {
-    /// A handle over `slot`.
-    pub fn new(slot: Slot<ResearchWriterMsg>) -> Self {
-        Self { slot }
+    /// A handle over `slot`, sharing `outcomes` with the actor.
+    pub fn new(slot: Slot<ResearchWriterMsg>, outcomes: Arc<Outcomes>) -> Self {
+        Self { slot, outcomes }
     }
 
-    /// Writes a research file; returns its path.
+    /// Waits until every accepted write is on disk (or failed), at most `wait`; returns the
+    /// writes that failed or went elsewhere.
+    pub async fn drain(&self, wait: Duration) -> Ended {
+        let mut pending = self.outcomes.pending.subscribe();
+        if tokio::time::timeout(wait, pending.wait_for(|n| *n == 0)).await.is_err() {
+            tracing::error!(pending = *pending.borrow(), ?wait, "research files still being written");
+        }
+        self.outcomes.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Accepts a research file; returns its path. The file is on disk after [`Self::drain`].
     pub async fn save(&self, doc: ResearchDoc) -> Result<PathBuf, WriterError> {
         self.slot
             .call("research-writer", RESTART_WAIT, Duration::from_secs(60), |reply| {
