@@ -537,3 +537,59 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(rows: &[(&str, Status)]) -> Report {
+        let questions: Vec<Row> = rows
+            .iter()
+            .enumerate()
+            .map(|(index, (id, status))| {
+                let planned = Planned { index, question: format!("Q {id}"), id: (*id).to_owned(), done: None };
+                let mut row = Row::empty(&planned, *status);
+                row.file = Some(PathBuf::from(format!("out/{id}.md")));
+                row
+            })
+            .collect();
+        Report {
+            agentry_version: String::new(),
+            shard: None,
+            demo: false,
+            started_at: String::new(),
+            agent: String::new(),
+            output_dir: PathBuf::new(),
+            totals: totals(&questions, 1.0),
+            secrets: Vec::new(),
+            restarts: Default::default(),
+            questions,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_fails_its_row_and_a_moved_file_is_followed() {
+        let mut report = report(&[("q-a", Status::Ok), ("q-b", Status::Ok), ("q-c", Status::Ok)]);
+        let mut ended = crate::actors::research_writer::Ended::default();
+        ended.failed.insert("q-b".into(), "cannot write out/q-b.md: disk full".into());
+        ended.moved.insert("q-c".into(), PathBuf::from("out/q-c-2.md"));
+        report.apply_writes(&ended);
+        assert_eq!(report.questions[1].status, Status::Failed);
+        assert_eq!(report.questions[1].file, None);
+        assert!(report.questions[1].error.as_deref().is_some_and(|e| e.contains("disk full")));
+        assert_eq!(report.questions[2].file, Some(PathBuf::from("out/q-c-2.md")));
+        assert_eq!((report.totals.ok, report.totals.failed), (2, 1));
+        assert_eq!(report.exit_code(), 1);
+    }
+
+    #[test]
+    fn merging_keeps_the_original_order_and_prefers_answers() {
+        let mut first = report(&[("q-a", Status::Ok), ("q-b", Status::Failed)]);
+        first.questions.remove(0);
+        let second = report(&[("q-a", Status::Ok), ("q-b", Status::Ok)]);
+        let merged = merge(vec![first, second]);
+        let ids: Vec<&str> = merged.questions.iter().map(|r| r.question_id.as_str()).collect();
+        assert_eq!(ids, ["q-a", "q-b"]);
+        assert_eq!(merged.totals.ok, 2);
+    }
+}
