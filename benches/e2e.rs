@@ -224,9 +224,7 @@ async fn main() {
     let http = reqwest::Client::new();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
-    let mut table = format!(
-        "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms |\n|---|---|---|---|---|---|---|---|---|---|\n"
-    );
+    let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms |\n|---|---|---|---|---|---|---|---|---|---|\n".to_string();
     let mut all = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
         let model = Peer::start("model", scenario.model_latency);

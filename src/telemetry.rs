@@ -152,21 +152,27 @@ fn resource() -> Resource {
     builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build()
 }
 
+/// Builds an OTLP exporter (spans or metrics: the builders share their shape) for `target`.
+macro_rules! otlp_exporter {
+    ($builder:expr, $target:expr) => {
+        if $target.grpc {
+            $builder.with_tonic().with_endpoint(&$target.endpoint).with_timeout(EXPORT_TIMEOUT).build()
+        } else {
+            $builder
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(&$target.endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+        }
+    };
+}
+
 fn tracer_provider(
     target: &OtlpTarget,
     resource: Resource,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = if target.grpc {
-        builder.with_tonic().with_endpoint(&target.endpoint).with_timeout(EXPORT_TIMEOUT).build()?
-    } else {
-        builder
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(&target.endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()?
-    };
+    let exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), target)?;
     let processor =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, Tokio)
             .build();
@@ -177,17 +183,7 @@ fn meter_provider(
     target: &OtlpTarget,
     resource: Resource,
 ) -> Result<SdkMeterProvider, opentelemetry_otlp::ExporterBuildError> {
-    let builder = opentelemetry_otlp::MetricExporter::builder();
-    let exporter = if target.grpc {
-        builder.with_tonic().with_endpoint(&target.endpoint).with_timeout(EXPORT_TIMEOUT).build()?
-    } else {
-        builder
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(&target.endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()?
-    };
+    let exporter = otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), target)?;
     let reader =
         opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(exporter, Tokio)
             .with_interval(Duration::from_secs(10))
@@ -210,15 +206,15 @@ impl Telemetry {
         // blocking thread, so the runtime's workers stay free to run it.
         let flush = tokio::task::spawn_blocking(move || {
             let mut failures = Vec::new();
-            if let Some(tracer) = self.tracer {
-                if let Err(error) = tracer.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
-                    failures.push(format!("traces: {error}"));
-                }
+            if let Some(tracer) = self.tracer
+                && let Err(error) = tracer.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+            {
+                failures.push(format!("traces: {error}"));
             }
-            if let Some(meter) = self.meter {
-                if let Err(error) = meter.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
-                    failures.push(format!("metrics: {error}"));
-                }
+            if let Some(meter) = self.meter
+                && let Err(error) = meter.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+            {
+                failures.push(format!("metrics: {error}"));
             }
             failures
         });

@@ -186,15 +186,15 @@ impl Actor for ResearchWriter {
                 } else {
                     write_new(&dir, &path, text.as_bytes())
                 };
-                if let Ok(actual) = &written {
-                    if *actual != path {
-                        let moved = ResearchWriterMsg::Moved {
-                            question_id: doc.question_id.clone(),
-                            from: path.clone(),
-                            to: actual.clone(),
-                        };
-                        let _ = myself.cast(moved);
-                    }
+                if let Ok(actual) = &written
+                    && *actual != path
+                {
+                    let moved = ResearchWriterMsg::Moved {
+                        question_id: doc.question_id.clone(),
+                        from: path.clone(),
+                        to: actual.clone(),
+                    };
+                    let _ = myself.cast(moved);
                 }
                 outcomes.finished(&doc.question_id, &path, &written);
             })

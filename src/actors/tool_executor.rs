@@ -184,9 +184,9 @@ impl Actor for ToolExecutor {
                 let available: Vec<String> = state.definitions.iter().map(|d| d.function.name.clone()).collect();
                 tokio::spawn(
                     async move {
-                        let runs = resolved
-                            .into_iter()
-                            .map(|(call, target)| run_one(call, target, &servers, &writer, &context, &available));
+                        let dispatch =
+                            Dispatch { servers: &servers, writer: &writer, context: &context, available: &available };
+                        let runs = resolved.into_iter().map(|(call, target)| run_one(call, target, &dispatch));
                         let _ = reply.send(futures::future::join_all(runs).await);
                     }
                     .in_current_span(),
@@ -197,15 +197,16 @@ impl Actor for ToolExecutor {
     }
 }
 
+/// What one turn's calls run against.
+struct Dispatch<'a> {
+    servers: &'a [McpSessionHandle],
+    writer: &'a ResearchWriterHandle,
+    context: &'a QuestionContext,
+    available: &'a [String],
+}
+
 /// Runs one call inside its `execute_tool {tool}` span and counts it.
-async fn run_one(
-    call: ToolCall,
-    target: Option<Target>,
-    servers: &[McpSessionHandle],
-    writer: &ResearchWriterHandle,
-    context: &QuestionContext,
-    available: &[String],
-) -> ToolOutcome {
+async fn run_one(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>) -> ToolOutcome {
     use crate::telemetry::metrics::{kv, metrics};
     use crate::telemetry::names::attr;
 
@@ -225,7 +226,7 @@ async fn run_one(
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         span.set_attribute("gen_ai.tool.call.arguments", call.function.arguments.clone());
     }
-    let outcome = run_one_inner(call, target, servers, writer, context, available).instrument(span.clone()).await;
+    let outcome = run_one_inner(call, target, dispatch).instrument(span.clone()).await;
     let result = if outcome.is_error { "error" } else { "ok" };
     if outcome.is_error {
         span.record("error.type", "tool_error");
@@ -235,14 +236,8 @@ async fn run_one(
     outcome
 }
 
-async fn run_one_inner(
-    call: ToolCall,
-    target: Option<Target>,
-    servers: &[McpSessionHandle],
-    writer: &ResearchWriterHandle,
-    context: &QuestionContext,
-    available: &[String],
-) -> ToolOutcome {
+async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>) -> ToolOutcome {
+    let Dispatch { servers, writer, context, available } = *dispatch;
     let name = call.function.name.clone();
     let outcome = |content: String, is_error: bool, saved: Option<PathBuf>| ToolOutcome {
         call_id: call.id.clone(),
