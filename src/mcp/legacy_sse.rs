@@ -370,7 +370,14 @@ impl Transport<RoleClient> for LegacySseTransport {
             if cancel.is_cancelled() {
                 return Err(LegacySseError::Closed);
             }
-            let body = serde_json::to_vec(&item).map_err(LegacySseError::Encode)?;
+            // W3C trace context travels in the message's `params._meta` (MCP) and, for HTTP
+            // peers that trace requests, as the `traceparent` header of the POST too.
+            let value = serde_json::to_value(&item).map_err(LegacySseError::Encode)?;
+            let traceparent = value
+                .pointer("/params/_meta/traceparent")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok());
+            let body = serde_json::to_vec(&value).map_err(LegacySseError::Encode)?;
             tracing::trace!(
                 endpoint = %poster.endpoint_path,
                 rpc = %client_message_label(&item),
@@ -379,7 +386,7 @@ impl Transport<RoleClient> for LegacySseTransport {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => Err(LegacySseError::Closed),
-                result = poster.post(body) => result,
+                result = poster.post(body, traceparent) => result,
             }
         }
     }
@@ -416,11 +423,19 @@ struct Poster {
 }
 
 impl Poster {
-    async fn post(&self, body: Vec<u8>) -> Result<(), LegacySseError> {
+    async fn post(
+        &self,
+        body: Vec<u8>,
+        traceparent: Option<reqwest::header::HeaderValue>,
+    ) -> Result<(), LegacySseError> {
+        let mut headers = self.headers.clone();
+        if let Some(traceparent) = traceparent {
+            headers.insert("traceparent", traceparent);
+        }
         let response = self
             .client
             .post(self.endpoint.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
             .timeout(self.timeout)
             .body(body)
             .send()

@@ -20,7 +20,18 @@ async fn traced_run(
     protocol: &str,
     extra_env: &[(&str, &str)],
 ) -> (Agentry, ModelServer, crate::harness::Run) {
-    let mcp = PythonMcpServer::start("streamable-http").await;
+    let (agentry, model, run, _) = traced_run_over("streamable-http", endpoint, protocol, extra_env).await;
+    (agentry, model, run)
+}
+
+/// [`traced_run`] with the MCP peer on `transport`; also returns what the peer logged.
+async fn traced_run_over(
+    transport: &str,
+    endpoint: &str,
+    protocol: &str,
+    extra_env: &[(&str, &str)],
+) -> (Agentry, ModelServer, crate::harness::Run, String) {
+    let mcp = PythonMcpServer::start_with_args(transport, &["--log-headers"]).await;
     let model =
         ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model").require_key(Some(CANARY.into()));
     let mut agentry = Agentry::new()
@@ -37,8 +48,8 @@ async fn traced_run(
     }
     let run = agentry.run(&["run"]).await;
     run.expect_code(0);
-    drop(mcp);
-    (agentry, model, run)
+    let logged = mcp.stderr();
+    (agentry, model, run, logged)
 }
 
 /// The span tree, attributes, propagation and metrics of one question.
@@ -198,4 +209,14 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
     assert!(!run.stderr.to_lowercase().contains("otlp") && !run.stderr.contains("telemetry"), "{}", run.stderr);
     assert!(model.requests().iter().all(|r| r.traceparent.is_none()), "no trace context without traces");
     assert_eq!(agentry.report("definitions/report.json")["questions"][0]["trace_id"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_context_reaches_the_mcp_server_in_meta_and_headers() {
+    let receiver = OtlpReceiver::start().await;
+    let (_, _, _, logged) = traced_run_over("sse", &receiver.grpc_endpoint(), "grpc", &[]).await;
+    let root = receiver.wait_for_span("invoke_agent research-assistant", Duration::from_secs(10)).await;
+    let expected = format!("00-{}-", root.trace_id);
+    assert!(logged.contains(&format!("meta.traceparent={expected}")), "params._meta.traceparent:\n{logged}");
+    assert!(logged.contains(&format!("traceparent={expected}")), "the POST's traceparent header:\n{logged}");
 }

@@ -247,14 +247,16 @@ def build_server(host: str) -> FastMCP:
         annotations=ToolAnnotations(title="Web search", readOnlyHint=True, openWorldHint=False),
         structured_output=False,
     )
-    def search(query: str, max_results: int = 5) -> str:
+    def search(query: str, ctx: Context, max_results: int = 5) -> str:
         """Search the web (here: a small offline corpus) and return formatted results.
 
         Args:
             query: The search query string.
             max_results: Maximum number of results to return (default: 5).
         """
-        log(f"tool=search query={query!r} max_results={max_results}")
+        meta = ctx.request_context.meta
+        traceparent = getattr(meta, "traceparent", None) if meta is not None else None
+        log(f"tool=search query={query!r} max_results={max_results} meta.traceparent={traceparent or '-'}")
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
         return format_results(rank(query)[:max_results])
@@ -341,7 +343,8 @@ class Barrier:
 
 
 class HeaderLogMiddleware:
-    """Logs each HTTP request and whether it had an Authorization header."""
+    """Logs each HTTP request, whether it had an Authorization header (never its value), and
+    its W3C `traceparent` header (trace context is not secret)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -349,9 +352,10 @@ class HeaderLogMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             has_auth = any(name == b"authorization" for name, _ in scope["headers"])
+            traceparent = next((v.decode() for n, v in scope["headers"] if n == b"traceparent"), "-")
             log(
                 f"http {scope['method']} {scope['path']} "
-                f"authorization={'present' if has_auth else 'absent'}"
+                f"authorization={'present' if has_auth else 'absent'} traceparent={traceparent}"
             )
         await self.app(scope, receive, send)
 
@@ -430,7 +434,7 @@ async def serve_http(mcp: FastMCP, args: argparse.Namespace) -> int:
     app: Any = mcp.sse_app() if args.transport == "sse" else mcp.streamable_http_app()
     if args.require_bearer:
         app = BearerAuthMiddleware(app, Path(args.require_bearer))
-    if os.environ.get("MCP_PEER_LOG_HEADERS") == "1":
+    if os.environ.get("MCP_PEER_LOG_HEADERS") == "1" or args.log_headers:
         app = HeaderLogMiddleware(app)
 
     sock = bind_socket(args.host, args.port)
@@ -459,6 +463,11 @@ def main() -> int:
         "--require-bearer",
         metavar="TOKEN_FILE",
         help="require 'Authorization: Bearer <file content>' on HTTP requests",
+    )
+    parser.add_argument(
+        "--log-headers",
+        action="store_true",
+        help="log each HTTP request (as MCP_PEER_LOG_HEADERS=1 does)",
     )
     args = parser.parse_args()
 
