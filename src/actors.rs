@@ -126,6 +126,26 @@ impl<M: Message> Slot<M> {
         self.state.borrow().clone()
     }
 
+    /// Waits (at most `wait`) until the slot no longer holds the actor `gone`: the supervisor
+    /// has seen it die. A caller whose message reached a dying actor waits here instead of
+    /// spinning against it.
+    pub async fn replaced(&self, gone: &ractor::ActorId, wait: Duration) {
+        let mut rx = self.state.subscribe();
+        let _ = tokio::time::timeout(
+            wait,
+            rx.wait_for(|state| !matches!(state, SlotState::Running(actor) if actor.get_id() == *gone)),
+        )
+        .await;
+    }
+
+    /// The id of the running actor, if one is running.
+    pub fn running_id(&self) -> Option<ractor::ActorId> {
+        match &*self.state.borrow() {
+            SlotState::Running(actor) => Some(actor.get_id()),
+            _ => None,
+        }
+    }
+
     /// The running actor, waiting up to `wait` while it restarts.
     pub async fn current(&self, name: &str, wait: Duration) -> Result<ActorRef<M>, Unreachable> {
         let mut rx = self.state.subscribe();

@@ -116,9 +116,10 @@ pub fn init(settings: &TelemetrySettings) {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     // The SDK's own diagnostics go through `tracing`; they are kept out of the default
-    // filter, and a failed final flush is reported once by `shutdown`.
+    // filter, and a failed final flush is reported once by `shutdown`. rmcp logs a dying
+    // transport at ERROR; agentry reports the same event itself, with the server's name.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,agentry=info,opentelemetry_sdk=off,opentelemetry-otlp=off"));
+        .unwrap_or_else(|_| EnvFilter::new("warn,agentry=info,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
@@ -126,6 +127,7 @@ pub fn init(settings: &TelemetrySettings) {
             .compact()
             .with_target(false)
             .with_ansi(ansi)
+            .fmt_fields(log_fields())
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -142,6 +144,20 @@ pub fn init(settings: &TelemetrySettings) {
         tracing::warn!(%problem, "OTLP export not started");
     }
     *EXPORTERS.lock().unwrap_or_else(|p| p.into_inner()) = Some(Telemetry { tracer, meter });
+}
+
+/// Text logs show a span's identifying fields (`question.id`, `trace_id`, …) but not the
+/// OpenTelemetry attributes that exist for the trace backend (`otel.*`, `gen_ai.*`, …), which
+/// would repeat on every line.
+fn log_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    const TRACE_ONLY: &[&str] = &["otel.", "gen_ai.", "server.", "mcp.", "network.", "error.type", "agentry.route"];
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let name = field.name();
+        if TRACE_ONLY.iter().any(|prefix| name.starts_with(prefix)) {
+            return Ok(());
+        }
+        if name == "message" { write!(writer, "{value:?}") } else { write!(writer, " {name}={value:?}") }
+    })
 }
 
 fn resource() -> Resource {

@@ -486,6 +486,7 @@ impl McpSessionHandle {
         let give_up = tokio::time::Instant::now() + self.restart_wait;
         let mut cut_off_once = false;
         loop {
+            let tried = self.slot.running_id();
             let error = match self.call_once(tool, arguments.clone()).await {
                 Ok(result) => return Ok(result),
                 Err(Failure::Final(error)) => return Err(error),
@@ -495,11 +496,16 @@ impl McpSessionHandle {
                     error
                 }
                 Err(Failure::NotSent(error)) if tokio::time::Instant::now() >= give_up => return Err(error),
-                // The message reached an actor that was already dying: try the next one.
-                Err(Failure::NotSent(error)) => error,
+                // The message reached an actor that was already dying: wait for the supervisor
+                // to replace it (not a spin), then try the next one.
+                Err(Failure::NotSent(error)) => {
+                    if let Some(gone) = tried {
+                        self.slot.replaced(&gone, give_up.saturating_duration_since(tokio::time::Instant::now())).await;
+                    }
+                    error
+                }
             };
             tracing::info!(server = %self.server.name, tool, %error, "calling again on the restarted session");
-            tokio::task::yield_now().await;
         }
     }
 
