@@ -279,6 +279,17 @@ pub async fn connect(
     tokio::time::timeout(timeout, open).await.map_err(|_| failed(format!("no answer within {timeout:?}")))?
 }
 
+/// A transport failure in words: the cause chain, without the Rust type paths rmcp puts in
+/// its messages (`Transport [rmcp::transport::worker::WorkerTransport<…>] error: …`).
+pub fn describe(error: &rmcp::service::ServiceError) -> String {
+    let mut text = crate::error_chain(error);
+    while let Some(start) = text.find(" [rmcp::") {
+        let Some(len) = text[start..].find("] ") else { break };
+        text.replace_range(start..start + len + 1, "");
+    }
+    text
+}
+
 /// Whether a failed request was refused for its credentials (HTTP 401/403), on either HTTP
 /// transport.
 pub fn is_auth_failure(error: &rmcp::service::ServiceError) -> bool {

@@ -369,10 +369,11 @@ fn spawn_call(
                     Err(McpError::Auth { server, location, secret })
                 }
                 Ok(Err(error)) => {
+                    let message = mcp::describe(&error);
                     if matches!(error, ServiceError::TransportClosed | ServiceError::TransportSend(_)) {
-                        let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, error.to_string()));
+                        let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, message.clone()));
                     }
-                    Err(McpError::ConnectionLost { server, message: error.to_string() })
+                    Err(McpError::ConnectionLost { server, message })
                 }
             };
             record_call(&tracing::Span::current(), &tool, &result, started.elapsed());
