@@ -415,6 +415,7 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
     if shutdown.is_cancelled() {
         let mut row = Row::empty(&item, Status::Interrupted);
         row.error = Some("not started: shutting down".into());
+        record_question(Status::Interrupted);
         return row;
     }
     let agent_name = &context.settings.name;

@@ -220,3 +220,33 @@ async fn trace_context_reaches_the_mcp_server_in_meta_and_headers() {
     assert!(logged.contains(&format!("meta.traceparent={expected}")), "params._meta.traceparent:\n{logged}");
     assert!(logged.contains(&format!("traceparent={expected}")), "the POST's traceparent header:\n{logged}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_is_flushed_after_sigterm() {
+    use agentry::demo::model_server::{FnBehaviour, Reply};
+
+    let receiver = OtlpReceiver::start().await;
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| {
+        Reply::text("An answer.").delayed(Duration::from_millis(1500))
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+    let extra = "[batch]\nconcurrency = 2\nquestions = [\"Q1\", \"Q2\", \"Q3\", \"Q4\"]\n";
+    let path = agentry.file("c.toml", &crate::harness::config(&model.base_url(), None, extra));
+    let child = agentry.spawn(&["run", "-c", path.to_str().expect("utf-8")]);
+    let pid = child.id().expect("pid");
+    while model.in_flight() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    Agentry::finish(child).await.expect_code(1);
+    // Everything arrived by the time the process exited: no waiting here.
+    let spans = receiver.spans();
+    assert_eq!(spans_named(&spans, "invoke_agent research-assistant").len(), 2, "{}", receiver.span_tree());
+    let questions = receiver.metric(names::QUESTIONS).expect("questions counter flushed at exit");
+    assert_eq!(questions.point(&[("agentry.question.status", "ok")]).and_then(|p| p.as_i64()), Some(2));
+    assert_eq!(questions.point(&[("agentry.question.status", "interrupted")]).and_then(|p| p.as_i64()), Some(2));
+}
