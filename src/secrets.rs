@@ -205,7 +205,7 @@ pub fn load(
         }
     };
     Ok(found
-        .filter(|(value, _)| !spec.placeholders.iter().any(|p| p == value.expose_secret()))
+        .filter(|(value, _)| !is_placeholder(spec, value.expose_secret()))
         .map(|(value, source)| Credential::new(&spec.name, value, source)))
 }
 

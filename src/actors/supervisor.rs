@@ -387,7 +387,7 @@ pub struct Leaf<A: Actor> {
     args: A::Arguments,
     slot: super::Slot<A::Msg>,
     policy: RestartPolicy,
-    restarts: Arc<AtomicU64>,
+    restarts: AtomicU64,
 }
 
 impl<A> Leaf<A>
@@ -403,12 +403,7 @@ where
         slot: super::Slot<A::Msg>,
         policy: RestartPolicy,
     ) -> Self {
-        Self { name: name.into(), actor, args, slot, policy, restarts: Arc::default() }
-    }
-
-    /// The restart counter, to share with reports.
-    pub fn restart_counter(&self) -> Arc<AtomicU64> {
-        self.restarts.clone()
+        Self { name: name.into(), actor, args, slot, policy, restarts: AtomicU64::new(0) }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, ClientConfig, ContentBlock};
+use rmcp::model::{CallToolRequestParams, ClientConfig};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
@@ -66,15 +66,7 @@ async fn search_then_save_then_answer() -> anyhow::Result<()> {
                 "search" => {
                     let Value::Object(args) = arguments else { anyhow::bail!("object arguments") };
                     let result = mcp.call_tool(CallToolRequestParams::new("search").with_arguments(args)).await?;
-                    result
-                        .content
-                        .iter()
-                        .filter_map(|c| match c {
-                            ContentBlock::Text(t) => Some(t.text.clone()),
-                            _ => None,
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                    agentry::mcp::result_text(&result)
                 }
                 "save_research" => {
                     assert_eq!(arguments["topic"], "actor model in Rust");

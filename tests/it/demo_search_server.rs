@@ -1,29 +1,19 @@
 //! The demo MCP search server, driven by an rmcp client over Streamable HTTP.
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, ClientConfig, ContentBlock};
+use rmcp::model::{CallToolRequestParams, ClientConfig};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
 use agentry::demo::search_server::SearchServer;
+use agentry::mcp::result_text;
 
 fn args(value: Value) -> serde_json::Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => serde_json::Map::new(),
     }
-}
-
-fn text_of(content: &[ContentBlock]) -> String {
-    content
-        .iter()
-        .filter_map(|c| match c {
-            ContentBlock::Text(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]
@@ -56,7 +46,7 @@ async fn lists_and_calls_the_search_tool() -> anyhow::Result<()> {
         )
         .await?;
     assert_ne!(result.is_error, Some(true));
-    let text = text_of(&result.content);
+    let text = result_text(&result);
     assert!(text.starts_with("Search results for \"actor model supervision\" (showing 3 of"), "{text}");
     assert!(text.contains("\n1. ") && text.contains("\n3. ") && !text.contains("\n4. "), "{text}");
     assert!(text.contains("URL: https://example.org/demo/"), "{text}");
@@ -65,12 +55,12 @@ async fn lists_and_calls_the_search_tool() -> anyhow::Result<()> {
         .call_tool(CallToolRequestParams::new("search").with_arguments(args(json!({"query": "xylophone zebra"}))))
         .await?;
     assert_ne!(none.is_error, Some(true));
-    assert!(text_of(&none.content).starts_with("No results found"));
+    assert!(result_text(&none).starts_with("No results found"));
 
     let bad =
         client.call_tool(CallToolRequestParams::new("search").with_arguments(args(json!({"max_results": 2})))).await?;
     assert_eq!(bad.is_error, Some(true));
-    assert!(text_of(&bad.content).starts_with("Error:"));
+    assert!(result_text(&bad).starts_with("Error:"));
 
     let unknown = client.call_tool(CallToolRequestParams::new("delete_everything")).await;
     assert!(unknown.is_err());

@@ -182,9 +182,23 @@ fn tool(name: &str, arguments: Value) -> CallToolRequestParams {
     CallToolRequestParams::new(name.to_owned()).with_arguments(arguments)
 }
 
-/// The concatenated text blocks of a tool result.
-fn text_of(result: &CallToolResult) -> String {
-    result.content.iter().filter_map(|block| block.as_text().map(|text| text.text.as_str())).collect()
+// The text of a tool result, as agentry shows it to the model.
+use agentry::mcp::result_text as text_of;
+
+/// Starts a call that would take a day and returns once the server is running it.
+async fn slow_call_in_flight(
+    server: &PythonMcpServer,
+    peer: &rmcp::service::Peer<rmcp::RoleClient>,
+) -> tokio::task::JoinHandle<Result<CallToolResult, ServiceError>> {
+    let peer = peer.clone();
+    let in_flight = tokio::spawn(async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await });
+    bounded("the slow call reaching the server", async {
+        while !server.stderr().contains("tool=slow") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    in_flight
 }
 
 /// Display, Debug and the whole source chain of an error.
@@ -366,16 +380,7 @@ async fn python_peer_killed_mid_call_ends_the_session() {
     let peer = client.peer().clone();
 
     // A call that would take a day, in flight when the server dies.
-    let in_flight = tokio::spawn({
-        let peer = peer.clone();
-        async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await }
-    });
-    bounded("the slow call reaching the server", async {
-        while !server.stderr().contains("tool=slow") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let in_flight = slow_call_in_flight(&server, &peer).await;
     server.kill().await;
 
     // The stream's end is the session's end.
@@ -424,16 +429,7 @@ async fn python_peer_close_semantics() {
     let mut client =
         bounded("initialize", Recorder::default().serve(connect(&server, None).await)).await.expect("initialize");
     let peer = client.peer().clone();
-    let in_flight = tokio::spawn({
-        let peer = peer.clone();
-        async move { peer.call_tool(tool("slow", json!({"seconds": 86_400}))).await }
-    });
-    bounded("the slow call reaching the server", async {
-        while !server.stderr().contains("tool=slow") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let in_flight = slow_call_in_flight(&server, &peer).await;
     let quit = bounded("client close", client.close()).await.expect("service task");
     assert!(matches!(quit, QuitReason::Cancelled), "{quit:?}");
     let in_flight = bounded("the in-flight call", in_flight).await.expect("join");

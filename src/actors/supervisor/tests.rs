@@ -49,16 +49,15 @@ fn crash(slot: &Slot<ProbeMsg>) {
     }
 }
 
-async fn start(policy: RestartPolicy) -> (SupervisorHandle, Slot<ProbeMsg>, Arc<AtomicU64>, Arc<AtomicU64>) {
+async fn start(policy: RestartPolicy) -> (SupervisorHandle, Slot<ProbeMsg>, Arc<AtomicU64>, Arc<dyn ChildSpec>) {
     let starts = Arc::new(AtomicU64::new(0));
     let slot = Slot::default();
-    let leaf = Leaf::new("probe", || Probe, ProbeArgs { starts: starts.clone() }, slot.clone(), policy);
-    let restarts = leaf.restart_counter();
-    let (supervisor, _) =
-        SupervisorHandle::spawn(SupervisorArgs { name: "test".into(), children: vec![Arc::new(leaf)] })
-            .await
-            .expect("supervisor starts");
-    (supervisor, slot, starts, restarts)
+    let leaf: Arc<dyn ChildSpec> =
+        Arc::new(Leaf::new("probe", || Probe, ProbeArgs { starts: starts.clone() }, slot.clone(), policy));
+    let (supervisor, _) = SupervisorHandle::spawn(SupervisorArgs { name: "test".into(), children: vec![leaf.clone()] })
+        .await
+        .expect("supervisor starts");
+    (supervisor, slot, starts, leaf)
 }
 
 #[tokio::test]
@@ -77,7 +76,7 @@ async fn a_failed_child_is_restarted_and_the_same_slot_reaches_it() {
     };
     assert_eq!(generation, 2);
     assert_eq!(starts.load(Ordering::SeqCst), 2);
-    assert_eq!(restarts.load(Ordering::SeqCst), 1);
+    assert_eq!(restarts.restarts().load(Ordering::SeqCst), 1);
     supervisor.shutdown().await;
     assert!(matches!(ping(&slot).await, Err(Unreachable::Stopped { .. })));
 }
