@@ -1,5 +1,6 @@
-//! The end-to-end benchmark: agentry against a model server and an MCP server that are
-//! separate processes with a fixed latency each, so only agentry's own cost is measured.
+//! The end-to-end benchmark: agentry (its own process) against the test kit's model server and
+//! the demo's MCP search server, each with a fixed latency, served by this harness on a runtime
+//! of its own, so only agentry's own cost is measured (its CPU is the waited child's).
 //!
 //! ```text
 //! cargo bench --bench e2e                       # S1–S4, 3 runs each
@@ -9,15 +10,19 @@
 //! Per scenario and run: wall time; the ideal time `ceil(N/C) × (model calls per question ×
 //! model latency + tool latency)` and efficiency = ideal / wall; agentry's user+sys CPU per
 //! question (getrusage of the waited child); its peak RSS (`VmHWM`, sampled every 5 ms);
-//! questions per second; time from process start to the first model request (the model
-//! server's own clock). Every run is verified: N research files and N `ok` rows, so a fast
+//! questions per second; time from process start to the first model request. Every run is verified: N research files and N `ok` rows, so a fast
 //! wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
 //! with every run, to `<out>/bench.json` and `<out>/bench.md`.
 
-use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentry::demo::scripted::ScriptedResearcher;
+use agentry_testkit::model_server::ModelServer;
+use agentry_testkit::search::SlowSearchServer;
 
 use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::{Value, json};
@@ -79,33 +84,33 @@ struct Measured {
     first_request_ms: f64,
 }
 
-/// A demo peer (`agentry serve ...`) in its own process.
-struct Peer {
-    child: Child,
-    url: String,
+/// The peers, served on a runtime of their own (two worker threads, as when they were
+/// separate processes on this 2-core machine).
+struct Peers {
+    _runtime: tokio::runtime::Runtime,
+    model: Arc<ModelServer>,
+    model_url: String,
+    search_url: String,
+    _search: SlowSearchServer,
 }
 
-impl Peer {
-    fn start(kind: &str, latency: Duration) -> Peer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
-            .args(["serve", kind, "--latency", &format!("{}ms", latency.as_millis())])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("agentry serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("READY line");
-        let url =
-            line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("{kind}: unexpected {line:?}")).to_owned();
-        Peer { child, url }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Peers {
+    fn start(model_latency: Duration, tool_latency: Duration) -> Peers {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("peer runtime");
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (model, search) = runtime.block_on(async {
+            let model = ModelServer::start_on(local, Arc::new(ScriptedResearcher)).await.expect("model server");
+            let search = SlowSearchServer::start_on(local, tool_latency).await.expect("search server");
+            (model.with_latency(model_latency), search)
+        });
+        Peers {
+            model_url: model.base_url(),
+            search_url: search.url(),
+            model: Arc::new(model),
+            _search: search,
+            _runtime: runtime,
+        }
     }
 }
 
@@ -123,23 +128,12 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-async fn model_stats(http: &reqwest::Client, model_url: &str, action: &str) -> Value {
-    let base = model_url.trim_end_matches("/v1");
-    let request = if action == "reset" {
-        http.post(format!("{base}/_agentry/reset"))
-    } else {
-        http.get(format!("{base}/_agentry/stats"))
-    };
-    request.send().await.expect("model stats").json().await.expect("stats JSON")
-}
-
-async fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &Peer, http: &reqwest::Client) -> Measured {
+fn run_once(scenario: &Scenario, dir: &Path, run: usize, peers: &Peers) -> Measured {
     // A fresh directory each run: deleting thousands of files just before would make the file
     // system's inode allocator (and so agentry's measured CPU) pay for the harness's clean-up.
     let out = dir.join(format!("out-{run}"));
-    model_stats(http, &model.url, "reset").await;
+    peers.model.reset();
     let cpu_before = cpu_seconds();
-    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
         .args([
@@ -183,8 +177,7 @@ async fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &Peer, htt
     assert_eq!(files, scenario.questions, "{}: research files", scenario.name);
     assert_eq!(report["totals"]["ok"], scenario.questions, "{}: ok rows", scenario.name);
 
-    let stats = model_stats(http, &model.url, "stats").await;
-    let first = stats["first_request_unix_ms"].as_f64().unwrap_or(0.0);
+    let first_request = peers.model.first_request_at().map_or(f64::NAN, |at| (at - started).as_secs_f64() * 1000.0);
     let waves = scenario.questions.div_ceil(scenario.concurrency) as f64;
     let ideal =
         waves * (MODEL_CALLS_PER_QUESTION * scenario.model_latency.as_secs_f64() + scenario.tool_latency.as_secs_f64());
@@ -194,7 +187,7 @@ async fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &Peer, htt
         cpu_ms_per_question: cpu * 1000.0 / scenario.questions as f64,
         peak_rss_mb: peak_kb as f64 / 1024.0,
         questions_per_s: scenario.questions as f64 / wall,
-        first_request_ms: first - started_unix_ms,
+        first_request_ms: first_request,
     }
 }
 
@@ -212,8 +205,7 @@ fn cell(values: impl Iterator<Item = f64>, digits: usize) -> String {
     format!("{median:.digits$} ({min:.digits$}–{max:.digits$})")
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
@@ -221,14 +213,12 @@ async fn main() {
         flag("--scenarios").map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
     let out = PathBuf::from(flag("--out").unwrap_or_else(|| "target/bench".into()));
     std::fs::create_dir_all(&out).expect("out dir");
-    let http = reqwest::Client::new();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms |\n|---|---|---|---|---|---|---|---|---|---|\n".to_string();
     let mut all = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
-        let model = Peer::start("model", scenario.model_latency);
-        let search = Peer::start("search", scenario.tool_latency);
+        let peers = Peers::start(scenario.model_latency, scenario.tool_latency);
         let dir = tempfile::tempdir().expect("tempdir");
         let questions: String =
             (0..scenario.questions).map(|n| format!("Define benchmark topic number {n}\n")).collect();
@@ -242,14 +232,14 @@ async fn main() {
                  [[mcp.servers]]\nname = \"search\"\nurl = \"{search}\"\ntools = [\"search\"]\n",
                 c = scenario.concurrency,
                 secrets = dir.path().join("no-secrets").display(),
-                model = model.url,
-                search = search.url,
+                model = peers.model_url,
+                search = peers.search_url,
             ),
         )
         .expect("config");
         let mut measured = Vec::new();
         for run in 1..=runs {
-            let m = run_once(scenario, dir.path(), run, &model, &http).await;
+            let m = run_once(scenario, dir.path(), run, &peers);
             eprintln!("{} run {run}/{runs}: {m:?}", scenario.name);
             measured.push(m);
         }

@@ -1,8 +1,6 @@
 //! Command-line types (clap). Behaviour lives in [`crate::commands`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -49,39 +47,6 @@ pub enum Command {
     /// A DEMO: the whole pipeline against a built-in scripted model and search server on
     /// loopback. No keys, no Docker, no network.
     Demo(DemoArgs),
-    /// Serve one of the demo's loopback peers on its own (benchmarks, live trials).
-    #[command(hide = true)]
-    Serve {
-        /// Which peer.
-        #[command(subcommand)]
-        peer: ServePeer,
-    },
-}
-
-/// `agentry serve ...`: a demo peer as its own process. Prints `READY <url>` when listening.
-#[derive(Debug, Subcommand)]
-pub enum ServePeer {
-    /// The scripted OpenAI-compatible model.
-    Model {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// A fixed delay per completion.
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-        latency: Duration,
-        /// Accept only the key in this file (re-read every 100 ms), like the real API.
-        #[arg(long, value_name = "FILE")]
-        accept_key_file: Option<PathBuf>,
-    },
-    /// The MCP search server over the embedded corpus (Streamable HTTP).
-    Search {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// A fixed delay per search.
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-        latency: Duration,
-    },
 }
 
 /// `agentry config ...`

@@ -12,7 +12,7 @@ use crate::actors::secret_keeper::{EnvLookup, SecretState};
 use crate::app::Runtime;
 use crate::batch::shard::Shard;
 use crate::batch::{self, Planned, Report, RunOptions};
-use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, ReportCommand, RunArgs, ServePeer};
+use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, DemoArgs, ReportCommand, RunArgs};
 use crate::config::{self, Fallback, McpEndpoint, McpServerSettings, Overrides, Settings, Sources, TransportKind};
 use crate::demo;
 use crate::secrets::{self, SecretSpec};
@@ -37,7 +37,6 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Tools { common } => tools(common).await,
         Command::Config { command: ConfigCommand::Check { common } } => config_check(common),
         Command::Demo(args) => demo(args).await,
-        Command::Serve { peer } => serve(peer).await,
         Command::Report { command: ReportCommand::Merge { inputs, output } } => merge_reports(&inputs, &output),
     }
 }
@@ -408,7 +407,7 @@ async fn demo(args: DemoArgs) -> i32 {
         }
     };
     telemetry::init(&settings.telemetry);
-    let model = match demo::model_server::ModelServer::start(Arc::new(demo::scripted::ScriptedResearcher)).await {
+    let model = match demo::model::DemoModelServer::start().await {
         Ok(server) => server,
         Err(error) => {
             eprintln!("error: cannot start the demo model server on 127.0.0.1: {error}");
@@ -453,61 +452,6 @@ async fn demo(args: DemoArgs) -> i32 {
     };
     let no_env: EnvLookup = Arc::new(|_: &str| None);
     run_batch(settings, planned, no_env, Mode::Demo).await
-}
-
-/// Runs one demo peer until Ctrl-C or SIGTERM.
-async fn serve(peer: ServePeer) -> i32 {
-    telemetry::init(&config::TelemetrySettings { log_format: config::LogFormat::Text, otlp_endpoint: String::new() });
-    let started = match peer {
-        ServePeer::Model { listen, latency, accept_key_file } => {
-            let behaviour = Arc::new(demo::scripted::ScriptedResearcher::new());
-            demo::model_server::ModelServer::start_on(listen, behaviour).await.map(|server| {
-                let server = Arc::new(server.with_latency(latency));
-                println!("READY {}", server.base_url());
-                if let Some(path) = accept_key_file {
-                    let server = server.clone();
-                    tokio::spawn(async move {
-                        loop {
-                            let key = std::fs::read_to_string(&path)
-                                .ok()
-                                .map(|k| k.trim().to_owned())
-                                .filter(|k| !k.is_empty());
-                            server.set_accepted_key(key);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    });
-                }
-                Box::new(server) as Box<dyn std::any::Any + Send>
-            })
-        }
-        ServePeer::Search { listen, latency } => {
-            demo::search_server::SearchServer::start_on(listen, latency).await.map(|server| {
-                println!("READY {}", server.url());
-                Box::new(server) as Box<dyn std::any::Any + Send>
-            })
-        }
-    };
-    let _server = match started {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("error: cannot listen: {error}");
-            return EXIT_FAILED;
-        }
-    };
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            eprintln!("error: cannot watch SIGTERM: {error}");
-            return EXIT_FAILED;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    0
 }
 
 /// `agentry report merge`: one report from shard reports, rows in the original order.

@@ -16,12 +16,9 @@
 
 use serde_json::{Value, json};
 
-use super::model_server::{Behaviour, ChatRequestView, Reply, message_text};
-
-/// Name of the search tool the researcher calls.
-pub const SEARCH_TOOL: &str = "search";
-/// Name of the tool the researcher saves its write-up with.
-pub const SAVE_TOOL: &str = "save_research";
+use super::model::{last_user_text, message_text, messages, tool_names};
+use super::search_server::TOOL_NAME as SEARCH_TOOL;
+use crate::actors::tool_executor::SAVE_RESEARCH as SAVE_TOOL;
 
 /// Label included once in everything the scripted model writes.
 const LABEL: &str = "(demo model)";
@@ -88,20 +85,33 @@ const LEAD_INS: &[&str] = &[
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScriptedResearcher;
 
+/// What the researcher says next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScriptedReply {
+    /// A final answer (`finish_reason: "stop"`).
+    Answer(String),
+    /// One tool call.
+    Call {
+        /// Tool name, as offered.
+        name: String,
+        /// Its arguments.
+        arguments: Value,
+    },
+}
+
 impl ScriptedResearcher {
     /// Creates the researcher.
     pub fn new() -> Self {
         ScriptedResearcher
     }
-}
 
-impl Behaviour for ScriptedResearcher {
-    fn reply(&self, request: &ChatRequestView<'_>) -> Reply {
-        let messages = request.messages();
-        let question = request.last_user_text().unwrap_or_default();
+    /// The reply to a Chat Completions request body.
+    pub fn respond(&self, request: &Value) -> ScriptedReply {
+        let messages = messages(request);
+        let question = last_user_text(request).unwrap_or_default();
         let query = derive_query(&question);
         let topic = short_topic(&query);
-        let offered = request.tool_names();
+        let offered = tool_names(request);
         let search_tool = find_tool(&offered, SEARCH_TOOL);
         let save_tool = find_tool(&offered, SAVE_TOOL);
 
@@ -112,18 +122,21 @@ impl Behaviour for ScriptedResearcher {
         let hits = search.map(Hits::from_result).unwrap_or_default();
 
         if let Some(saved) = saved {
-            return Reply::text(final_answer(&topic, &query, &hits, Some(saved)));
+            return ScriptedReply::Answer(final_answer(&topic, &query, &hits, Some(saved)));
         }
         if search.is_none()
             && let Some(tool) = search_tool
         {
-            return Reply::tool_call(tool, &json!({ "query": query }));
+            return ScriptedReply::Call { name: tool.to_owned(), arguments: json!({ "query": query }) };
         }
         if let Some(tool) = save_tool {
             let content = write_up(&topic, search.is_some(), &hits);
-            return Reply::tool_call(tool, &json!({ "topic": topic, "research_content": content }));
+            return ScriptedReply::Call {
+                name: tool.to_owned(),
+                arguments: json!({ "topic": topic, "research_content": content }),
+            };
         }
-        Reply::text(final_answer(&topic, &query, &hits, None))
+        ScriptedReply::Answer(final_answer(&topic, &query, &hits, None))
     }
 }
 
@@ -571,23 +584,21 @@ mod tests {
         )
     }
 
-    fn ask(messages: &Value, offered: &[&str]) -> Reply {
+    fn ask(messages: &Value, offered: &[&str]) -> ScriptedReply {
         let body = json!({"model": "m", "messages": messages, "tools": tools(offered)});
-        ScriptedResearcher::new().reply(&ChatRequestView::new(&body, None, 0))
+        ScriptedResearcher::new().respond(&body)
     }
 
-    fn call_of(reply: &Reply) -> (String, Value) {
-        let Reply::Message { tool_calls, .. } = reply else {
-            panic!("expected a message, got {reply:?}");
-        };
-        assert_eq!(tool_calls.len(), 1, "{reply:?}");
-        let args = serde_json::from_str(&tool_calls[0].arguments).expect("arguments are JSON");
-        (tool_calls[0].name.clone(), args)
-    }
-
-    fn text_of(reply: &Reply) -> String {
+    fn call_of(reply: &ScriptedReply) -> (String, Value) {
         match reply {
-            Reply::Message { content: Some(text), tool_calls, .. } if tool_calls.is_empty() => text.clone(),
+            ScriptedReply::Call { name, arguments } => (name.clone(), arguments.clone()),
+            other => panic!("expected a tool call, got {other:?}"),
+        }
+    }
+
+    fn text_of(reply: &ScriptedReply) -> String {
+        match reply {
+            ScriptedReply::Answer(text) => text.clone(),
             other => panic!("expected text, got {other:?}"),
         }
     }

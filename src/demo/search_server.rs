@@ -12,10 +12,8 @@
 //! [`ServerHandler`] ([`DemoSearchHandler`]), mounted in an axum router.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
@@ -27,8 +25,8 @@ use rmcp::transport::streamable_http_server::{
 };
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use super::loopback::Loopback;
 
 /// Name the server reports in its MCP `serverInfo`.
 pub const SERVER_NAME: &str = "agentry-demo-search";
@@ -41,9 +39,6 @@ pub const MAX_RESULTS_LIMIT: usize = 10;
 
 /// Longest snippet, in characters.
 const SNIPPET_CHARS: usize = 320;
-
-/// How long [`SearchServer::shutdown`] waits for open connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The embedded corpus source.
 const CORPUS_SOURCE: &str = include_str!("corpus.md");
@@ -353,13 +348,9 @@ fn run_search(arguments: Option<&JsonObject>) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(format_results(query, &hits, total))])
 }
 
-/// The MCP [`ServerHandler`] behind [`SearchServer`]; usable with any rmcp
-/// transport (e.g. stdio) too.
+/// The MCP [`ServerHandler`] behind [`SearchServer`]; usable with any rmcp transport too.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DemoSearchHandler {
-    /// A fixed delay before each search answers (for benchmarks; zero in the demo).
-    pub latency: Duration,
-}
+pub struct DemoSearchHandler;
 
 impl ServerHandler for DemoSearchHandler {
     fn get_info(&self) -> ServerConfig {
@@ -387,9 +378,6 @@ impl ServerHandler for DemoSearchHandler {
         if request.name != TOOL_NAME {
             return Err(ErrorData::invalid_params(Cow::Owned(format!("Unknown tool: {}", request.name)), None));
         }
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
         Ok(run_search(request.arguments.as_ref()).into())
     }
 
@@ -398,71 +386,50 @@ impl ServerHandler for DemoSearchHandler {
     }
 }
 
-/// A running demo MCP search server. Stops on
-/// [`shutdown`](Self::shutdown) or when dropped.
-pub struct SearchServer {
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+/// Serves `handler` over Streamable HTTP at `/mcp` on `addr` (port 0: any free port). The test
+/// kit serves its own handlers (e.g. one that answers slowly) through this too.
+pub async fn serve_mcp<H>(addr: SocketAddr, handler: H) -> std::io::Result<Loopback>
+where
+    H: ServerHandler + Clone + Send + Sync + 'static,
+{
+    Loopback::start(addr, "demo MCP search server", move |cancel| {
+        let config = StreamableHttpServerConfig::default()
+            .with_sse_keep_alive(None)
+            .with_cancellation_token(cancel.child_token());
+        let service: StreamableHttpService<H, LocalSessionManager> =
+            StreamableHttpService::new(move || Ok(handler.clone()), Default::default(), config);
+        axum::Router::new().route_service("/mcp", service)
+    })
+    .await
 }
 
-impl fmt::Debug for SearchServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SearchServer").field("addr", &self.addr).finish_non_exhaustive()
-    }
+/// The running demo MCP search server. Stops on [`shutdown`](Self::shutdown) or when dropped.
+#[derive(Debug)]
+pub struct SearchServer {
+    server: Loopback,
 }
 
 impl SearchServer {
     /// Binds `127.0.0.1:0` and serves the MCP endpoint at `/mcp`.
     pub async fn start() -> std::io::Result<SearchServer> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), Duration::ZERO).await
-    }
-
-    /// Serves on `addr` (port 0: any free port), each search answering after `latency`.
-    pub async fn start_on(addr: SocketAddr, latency: Duration) -> std::io::Result<SearchServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let cancel = CancellationToken::new();
-        let config = StreamableHttpServerConfig::default()
-            .with_sse_keep_alive(None)
-            .with_cancellation_token(cancel.child_token());
-        let service: StreamableHttpService<DemoSearchHandler, LocalSessionManager> =
-            StreamableHttpService::new(move || Ok(DemoSearchHandler { latency }), Default::default(), config);
-        let router = axum::Router::new().route_service("/mcp", service);
-        let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "demo search server stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "demo MCP search server listening");
-        Ok(SearchServer { addr, cancel, task: Some(task) })
+        let server = serve_mcp(SocketAddr::from(([127, 0, 0, 1], 0)), DemoSearchHandler).await?;
+        Ok(Self { server })
     }
 
     /// The MCP endpoint, `http://127.0.0.1:PORT/mcp`.
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-
-    /// The bound socket address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        mcp_url(self.server.addr())
     }
 
     /// Stops the server, closing MCP sessions, and waits briefly for it.
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
-impl Drop for SearchServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
+/// The MCP endpoint of a server from [`serve_mcp`].
+pub fn mcp_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/mcp")
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry::demo::model_server::ModelServer;
+use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 
 use crate::harness::{Agentry, config};

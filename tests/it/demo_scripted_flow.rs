@@ -9,7 +9,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
-use agentry::demo::model_server::ModelServer;
+use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry::demo::search_server::SearchServer;
 

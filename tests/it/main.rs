@@ -2,7 +2,7 @@
 //!
 //! Peers are real where they can run here: the official Python MCP SDK server
 //! (`tests/peers/mcp_search_server.py`), `@modelcontextprotocol/server-everything` over stdio,
-//! and agentry's OpenAI-compatible test server (`agentry::demo::model_server`). `.ci/run`
+//! and agentry's OpenAI-compatible test server (`agentry_testkit::model_server`). `.ci/run`
 //! installs the Python and npm peers.
 
 #![allow(unreachable_pub, missing_docs)]
@@ -16,7 +16,7 @@ mod legacy_sse;
 
 mod batch;
 mod conformance;
-mod demo_model_server;
+mod release_binary;
 mod demo_scripted_flow;
 mod demo_search_server;
 mod mcp_restarts;
@@ -30,4 +30,5 @@ mod sharding;
 mod shipping;
 mod shutdown;
 mod telemetry;
+mod testkit_model_server;
 mod tools_and_files;

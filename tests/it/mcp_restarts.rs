@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentry::actors::mcp_session::ServerTools;
 use agentry::app::Runtime;
 use agentry::config::{self, McpServerSettings, Overrides, Settings, Sources, TransportKind};
-use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
 use serde_json::{Value, json};
 
 use crate::harness::{Agentry, child_pids, config, tool_results};
@@ -15,7 +15,7 @@ use crate::peers::{PythonMcpServer, server_everything_command};
 
 /// A model that searches once per question, then answers.
 fn searching_model()
--> FnBehaviour<impl Fn(&agentry::demo::model_server::ChatRequestView<'_>) -> Reply + Send + Sync + 'static> {
+-> FnBehaviour<impl Fn(&agentry_testkit::model_server::ChatRequestView<'_>) -> Reply + Send + Sync + 'static> {
     FnBehaviour::new(|request| {
         if request.messages().iter().any(|m| m["role"] == "tool") {
             Reply::text("Answered.")

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry::demo::model_server::{ModelServer, Queue, Reply};
+use agentry_testkit::model_server::{ModelServer, Queue, Reply};
 
 use crate::harness::{Agentry, config};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use agentry::app::Runtime;
 use agentry::batch::{self, Report, RunOptions};
 use agentry::config::{self, Overrides, Settings, Sources};
-use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply};
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
 use agentry::secrets::Fingerprint;
 use tokio_util::sync::CancellationToken;
 
@@ -266,7 +266,7 @@ async fn a_rejected_key_without_fallback_fails_each_question_naming_secret_and_f
 /// The gateway's bearer token rotates mid-batch over both HTTP transports: the session
 /// reconnects with the new token, without an actor restart, and searches work again.
 async fn gateway_token_rotation(transport: &str) {
-    use agentry::demo::model_server::ScriptedToolCall;
+    use agentry_testkit::model_server::ScriptedToolCall;
     use serde_json::json;
 
     use crate::peers::PythonMcpServer;

@@ -82,7 +82,7 @@ async fn a_canary_key_and_token_never_leak_through_the_main_flows() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply};
+    use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
     use agentry::demo::scripted::ScriptedResearcher;
 
     use crate::harness::config;

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use agentry::demo::model_server::ModelServer;
+use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 
 use crate::harness::Agentry;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use agentry::batch::shard::Shard;
-use agentry::demo::model_server::ModelServer;
+use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 
 use crate::harness::{Agentry, config};

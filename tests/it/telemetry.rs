@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry::demo::model_server::ModelServer;
+use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry::telemetry::names;
 
@@ -223,7 +223,7 @@ async fn trace_context_reaches_the_mcp_server_in_meta_and_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn telemetry_is_flushed_after_sigterm() {
-    use agentry::demo::model_server::{FnBehaviour, Reply};
+    use agentry_testkit::model_server::{FnBehaviour, Reply};
 
     let receiver = OtlpReceiver::start().await;
     let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| {

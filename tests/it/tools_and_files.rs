@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentry::demo::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
 use serde_json::json;
 
 use crate::harness::{Agentry, config, tool_results};

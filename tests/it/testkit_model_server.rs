@@ -1,9 +1,9 @@
-//! Drives the demo model server over real HTTP with reqwest.
+//! Drives the test kit's model server over real HTTP with reqwest: it must answer like the real API.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry::demo::model_server::{FnBehaviour, ModelServer, Queue, Reply, ScriptedToolCall};
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Queue, Reply, ScriptedToolCall};
 use serde_json::{Value, json};
 
 fn request_body() -> Value {

@@ -9,17 +9,19 @@
 //! orphan `tool` messages, bad tool names, non-string `arguments`, ...).
 //!
 //! What the "model" answers is decided by a [`Behaviour`]: the scripted demo
-//! researcher ([`super::scripted::ScriptedResearcher`]), a FIFO of canned
+//! researcher ([`ScriptedResearcher`]), a FIFO of canned
 //! replies ([`Queue`]) for tests, or any closure ([`FnBehaviour`]).
 //!
 //! Every chat-completion request is recorded ([`ModelServer::requests`]) and
 //! concurrency is measured ([`ModelServer::peak_in_flight`]), so integration
-//! tests can assert on exactly what the agent sent and how.
+//! tests can assert on exactly what the agent sent and how. Request validation
+//! is in [`validate`]; the completion body is the demo's
+//! ([`agentry::demo::model::completion_body`]), so both answer alike.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::sync::Arc;
-//! use agentry::demo::model_server::{ModelServer, Queue, Reply};
+//! use agentry_testkit::model_server::{ModelServer, Queue, Reply};
 //!
 //! let server = ModelServer::start(Arc::new(Queue::new([
 //!     Reply::rate_limited(std::time::Duration::from_secs(1)),
@@ -33,34 +35,32 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+mod validate;
+
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agentry::demo::loopback::Loopback;
+use agentry::demo::model::{self as shape, CallOut, Completion};
+use agentry::demo::scripted::{ScriptedReply, ScriptedResearcher};
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use validate::validate;
 
 /// Model name listed by `GET /v1/models` even before any request names one.
 pub const DEMO_MODEL: &str = "agentry-demo";
 
 /// Largest request body accepted (long conversations are large).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
-
-/// How long [`ModelServer::shutdown`] waits for in-flight requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Roles the real API accepts in `messages[].role`.
-const ROLES: [&str; 6] = ["system", "assistant", "user", "function", "tool", "developer"];
 
 // ---------------------------------------------------------------------------
 // Behaviour and replies
@@ -253,16 +253,12 @@ impl<'a> ChatRequestView<'a> {
 
     /// The `messages` array (empty if absent).
     pub fn messages(&self) -> &'a [Value] {
-        self.body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+        shape::messages(self.body)
     }
 
     /// Names of the functions offered in `tools`, in order.
     pub fn tool_names(&self) -> Vec<&'a str> {
-        self.body
-            .get("tools")
-            .and_then(Value::as_array)
-            .map(|tools| tools.iter().filter_map(|t| t.pointer("/function/name").and_then(Value::as_str)).collect())
-            .unwrap_or_default()
+        shape::tool_names(self.body)
     }
 
     /// Whether a function called `name` is offered.
@@ -294,31 +290,8 @@ impl<'a> ChatRequestView<'a> {
 
     /// Text of the last `user` message, if any.
     pub fn last_user_text(&self) -> Option<String> {
-        self.messages().iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")).map(message_text)
+        shape::last_user_text(self.body)
     }
-}
-
-/// The text of a message's `content`: the string itself, or the `text` parts
-/// of a content-part array joined with newlines; empty for `null`/absent.
-pub fn message_text(message: &Value) -> String {
-    match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| match p {
-                Value::String(s) => Some(s.as_str()),
-                _ => p.get("text").and_then(Value::as_str),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// Deterministic token estimate used for `usage`: one token per four
-/// characters, rounded up.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4)
 }
 
 /// A [`Behaviour`] that answers with a fixed script of replies, in order.
@@ -357,6 +330,16 @@ impl Behaviour for Queue {
                 format!("The demo model server's scripted reply queue ran out at request #{}.", request.number()),
             )
         })
+    }
+}
+
+/// The demo's researcher, served by the test server (with validation and recording).
+impl Behaviour for ScriptedResearcher {
+    fn reply(&self, request: &ChatRequestView<'_>) -> Reply {
+        match self.respond(request.body()) {
+            ScriptedReply::Answer(text) => Reply::text(text),
+            ScriptedReply::Call { name, arguments } => Reply::tool_call(name, &arguments),
+        }
     }
 }
 
@@ -437,8 +420,6 @@ struct Shared {
     peak_in_flight: AtomicUsize,
     next_call_id: AtomicU64,
     started: u64,
-    /// Unix time in ms of the first request since start or reset (0: none yet).
-    first_request_ms: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -449,8 +430,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn record(&self, mut request: RecordedRequest) -> u64 {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let _ = self.first_request_ms.compare_exchange(0, now_ms, Ordering::SeqCst, Ordering::SeqCst);
         let mut requests = lock(&self.requests);
         let number = requests.len() as u64;
         request.number = number;
@@ -463,24 +442,6 @@ impl Shared {
             r.status = Some(status);
         }
     }
-}
-
-/// `GET /_agentry/stats`: counters for a harness in another process.
-async fn stats(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({
-        "requests": lock(&shared.requests).len(),
-        "in_flight": shared.in_flight.load(Ordering::SeqCst),
-        "peak_in_flight": shared.peak_in_flight.load(Ordering::SeqCst),
-        "first_request_unix_ms": shared.first_request_ms.load(Ordering::SeqCst),
-    }))
-}
-
-/// `POST /_agentry/reset`: forgets the requests seen (between benchmark runs).
-async fn reset(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    lock(&shared.requests).clear();
-    shared.peak_in_flight.store(shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
-    shared.first_request_ms.store(0, Ordering::SeqCst);
-    Json(json!({"reset": true}))
 }
 
 /// Counts a request as in flight until dropped (also when the client goes
@@ -504,16 +465,14 @@ impl Drop for InFlight {
 /// A running loopback OpenAI-compatible server. Stops on
 /// [`shutdown`](Self::shutdown) or when dropped.
 pub struct ModelServer {
-    addr: SocketAddr,
+    server: Loopback,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for ModelServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ModelServer")
-            .field("addr", &self.addr)
+            .field("addr", &self.addr())
             .field("request_count", &self.request_count())
             .finish_non_exhaustive()
     }
@@ -527,8 +486,6 @@ impl ModelServer {
 
     /// Serves on `addr` (port 0: any free port).
     pub async fn start_on(addr: SocketAddr, behaviour: Arc<dyn Behaviour>) -> std::io::Result<ModelServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Arc::new(Shared {
             behaviour,
@@ -540,27 +497,15 @@ impl ModelServer {
             peak_in_flight: AtomicUsize::new(0),
             next_call_id: AtomicU64::new(1),
             started,
-            first_request_ms: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
             .route("/v1/models", get(list_models).fallback(method_not_allowed))
-            // Not OpenAI: for the benchmark harness, which runs this server as its own process.
-            .route("/_agentry/stats", get(stats))
-            .route("/_agentry/reset", post(reset))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&shared));
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "demo model server stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "demo model server listening");
-        Ok(ModelServer { addr, shared, cancel, task: Some(task) })
+        let server = Loopback::start(addr, "test model server", |_| router).await?;
+        Ok(ModelServer { server, shared })
     }
 
     /// Adds a fixed delay to every completion (counted as in flight).
@@ -590,12 +535,12 @@ impl ModelServer {
 
     /// The OpenAI base URL, `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.addr())
     }
 
     /// The bound socket address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Every chat-completion request received so far, in arrival order.
@@ -618,19 +563,21 @@ impl ModelServer {
         self.shared.peak_in_flight.load(Ordering::SeqCst)
     }
 
+    /// When the first request (since start or [`reset`](Self::reset)) arrived.
+    pub fn first_request_at(&self) -> Option<Instant> {
+        lock(&self.shared.requests).first().map(|request| request.at)
+    }
+
+    /// Forgets the requests seen and the in-flight peak (between benchmark runs).
+    pub fn reset(&self) {
+        lock(&self.shared.requests).clear();
+        self.shared.peak_in_flight.store(self.shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
     /// Stops accepting connections and waits (up to a few seconds) for
     /// in-flight requests to finish.
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
-        }
-    }
-}
-
-impl Drop for ModelServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
@@ -831,84 +778,27 @@ fn completion_response(
     tool_calls: Vec<ScriptedToolCall>,
     finish_reason: Option<String>,
 ) -> Response {
-    let prompt_tokens = prompt_tokens(body);
-    let mut completion_estimate = content.as_deref().map(estimate_tokens).unwrap_or(0);
-    let mut message = serde_json::Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert("content".into(), json!(content));
-    if !tool_calls.is_empty() {
-        let calls: Vec<Value> = tool_calls
-            .iter()
-            .map(|call| {
-                completion_estimate += estimate_tokens(&call.name) + estimate_tokens(&call.arguments);
-                let id = shared.next_call_id.fetch_add(1, Ordering::SeqCst);
-                json!({
-                    "id": format!("call_{id}"),
-                    "type": "function",
-                    "function": { "name": call.name, "arguments": call.arguments },
-                })
-            })
-            .collect();
-        message.insert("tool_calls".into(), Value::Array(calls));
-    }
-    message.insert("refusal".into(), Value::Null);
-    message.insert("annotations".into(), json!([]));
-    let finish_reason =
-        finish_reason.unwrap_or_else(|| if tool_calls.is_empty() { "stop" } else { "tool_calls" }.to_owned());
-    let completion_tokens = completion_estimate.max(1);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(shared.started);
-    let response = json!({
-        "id": format!("chatcmpl-demo{:x}{number:06}", shared.started),
-        "object": "chat.completion",
-        "created": created,
-        "model": body.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{
-            "index": 0,
-            "message": Value::Object(message),
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-        "system_fingerprint": "fp_demo",
-    });
-    let mut response = axum::Json(response).into_response();
+    let tool_calls = tool_calls
+        .into_iter()
+        .map(|call| CallOut {
+            id: format!("call_{}", shared.next_call_id.fetch_add(1, Ordering::SeqCst)),
+            name: call.name,
+            arguments: call.arguments,
+        })
+        .collect();
+    let completion = Completion {
+        id: format!("chatcmpl-demo{:x}{number:06}", shared.started),
+        model: body.get("model").cloned().unwrap_or(Value::Null),
+        content,
+        tool_calls,
+        finish_reason,
+        prompt_tokens: shape::prompt_tokens(body),
+    };
+    let mut response = axum::Json(shape::completion_body(&completion)).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!("req_demo_{number}")) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
-}
-
-/// Deterministic prompt-token estimate: per message 3 tokens of framing
-/// plus its text, tool calls and tool-call ids; plus the tool schemas.
-fn prompt_tokens(body: &Value) -> u64 {
-    let messages = body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-    let mut total = 3; // reply priming
-    for message in messages {
-        total += 3 + estimate_tokens(&message_text(message));
-        if let Some(id) = message.get("tool_call_id").and_then(Value::as_str) {
-            total += estimate_tokens(id);
-        }
-        for call in message.get("tool_calls").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-            let f = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or("");
-            total += estimate_tokens(f("/function/name")) + estimate_tokens(f("/function/arguments"));
-        }
-    }
-    if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
-        total += estimate_tokens(&tools.to_string());
-    }
-    total
 }
 
 async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -944,359 +834,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     )
 }
 
-// ---------------------------------------------------------------------------
-// Validation
-// ---------------------------------------------------------------------------
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_f64() => "a decimal",
-        Value::Number(_) => "an integer",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn missing(param: String) -> ApiError {
-    ApiError::invalid(
-        format!("Missing required parameter: '{param}'."),
-        Some(param),
-        Some("missing_required_parameter"),
-    )
-}
-
-fn wrong_type(param: String, expected: &str, got: &Value) -> ApiError {
-    ApiError::invalid(
-        format!("Invalid type for '{param}': expected {expected}, but got {} instead.", type_name(got)),
-        Some(param),
-        Some("invalid_type"),
-    )
-}
-
-fn field<'v>(object: &'v Value, key: &str) -> Option<&'v Value> {
-    object.get(key).filter(|v| !v.is_null())
-}
-
-fn require_str<'v>(object: &'v Value, key: &str, param: impl Fn() -> String) -> Result<&'v str, ApiError> {
-    match field(object, key) {
-        None => Err(missing(param())),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(wrong_type(param(), "a string", other)),
-    }
-}
-
-/// Validates a request body the way the real API does; the first problem
-/// found is returned as a 400.
-fn validate(body: &Value) -> Result<(), ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::invalid(
-            format!("Invalid type for request body: expected an object, but got {} instead.", type_name(body)),
-            None,
-            Some("invalid_type"),
-        ));
-    }
-    match field(body, "model") {
-        None => {
-            return Err(ApiError::invalid("you must provide a model parameter", Some("model".into()), None));
-        }
-        Some(Value::String(_)) => {}
-        Some(other) => return Err(wrong_type("model".into(), "a string", other)),
-    }
-    let messages = match field(body, "messages") {
-        None => return Err(missing("messages".into())),
-        Some(Value::Array(messages)) => messages,
-        Some(other) => return Err(wrong_type("messages".into(), "an array of objects", other)),
-    };
-    if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got \
-             an empty array instead.",
-            Some("messages".into()),
-            Some("empty_array"),
-        ));
-    }
-    validate_messages(messages)?;
-    if let Some(tools) = field(body, "tools") {
-        validate_tools(tools)?;
-    }
-    validate_sampling(body)
-}
-
-fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
-    // The assistant message whose tool calls are being answered:
-    // (its index, the ids it asked for, the ids answered so far).
-    let mut open: Option<(usize, Vec<String>, HashSet<String>)> = None;
-    for (i, message) in messages.iter().enumerate() {
-        if !message.is_object() {
-            return Err(wrong_type(format!("messages[{i}]"), "an object", message));
-        }
-        let role = require_str(message, "role", || format!("messages[{i}].role"))?;
-        if !ROLES.contains(&role) {
-            return Err(ApiError::invalid(
-                format!(
-                    "Invalid value: '{role}'. Supported values are: 'system', 'assistant', \
-                     'user', 'function', 'tool', and 'developer'."
-                ),
-                Some(format!("messages[{i}].role")),
-                Some("invalid_value"),
-            ));
-        }
-        let content = field(message, "content");
-        match content {
-            None | Some(Value::String(_)) | Some(Value::Array(_)) => {}
-            Some(other) => {
-                return Err(wrong_type(format!("messages[{i}].content"), "one of a string or array of objects", other));
-            }
-        }
-        if role == "tool" {
-            let id = require_str(message, "tool_call_id", || format!("messages[{i}].tool_call_id"))?;
-            if content.is_none() {
-                return Err(missing(format!("messages[{i}].content")));
-            }
-            let Some((_, ids, answered)) = open.as_mut() else {
-                return Err(ApiError::invalid(
-                    "Invalid parameter: messages with role 'tool' must be a response to a \
-                     preceeding message with 'tool_calls'.",
-                    Some(format!("messages.[{i}].role")),
-                    None,
-                ));
-            };
-            if !ids.iter().any(|known| known == id) {
-                return Err(ApiError::invalid(
-                    format!(
-                        "Invalid parameter: 'tool_call_id' of '{id}' not found in 'tool_calls' \
-                         of previous message."
-                    ),
-                    Some(format!("messages.[{i}].tool_call_id")),
-                    None,
-                ));
-            }
-            answered.insert(id.to_owned());
-            continue;
-        }
-        if let Some(pending) = open.take() {
-            unanswered_error(&pending)?;
-        }
-        match role {
-            "assistant" => {
-                let ids = validate_tool_calls(message, i)?;
-                if ids.is_empty() && content.is_none() && field(message, "function_call").is_none() {
-                    return Err(ApiError::invalid(
-                        "Invalid value for 'content': expected a string, got null.",
-                        Some(format!("messages.[{i}].content")),
-                        None,
-                    ));
-                }
-                if !ids.is_empty() {
-                    open = Some((i, ids, HashSet::new()));
-                }
-            }
-            "function" => {}
-            _ => {
-                if content.is_none() {
-                    return Err(missing(format!("messages[{i}].content")));
-                }
-            }
-        }
-    }
-    if let Some(pending) = open {
-        unanswered_error(&pending)?;
-    }
-    Ok(())
-}
-
-fn unanswered_error((index, ids, answered): &(usize, Vec<String>, HashSet<String>)) -> Result<(), ApiError> {
-    let unanswered: Vec<&str> = ids.iter().filter(|id| !answered.contains(*id)).map(String::as_str).collect();
-    if unanswered.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::invalid(
-        format!(
-            "An assistant message with 'tool_calls' must be followed by tool messages responding \
-             to each 'tool_call_id'. The following tool_call_ids did not have response messages: \
-             {}",
-            unanswered.join(", ")
-        ),
-        Some(format!("messages.[{index}].role")),
-        None,
-    ))
-}
-
-/// Checks an assistant message's `tool_calls` and returns their ids.
-fn validate_tool_calls(message: &Value, i: usize) -> Result<Vec<String>, ApiError> {
-    let calls = match field(message, "tool_calls") {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(calls)) => calls,
-        Some(other) => {
-            return Err(wrong_type(format!("messages[{i}].tool_calls"), "an array", other));
-        }
-    };
-    let mut ids = Vec::with_capacity(calls.len());
-    for (j, call) in calls.iter().enumerate() {
-        let p = |suffix: &str| format!("messages[{i}].tool_calls[{j}]{suffix}");
-        if !call.is_object() {
-            return Err(wrong_type(p(""), "an object", call));
-        }
-        let id = require_str(call, "id", || p(".id"))?;
-        let kind = require_str(call, "type", || p(".type"))?;
-        if kind != "function" {
-            return Err(ApiError::invalid(
-                format!("Invalid value: '{kind}'. Supported values are: 'function'."),
-                Some(p(".type")),
-                Some("invalid_value"),
-            ));
-        }
-        let function = match field(call, "function") {
-            None => return Err(missing(p(".function"))),
-            Some(f @ Value::Object(_)) => f,
-            Some(other) => return Err(wrong_type(p(".function"), "an object", other)),
-        };
-        require_str(function, "name", || p(".function.name"))?;
-        require_str(function, "arguments", || p(".function.arguments"))?;
-        ids.push(id.to_owned());
-    }
-    Ok(ids)
-}
-
-fn valid_function_name(name: &str) -> Result<(), (&'static str, String)> {
-    let len = name.chars().count();
-    if len == 0 {
-        return Err((
-            "string_below_min_length",
-            "string too short. Expected a string with minimum length 1, but got an empty string \
-             instead."
-                .to_owned(),
-        ));
-    }
-    if len > 64 {
-        return Err((
-            "string_above_max_length",
-            format!(
-                "string too long. Expected a string with maximum length 64, but got a string with \
-                 length {len} instead."
-            ),
-        ));
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err((
-            "invalid_value",
-            "string does not match pattern. Expected a string that matches the pattern \
-             '^[a-zA-Z0-9_-]+$'."
-                .to_owned(),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_tools(tools: &Value) -> Result<(), ApiError> {
-    let Value::Array(tools) = tools else {
-        return Err(wrong_type("tools".into(), "an array of objects", tools));
-    };
-    for (i, tool) in tools.iter().enumerate() {
-        let p = |suffix: &str| format!("tools[{i}]{suffix}");
-        if !tool.is_object() {
-            return Err(wrong_type(p(""), "an object", tool));
-        }
-        let kind = require_str(tool, "type", || p(".type"))?;
-        if kind != "function" {
-            return Err(ApiError::invalid(
-                format!("Invalid value: '{kind}'. Supported values are: 'function'."),
-                Some(p(".type")),
-                Some("invalid_value"),
-            ));
-        }
-        let function = match field(tool, "function") {
-            None => return Err(missing(p(".function"))),
-            Some(f @ Value::Object(_)) => f,
-            Some(other) => return Err(wrong_type(p(".function"), "an object", other)),
-        };
-        let name = require_str(function, "name", || p(".function.name"))?;
-        if let Err((code, detail)) = valid_function_name(name) {
-            let param = p(".function.name");
-            return Err(ApiError::invalid(format!("Invalid '{param}': {detail}"), Some(param), Some(code)));
-        }
-        if let Some(description) = field(function, "description")
-            && !description.is_string()
-        {
-            return Err(wrong_type(p(".function.description"), "a string", description));
-        }
-        if let Some(parameters) = field(function, "parameters")
-            && !parameters.is_object()
-        {
-            return Err(wrong_type(p(".function.parameters"), "an object", parameters));
-        }
-    }
-    Ok(())
-}
-
-fn validate_sampling(body: &Value) -> Result<(), ApiError> {
-    if let Some(temperature) = field(body, "temperature") {
-        let Some(t) = temperature.as_f64() else {
-            return Err(wrong_type("temperature".into(), "a number", temperature));
-        };
-        if t < 0.0 {
-            return Err(ApiError::invalid(
-                format!(
-                    "Invalid 'temperature': decimal below minimum value. Expected a value >= 0, \
-                     but got {t} instead."
-                ),
-                Some("temperature".into()),
-                Some("decimal_below_min_value"),
-            ));
-        }
-        if t > 2.0 {
-            return Err(ApiError::invalid(
-                format!(
-                    "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, \
-                     but got {t} instead."
-                ),
-                Some("temperature".into()),
-                Some("decimal_above_max_value"),
-            ));
-        }
-    }
-    for key in ["max_tokens", "max_completion_tokens"] {
-        if let Some(value) = field(body, key) {
-            match value.as_i64() {
-                None => return Err(wrong_type(key.into(), "an integer", value)),
-                Some(n) if n < 1 => {
-                    return Err(ApiError::invalid(
-                        format!(
-                            "Invalid '{key}': integer below minimum value. Expected a value >= \
-                             1, but got {n} instead."
-                        ),
-                        Some(key.into()),
-                        Some("integer_below_min_value"),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    if field(body, "stream").and_then(Value::as_bool) == Some(true) {
-        return Err(ApiError::invalid(
-            "The agentry demo model server does not support 'stream': true.",
-            Some("stream".into()),
-            Some("unsupported_value"),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body_with(messages: Value) -> Value {
-        json!({ "model": "m", "messages": messages })
-    }
-
-    fn param_of(body: &Value) -> Option<String> {
-        validate(body).err().and_then(|e| e.param)
-    }
 
     #[test]
     fn masks_keys_like_openai() {
@@ -1304,113 +844,6 @@ mod tests {
         assert_eq!(mask_key("sk-12345"), "sk****45");
         assert_eq!(mask_key("abc"), "***");
         assert!(!mask_key("sk-secret-value-1234").contains("secret"));
-    }
-
-    #[test]
-    fn estimates_tokens_deterministically() {
-        assert_eq!(estimate_tokens(""), 0);
-        assert_eq!(estimate_tokens("abcd"), 1);
-        assert_eq!(estimate_tokens("abcde"), 2);
-    }
-
-    #[test]
-    fn accepts_a_complete_tool_round_trip() {
-        let body = body_with(json!([
-            {"role": "system", "content": "s"},
-            {"role": "user", "content": "u"},
-            {"role": "assistant", "content": null, "tool_calls": [
-                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-                {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}}
-            ]},
-            {"role": "tool", "tool_call_id": "b", "content": "1"},
-            {"role": "tool", "tool_call_id": "a", "content": "2"},
-            {"role": "assistant", "content": "done"}
-        ]));
-        assert_eq!(validate(&body), Ok(()));
-    }
-
-    #[test]
-    fn rejects_structural_mistakes() {
-        assert_eq!(param_of(&json!({"messages": []})).as_deref(), Some("model"));
-        assert_eq!(param_of(&json!({"model": "m"})).as_deref(), Some("messages"));
-        assert_eq!(param_of(&body_with(json!([]))).as_deref(), Some("messages"));
-        assert_eq!(
-            param_of(&body_with(json!([{"role": "robot", "content": "x"}]))).as_deref(),
-            Some("messages[0].role")
-        );
-        // A tool message with no preceding tool_calls.
-        assert_eq!(
-            param_of(&body_with(json!([
-                {"role": "user", "content": "u"},
-                {"role": "tool", "tool_call_id": "x", "content": "r"}
-            ])))
-            .as_deref(),
-            Some("messages.[1].role")
-        );
-        // Answering an id that was not asked for.
-        let call = json!({"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}});
-        assert_eq!(
-            param_of(&body_with(json!([
-                {"role": "user", "content": "u"},
-                {"role": "assistant", "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "zzz", "content": "r"}
-            ])))
-            .as_deref(),
-            Some("messages.[2].tool_call_id")
-        );
-        // Unanswered tool call, at the end and in the middle.
-        let unanswered = body_with(json!([
-            {"role": "user", "content": "u"},
-            {"role": "assistant", "tool_calls": [call]}
-        ]));
-        assert_eq!(param_of(&unanswered).as_deref(), Some("messages.[1].role"));
-        let middle = body_with(json!([
-            {"role": "user", "content": "u"},
-            {"role": "assistant", "tool_calls": [call]},
-            {"role": "user", "content": "again"}
-        ]));
-        let error = validate(&middle).err();
-        assert!(error.is_some_and(|e| e.message.contains("did not have response messages: a")));
-        // Arguments must be a JSON string, not an object.
-        let object_args = body_with(json!([
-            {"role": "user", "content": "u"},
-            {"role": "assistant", "tool_calls": [
-                {"id": "a", "type": "function", "function": {"name": "f", "arguments": {}}}
-            ]},
-            {"role": "tool", "tool_call_id": "a", "content": "r"}
-        ]));
-        assert_eq!(param_of(&object_args).as_deref(), Some("messages[1].tool_calls[0].function.arguments"));
-    }
-
-    #[test]
-    fn rejects_bad_tools_and_sampling() {
-        let with_tools =
-            |tools: Value| json!({"model": "m", "messages": [{"role": "user", "content": "u"}], "tools": tools});
-        assert_eq!(param_of(&with_tools(json!([{"type": "retrieval"}]))).as_deref(), Some("tools[0].type"));
-        assert_eq!(
-            param_of(&with_tools(json!([{"type": "function", "function": {"name": "a.b"}}]))).as_deref(),
-            Some("tools[0].function.name")
-        );
-        let long = "x".repeat(65);
-        assert_eq!(
-            param_of(&with_tools(json!([{"type": "function", "function": {"name": long}}]))).as_deref(),
-            Some("tools[0].function.name")
-        );
-        assert_eq!(
-            param_of(&with_tools(json!([
-                {"type": "function", "function": {"name": "ok-name_1", "parameters": "{}"}}
-            ])))
-            .as_deref(),
-            Some("tools[0].function.parameters")
-        );
-        assert_eq!(
-            validate(&with_tools(json!([
-                {"type": "function", "function": {"name": "ok-name_1", "parameters": {"type": "object"}}}
-            ]))),
-            Ok(())
-        );
-        let hot = json!({"model": "m", "messages": [{"role": "user", "content": "u"}], "temperature": 2.5});
-        assert_eq!(param_of(&hot).as_deref(), Some("temperature"));
     }
 
     #[test]

@@ -1,0 +1,13 @@
+//! agentry's test kit: the peers its tests and benchmarks talk to, kept out of the shipped
+//! binary.
+//!
+//! - [`model_server`]: an OpenAI-compatible Chat Completions server that behaves like the real
+//!   API (validation, error JSON, 401/429/5xx, `Retry-After`), scriptable per test, recording
+//!   every request and the peak number in flight.
+//! - [`search`]: the demo's MCP search server with a fixed latency per call, for benchmarks.
+//!
+//! The `agentry-testkit` binary serves either on its own (`agentry-testkit serve model|search`)
+//! for trials by hand.
+
+pub mod model_server;
+pub mod search;
