@@ -7,6 +7,8 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+#[path = "../support/otlp.rs"]
+mod otlp;
 #[path = "../support/peers.rs"]
 mod peers;
 
@@ -16,13 +18,12 @@ mod legacy_sse;
 
 mod batch;
 mod conformance;
-mod release_binary;
 mod demo_scripted_flow;
 mod demo_search_server;
 mod mcp_restarts;
 mod model_errors;
 mod observability_config;
-mod otlp;
+mod release_binary;
 mod rotation;
 mod secrets_containment;
 mod seed_flow;

@@ -4,7 +4,8 @@
 //!   `grafana/grafana-foundation-sdk`, `jsonschema/dashboard.jsonschema.json` at f178d5a4, copied
 //!   unchanged to `tests/schemas/grafana-dashboard.schema.json`),
 //! - its PromQL parses (`promtool check rules`) and asks only for metrics and labels agentry
-//!   exports, as the collector's `prometheus` exporter names them, derived from
+//!   exports (read from `promql-parser`'s syntax tree), as the collector's `prometheus` exporter
+//!   names them, derived from
 //!   [`agentry::telemetry::names::INSTRUMENTS`]: renaming an instrument breaks this test rather
 //!   than a dashboard panel in production,
 //! - its trace links open Jaeger (by the datasource uid the provisioning fixes),
@@ -18,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use agentry::telemetry::names::{self, Instrument, InstrumentKind, attr};
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{BinaryExpr, Expr, LabelModifier, MatrixSelector, VectorSelector};
+use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::Value;
 
 use crate::peers::repo_root;
@@ -101,8 +105,7 @@ fn dashboard_queries_only_metrics_and_labels_agentry_exports() {
     let mut unknown = Vec::new();
     let mut used = BTreeSet::new();
     for query in &queries {
-        let found =
-            scan_promql(&query.promql).unwrap_or_else(|e| panic!("{}: {e}\n  in {}", query.origin, query.promql));
+        let found = Names::of(&query.promql).unwrap_or_else(|e| panic!("{}: {e}\n  in {}", query.origin, query.promql));
         if found.metrics.is_empty() {
             unknown.push(format!("{}: selects no metric: {}", query.origin, query.promql));
         }
@@ -494,212 +497,57 @@ fn substitute(expr: &str, variables: &BTreeSet<String>) -> Result<String, String
     Ok(out)
 }
 
-/// Metric and label names of a PromQL expression.
+/// Metric and label names of a PromQL expression, read from promql-parser's syntax tree:
+/// selectors name metrics (`__name__="…"` too) and labels; `by`/`without`, `on`/`ignoring` and
+/// `group_left`/`group_right` name labels.
 #[derive(Debug, Default)]
 struct Names {
     metrics: BTreeSet<String>,
     labels: BTreeSet<String>,
 }
 
-/// Aggregation operators, binary operators and modifiers: never metric names.
-const PROMQL_KEYWORDS: &[&str] = &[
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "atan2",
-    "offset",
-    "inf",
-    "nan",
-];
-
-/// A small PromQL scanner: enough to name the metrics and labels an expression uses. Identifiers
-/// followed by `(` are functions; label names are read from `{…}` matchers and from the
-/// `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` lists; strings, numbers, durations
-/// and `[…]` ranges are skipped.
-fn scan_promql(expr: &str) -> Result<Names, String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = Names::default();
-    let mut i = 0;
-    let skip_space = |i: &mut usize| {
-        while *i < chars.len() && chars[*i].is_whitespace() {
-            *i += 1;
-        }
-    };
-    let is_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':';
-    let is_part = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    let read_ident = |i: &mut usize| -> String {
-        let start = *i;
-        while *i < chars.len() && is_part(chars[*i]) {
-            *i += 1;
-        }
-        chars[start..*i].iter().collect()
-    };
-    let read_string = |i: &mut usize| -> Result<String, String> {
-        let quote = chars[*i];
-        let mut value = String::new();
-        *i += 1;
-        while *i < chars.len() && chars[*i] != quote {
-            if chars[*i] == '\\' && quote != '`' {
-                *i += 1;
-            }
-            if *i < chars.len() {
-                value.push(chars[*i]);
-            }
-            *i += 1;
-        }
-        if *i >= chars.len() {
-            return Err(format!("unterminated string in {expr}"));
-        }
-        *i += 1;
-        Ok(value)
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '#' {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '"' || c == '\'' || c == '`' {
-            read_string(&mut i)?;
-        } else if c == '[' {
-            while i < chars.len() && chars[i] != ']' {
-                i += 1;
-            }
-            i += 1;
-        } else if c == '{' {
-            // label matchers: name op "value", ...
-            i += 1;
-            loop {
-                skip_space(&mut i);
-                match chars.get(i) {
-                    None => return Err(format!("unclosed {{ in {expr}")),
-                    Some('}') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(',') => {
-                        i += 1;
-                        continue;
-                    }
-                    Some(&c) if is_start(c) => {}
-                    Some(c) => return Err(format!("unexpected {c:?} in label matchers of {expr}")),
-                }
-                let label = read_ident(&mut i);
-                skip_space(&mut i);
-                let op: String = chars[i..].iter().take_while(|c| matches!(c, '=' | '!' | '~')).collect();
-                if !["=", "!=", "=~", "!~"].contains(&op.as_str()) {
-                    return Err(format!("bad matcher operator {op:?} after {label} in {expr}"));
-                }
-                i += op.len();
-                skip_space(&mut i);
-                if !matches!(chars.get(i), Some('"' | '\'' | '`')) {
-                    return Err(format!("matcher {label}{op} without a string value in {expr}"));
-                }
-                let value = read_string(&mut i)?;
-                if label == "__name__" {
-                    if op != "=" {
-                        return Err(format!("__name__{op}\"{value}\" cannot be checked; name the metric in {expr}"));
-                    }
-                    names.metrics.insert(value);
-                } else {
-                    names.labels.insert(label);
-                }
-            }
-        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
-            // numbers, durations (`5m`, `1h30m`), hex, exponents (`1e-3`)
-            let start = i;
-            while i < chars.len() {
-                let d = chars[i];
-                let exponent_sign = matches!(d, '+' | '-')
-                    && i > start + 1
-                    && matches!(chars[i - 1], 'e' | 'E')
-                    && chars[start..i - 1].iter().all(|c| c.is_ascii_digit() || *c == '.');
-                if d.is_ascii_alphanumeric() || d == '.' || d == '_' || exponent_sign {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-        } else if is_start(c) {
-            let ident = read_ident(&mut i);
-            let mut j = i;
-            skip_space(&mut j);
-            let next = chars.get(j).copied();
-            if ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&ident.as_str()) {
-                if next == Some('(') {
-                    let end = chars[j..]
-                        .iter()
-                        .position(|&c| c == ')')
-                        .ok_or_else(|| format!("unclosed {ident}( in {expr}"))?;
-                    let list: String = chars[j + 1..j + end].iter().collect();
-                    for label in list.split(',').map(str::trim).filter(|l| !l.is_empty()) {
-                        if !label.chars().all(is_part) {
-                            return Err(format!("{label:?} in {ident}(…) is not a label name in {expr}"));
-                        }
-                        names.labels.insert(label.to_owned());
-                    }
-                    i = j + end + 1;
-                }
-            } else if PROMQL_KEYWORDS.contains(&ident.as_str()) || next == Some('(') {
-                // an operator, or a function called here
-            } else {
-                names.metrics.insert(ident);
-            }
-        } else {
-            i += 1;
-        }
+impl Names {
+    fn of(promql: &str) -> Result<Self, String> {
+        let expr = promql_parser::parser::parse(promql)?;
+        let mut names = Self::default();
+        walk_expr(&mut names, &expr)?;
+        Ok(names)
     }
-    Ok(names)
+
+    fn selector(&mut self, selector: &VectorSelector) -> Result<(), String> {
+        self.metrics.extend(selector.name.clone());
+        for matcher in selector.matchers.matchers.iter().chain(selector.matchers.or_matchers.iter().flatten()) {
+            match (matcher.name.as_str(), &matcher.op) {
+                ("__name__", MatchOp::Equal) => self.metrics.insert(matcher.value.clone()),
+                ("__name__", _) => return Err(format!("{matcher} cannot be checked: name the metric")),
+                (label, _) => self.labels.insert(label.to_owned()),
+            };
+        }
+        Ok(())
+    }
+
+    fn modifier(&mut self, modifier: Option<&LabelModifier>) {
+        self.labels.extend(modifier.into_iter().flat_map(|m| m.labels().labels.iter().cloned()));
+    }
 }
 
-#[test]
-fn the_promql_scanner_finds_metrics_and_labels() {
-    let found = scan_promql(
-        r#"histogram_quantile(0.95, sum by (le, gen_ai_request_model) (rate(gen_ai_client_operation_duration_seconds_bucket{service_name=~".+", agentry_route!="x{y}"}[5m] offset 1h)))
-           / on (job) group_left(instance) sum without (le) (x_total) + 1e-3 * {__name__="up"} or vector(0)"#,
-    )
-    .expect("scans");
-    assert_eq!(
-        found.metrics.into_iter().collect::<Vec<_>>(),
-        ["gen_ai_client_operation_duration_seconds_bucket", "up", "x_total"]
-    );
-    assert_eq!(
-        found.labels.into_iter().collect::<Vec<_>>(),
-        ["agentry_route", "gen_ai_request_model", "instance", "job", "le", "service_name"]
-    );
-    assert!(scan_promql(r#"{__name__=~"gen_ai.*"}"#).is_err(), "a regex on __name__ cannot be checked");
-    assert_eq!(
-        substitute(
-            "rate(x{a=~\"$model\", b=\"${route:regex}\"}[$__rate_interval]) [[model]]",
-            &["model".into(), "route".into()].into()
-        )
-        .expect("substitutes"),
-        "rate(x{a=~\".+\", b=\".+\"}[5m]) .+"
-    );
-    assert!(substitute("x{a=\"$modle\"}", &["model".into()].into()).is_err(), "an undefined variable is an error");
+impl ExprVisitor for Names {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+        match expr {
+            Expr::VectorSelector(selector) | Expr::MatrixSelector(MatrixSelector { vs: selector, .. }) => {
+                self.selector(selector)?;
+            }
+            Expr::Aggregate(aggregate) => self.modifier(aggregate.modifier.as_ref()),
+            Expr::Binary(BinaryExpr { modifier: Some(modifier), .. }) => {
+                self.modifier(modifier.matching.as_ref());
+                self.labels.extend(modifier.card.labels().into_iter().flat_map(|l| l.labels.iter().cloned()));
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

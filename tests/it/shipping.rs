@@ -25,11 +25,12 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
+use agentry_testkit::model_server::ModelServer;
+use parse_dockerfile::{Command as DockerCommand, Dockerfile, Instruction, RunInstruction, Source, Stage};
 use serde_json::Value;
 
 use crate::peers::{self, PythonMcpServer};
@@ -149,142 +150,137 @@ fn is_pinned(image: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Dockerfile, parsed just enough: stages, their WORKDIR, and their instructions.
+// The Dockerfile, read with parse-dockerfile. What it means (WORKDIR, COPY destinations, the
+// files a RUN makes) is worked out here, only as far as these tests need.
 
-#[derive(Debug)]
-struct Stage {
-    image: String,
-    name: Option<String>,
-    workdir: String,
-    /// (keyword in upper case, arguments), with WORKDIR applied in order.
-    instructions: Vec<(String, String, String)>,
+/// The Dockerfile's text, read once: the parsed form borrows it.
+static DOCKERFILE: LazyLock<String> =
+    LazyLock::new(|| std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile"));
+
+fn dockerfile() -> Dockerfile<'static> {
+    let dockerfile = parse_dockerfile::parse(&DOCKERFILE).unwrap_or_else(|e| panic!("Dockerfile: {e}"));
+    assert!(dockerfile.stages().len() >= 2, "the Dockerfile is multi-stage");
+    dockerfile
 }
 
-#[derive(Debug)]
-struct Dockerfile {
-    /// ARG defaults declared before the first FROM.
-    args: BTreeMap<String, String>,
-    stages: Vec<Stage>,
+/// The stage the image runs: the last one.
+fn runtime_stage<'b>(dockerfile: &'b Dockerfile<'static>) -> Stage<'static, 'b> {
+    dockerfile.stages().last().expect("a stage")
 }
 
-impl Dockerfile {
-    fn read() -> Self {
-        let text = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
-        // Comments go first (also inside continued lines), then continuations are joined.
-        let mut logical = Vec::new();
-        let mut current = String::new();
-        for line in text.lines() {
-            if line.trim_start().starts_with('#') {
-                continue;
-            }
-            if let Some(head) = line.strip_suffix('\\') {
-                current.push_str(head);
-                current.push(' ');
-                continue;
-            }
-            current.push_str(line);
-            if !current.trim().is_empty() {
-                logical.push(current.trim().to_owned());
-            }
-            current.clear();
+/// Each instruction of `stage` with the WORKDIR in force for it.
+fn with_workdir<'b>(stage: &Stage<'static, 'b>) -> Vec<(PathBuf, &'b Instruction<'static>)> {
+    let mut dir = PathBuf::from("/");
+    let mut out = Vec::new();
+    for instruction in stage.instructions {
+        if let Instruction::Workdir(workdir) = instruction {
+            dir = dir.join(&*workdir.arguments.value);
         }
-        let mut args: BTreeMap<String, String> = BTreeMap::new();
-        let mut stages: Vec<Stage> = Vec::new();
-        for line in logical {
-            let (keyword, rest) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
-            let keyword = keyword.to_uppercase();
-            let rest = rest.trim().to_owned();
-            if keyword == "FROM" {
-                let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with("--")).collect();
-                let mut image = words[0].to_owned();
-                for (name, value) in &args {
-                    image = image.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
-                }
-                let name = (words.len() == 3 && words[1].eq_ignore_ascii_case("as")).then(|| words[2].to_owned());
-                stages.push(Stage { image, name, workdir: "/".into(), instructions: Vec::new() });
-                continue;
-            }
-            match stages.last_mut() {
-                None if keyword == "ARG" => {
-                    if let Some((name, value)) = rest.split_once('=') {
-                        args.insert(name.trim().to_owned(), value.trim().trim_matches('"').to_owned());
-                    }
-                }
-                None => panic!("Dockerfile: {keyword} before the first FROM"),
-                Some(stage) => {
-                    if keyword == "WORKDIR" {
-                        stage.workdir = resolve(&stage.workdir, &rest);
-                    }
-                    let workdir = stage.workdir.clone();
-                    stage.instructions.push((keyword, rest, workdir));
-                }
-            }
-        }
-        assert!(stages.len() >= 2, "the Dockerfile is multi-stage");
-        Self { args, stages }
+        out.push((dir.clone(), instruction));
     }
+    out
+}
 
-    fn runtime(&self) -> &Stage {
-        self.stages.last().expect("a final stage")
-    }
+fn final_workdir(stage: &Stage<'static, '_>) -> PathBuf {
+    with_workdir(stage).pop().map_or_else(|| PathBuf::from("/"), |(dir, _)| dir)
+}
 
-    fn stage(&self, name: &str) -> &Stage {
-        self.stages.iter().find(|s| s.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no stage named {name}"))
-    }
+/// A COPY, with its sources as written and where each lands in the stage's filesystem.
+#[derive(Debug)]
+struct CopyStep {
+    /// `--from=STAGE`; `None` copies from the build context.
+    from: Option<String>,
+    /// (source, where it lands).
+    files: Vec<(String, PathBuf)>,
+}
 
-    /// The runtime user's numeric uid and gid (`USER 65532:65532`).
-    fn runtime_user(&self) -> (u32, u32) {
-        let user = self
-            .runtime()
-            .instructions
+fn copies(stage: &Stage<'static, '_>) -> Vec<CopyStep> {
+    let mut out = Vec::new();
+    for (dir, instruction) in with_workdir(stage) {
+        let Instruction::Copy(copy) = instruction else { continue };
+        let from = copy.options.iter().find(|flag| flag.name.value == "from");
+        let sources: Vec<&str> = copy
+            .src
             .iter()
-            .rev()
-            .find(|(k, _, _)| k == "USER")
-            .map(|(_, v, _)| v.clone())
-            .expect("the runtime stage sets USER");
-        let (uid, gid) = user.split_once(':').unwrap_or((&user, &user));
-        let uid: u32 = uid.parse().unwrap_or_else(|_| panic!("USER {user}: use a numeric uid"));
-        let gid: u32 = gid.parse().unwrap_or_else(|_| panic!("USER {user}: use a numeric gid"));
-        (uid, gid)
+            .map(|source| match source {
+                Source::Path(path) => path.value.as_ref(),
+                _ => panic!("COPY with a here-document: {copy:?}"),
+            })
+            .collect();
+        let dest = dir.join(&*copy.dest.value);
+        // Into a directory (a trailing slash, or several sources): each lands under its own name.
+        let into_dir = copy.dest.value.ends_with('/') || sources.len() > 1;
+        let files = sources
+            .iter()
+            .map(|source| {
+                let name = Path::new(source).file_name().expect("a source names a file");
+                (source.to_string(), if into_dir { dest.join(name) } else { dest.clone() })
+            })
+            .collect();
+        out.push(CopyStep { from: from.and_then(|flag| flag.value.as_ref()).map(|v| v.value.to_string()), files });
     }
+    out
 }
 
-/// Resolves `path` against the directory `base` (both container paths).
-fn resolve(base: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') { path.to_owned() } else { format!("{}/{path}", base.trim_end_matches('/')) };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
+/// The commands of a RUN, split at `&&`, as words.
+fn run_commands(run: &RunInstruction<'_>) -> Vec<Vec<String>> {
+    let text = match &run.arguments {
+        DockerCommand::Shell(shell) => shell.value.replace("\\\n", " "),
+        DockerCommand::Exec(exec) => exec.value.iter().map(|word| word.value.as_ref()).collect::<Vec<_>>().join(" "),
+        _ => panic!("an unknown RUN form: {run:?}"),
+    };
+    text.split("&&").map(|command| command.split_whitespace().map(str::to_owned).collect()).collect()
+}
+
+/// What a stage holds for a later stage to copy: what it copies in from the build context,
+/// what its RUNs make with `mkdir -p`, and `target/release/BIN` where it runs
+/// `cargo build --release --bin BIN` (no `--target`, no `CARGO_TARGET_DIR`: Cargo's default
+/// layout).
+fn made_by(stage: &Stage<'static, '_>) -> Vec<PathBuf> {
+    let target_moved = stage.instructions.iter().any(
+        |instruction| matches!(instruction, Instruction::Env(env) if env.arguments.value.contains("CARGO_TARGET_DIR")),
+    );
+    let mut made: Vec<PathBuf> = copies(stage)
+        .into_iter()
+        .filter(|copy| copy.from.is_none())
+        .flat_map(|copy| copy.files)
+        .map(|(_, to)| to)
+        .collect();
+    for (dir, instruction) in with_workdir(stage) {
+        let Instruction::Run(run) = instruction else { continue };
+        for command in run_commands(run) {
+            let words: Vec<&str> = command.iter().map(String::as_str).collect();
+            match words.as_slice() {
+                ["mkdir", "-p", dirs @ ..] => made.extend(dirs.iter().map(|d| dir.join(d))),
+                ["cargo", "build", flags @ ..] if flags.contains(&"--release") && !flags.contains(&"--target") => {
+                    let bin = flags.windows(2).find(|pair| pair[0] == "--bin").map(|pair| pair[1]);
+                    if let Some(bin) = bin.filter(|_| !target_moved) {
+                        made.push(dir.join("target/release").join(bin));
+                    }
+                }
+                _ => {}
             }
-            part => parts.push(part),
         }
     }
-    format!("/{}", parts.join("/"))
+    made
 }
 
-/// A COPY instruction: flags, sources, destination.
-fn parse_copy(args: &str) -> (BTreeMap<String, String>, Vec<String>, String) {
-    let mut flags = BTreeMap::new();
-    let mut paths = Vec::new();
-    for word in args.split_whitespace() {
-        match word.strip_prefix("--") {
-            Some(flag) => {
-                let (k, v) = flag.split_once('=').unwrap_or((flag, ""));
-                flags.insert(k.to_owned(), v.to_owned());
-            }
-            None => paths.push(word.to_owned()),
-        }
-    }
-    let dest = paths.pop().expect("COPY has a destination");
-    (flags, paths, dest)
-}
-
-/// The exec-form list of ENTRYPOINT/CMD.
-fn exec_form(args: &str) -> Vec<String> {
-    serde_json::from_str(args).unwrap_or_else(|e| panic!("not exec form ({e}): {args}"))
+/// The runtime user's numeric uid and gid (`USER 65532:65532`).
+fn runtime_user() -> (u32, u32) {
+    let dockerfile = dockerfile();
+    let user = runtime_stage(&dockerfile)
+        .instructions
+        .iter()
+        .rev()
+        .find_map(|instruction| match instruction {
+            Instruction::User(user) => Some(user.arguments.value.to_string()),
+            _ => None,
+        })
+        .expect("the runtime stage sets USER");
+    let (uid, gid) = user.split_once(':').unwrap_or((&user, &user));
+    let uid: u32 = uid.parse().unwrap_or_else(|_| panic!("USER {user}: use a numeric uid"));
+    let gid: u32 = gid.parse().unwrap_or_else(|_| panic!("USER {user}: use a numeric gid"));
+    (uid, gid)
 }
 
 #[test]
@@ -295,187 +291,128 @@ fn the_dockerfile_passes_hadolint() {
 
 #[test]
 fn the_dockerfile_pins_its_bases_runs_as_non_root_and_holds_no_secret() {
-    let dockerfile = Dockerfile::read();
-    for stage in &dockerfile.stages {
-        assert!(is_pinned(&stage.image), "base image {} is not pinned by version", stage.image);
+    let dockerfile = dockerfile();
+    let args: BTreeMap<&str, &str> = dockerfile
+        .global_args()
+        .filter_map(|arg| arg.arguments.value.split_once('='))
+        .map(|(name, value)| (name.trim(), value.trim().trim_matches('"')))
+        .collect();
+    for stage in dockerfile.stages() {
+        let image = args.iter().fold(stage.from.image.value.to_string(), |image, (name, value)| {
+            image.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value)
+        });
+        assert!(is_pinned(&image), "base image {image} is not pinned by version");
     }
 
     // The Rust in the build stage is at least Cargo.toml's rust-version.
-    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
-    let msrv = manifest
-        .lines()
-        .find_map(|l| {
-            l.trim().strip_prefix("rust-version").map(|v| v.trim_start_matches([' ', '=']).trim_matches('"').to_owned())
-        })
-        .expect("Cargo.toml has rust-version");
-    let rust = dockerfile.args.get("RUST_VERSION").expect("ARG RUST_VERSION=<version> before the first FROM");
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml"))
+            .expect("Cargo.toml parses");
+    let msrv = manifest["package"]["rust-version"].as_str().expect("Cargo.toml has rust-version");
+    let rust = args.get("RUST_VERSION").expect("ARG RUST_VERSION=<version> before the first FROM");
     let version = |v: &str| v.split('.').map(|n| n.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
-    assert!(version(rust) >= version(&msrv), "the build stage's Rust {rust} is older than rust-version {msrv}");
+    assert!(version(rust) >= version(msrv), "the build stage's Rust {rust} is older than rust-version {msrv}");
 
-    let (uid, _) = dockerfile.runtime_user();
+    let (uid, _) = runtime_user();
     assert_ne!(uid, 0, "the runtime stage runs as a non-root user");
 
     // No secret in a build argument or a default environment, and no secret file copied in.
     let secretish = ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"];
-    let declared = dockerfile.args.keys().cloned().chain(dockerfile.stages.iter().flat_map(|s| {
-        s.instructions
-            .iter()
-            .filter(|(k, _, _)| k == "ARG" || k == "ENV")
-            .map(|(_, v, _)| v.split(['=', ' ']).next().unwrap_or_default().to_owned())
-    }));
-    for name in declared {
-        assert!(!secretish.iter().any(|s| name.to_uppercase().contains(s)), "the Dockerfile declares {name}");
+    for instruction in &dockerfile.instructions {
+        let declared = match instruction {
+            Instruction::Arg(arg) => &arg.arguments.value,
+            Instruction::Env(env) => &env.arguments.value,
+            _ => continue,
+        };
+        let name = declared.split(['=', ' ']).next().unwrap_or_default().to_uppercase();
+        assert!(!secretish.iter().any(|s| name.contains(s)), "the Dockerfile declares {name}");
     }
-    for stage in &dockerfile.stages {
-        for (keyword, args, _) in &stage.instructions {
-            if keyword == "COPY" || keyword == "ADD" {
-                assert!(!args.contains("secrets") && !args.contains(".env"), "{keyword} {args} copies secrets");
-            }
+    for stage in dockerfile.stages() {
+        for (source, _) in copies(&stage).into_iter().flat_map(|copy| copy.files) {
+            assert!(!source.contains("secrets") && !source.contains(".env"), "COPY {source} copies secrets");
         }
+        assert!(!stage.instructions.iter().any(|i| matches!(i, Instruction::Add(_))), "ADD: use COPY");
     }
 }
 
 #[test]
 fn what_the_runtime_stage_copies_is_what_the_build_stage_makes() {
-    let dockerfile = Dockerfile::read();
-    let runtime = dockerfile.runtime();
-    let binary_name =
-        Path::new(env!("CARGO_BIN_EXE_agentry")).file_name().and_then(|n| n.to_str()).expect("binary name").to_owned();
-
+    let dockerfile = dockerfile();
+    let runtime = runtime_stage(&dockerfile);
+    let binary = Path::new(env!("CARGO_BIN_EXE_agentry")).file_name().expect("binary name");
     let mut copied_binary_to = None;
-    let mut runtime_copies = 0;
-    for (keyword, args, runtime_workdir) in &runtime.instructions {
-        if keyword != "COPY" {
-            continue;
-        }
-        let (flags, sources, dest) = parse_copy(args);
+    let mut copied_config = false;
+    for copy in copies(&runtime) {
         let from =
-            flags.get("from").unwrap_or_else(|| panic!("the runtime stage copies from the build context: {args}"));
-        let build = dockerfile.stage(from);
-        for source in sources {
-            runtime_copies += 1;
-            let prefix = format!("{}/", build.workdir.trim_end_matches('/'));
-            let rel = source
-                .strip_prefix(&prefix)
-                .unwrap_or_else(|| {
-                    panic!("COPY --from={from} {source}: not under the build stage's WORKDIR {}", build.workdir)
-                })
-                .trim_end_matches('/')
-                .to_owned();
-            if let Some(built) = rel.strip_prefix("target/") {
-                // Cargo's layout for a release build of the binary target (no --target triple,
-                // no CARGO_TARGET_DIR in the image).
-                assert_eq!(built, format!("release/{binary_name}"), "COPY --from={from} {source}");
-                let cargo_build = build
-                    .instructions
-                    .iter()
-                    .rev()
-                    .find(|(k, v, _)| k == "RUN" && v.contains("cargo build"))
-                    .map(|(_, v, _)| v.clone())
-                    .expect("the build stage runs cargo build");
-                assert!(cargo_build.contains("--release"), "the build stage builds release: {cargo_build}");
-                assert!(!cargo_build.contains("--target "), "{cargo_build}");
-                if let Some(bin) = cargo_build.split("--bin ").nth(1) {
-                    assert_eq!(bin.split_whitespace().next(), Some(binary_name.as_str()), "{cargo_build}");
-                }
-                assert!(
-                    !build.instructions.iter().any(|(k, v, _)| k == "ENV" && v.contains("CARGO_TARGET_DIR")),
-                    "CARGO_TARGET_DIR moves target/"
-                );
-                copied_binary_to = Some(resolve(runtime_workdir, &dest));
-                continue;
-            }
-            // Otherwise: copied into the build stage from the repository, or made by mkdir -p.
-            let from_context = build.instructions.iter().any(|(k, v, workdir)| {
-                if k != "COPY" {
-                    return false;
-                }
-                let (flags, srcs, dest) = parse_copy(v);
-                let dest = resolve(workdir, &dest);
-                !flags.contains_key("from")
-                    && srcs.iter().any(|s| {
-                        let landed = if srcs.len() > 1 || dest.ends_with('/') || v.trim_end().ends_with("./") {
-                            resolve(&dest, Path::new(s).file_name().and_then(|n| n.to_str()).unwrap_or(s))
-                        } else {
-                            dest.clone()
-                        };
-                        let wanted = resolve(&build.workdir, &rel);
-                        (wanted == landed || wanted.starts_with(&format!("{landed}/"))) && root().join(s).exists()
-                    })
-            });
-            let made = build.instructions.iter().any(|(k, v, _)| {
-                k == "RUN"
-                    && v.split("&&").any(|c| c.trim().starts_with("mkdir -p") && c.split_whitespace().any(|w| w == rel))
-            });
+            copy.from.unwrap_or_else(|| panic!("the runtime stage copies {:?} from the build context", copy.files));
+        let build = dockerfile.stage(&from).unwrap_or_else(|| panic!("COPY --from={from}: no such stage"));
+        let made = made_by(&build);
+        for (source, to) in copy.files {
+            let source = Path::new(&source);
             assert!(
-                from_context || made,
-                "COPY --from={from} {source}: the build stage neither copies {rel} from the repository nor makes it"
+                made.iter().any(|m| source.starts_with(m)),
+                "COPY --from={from} {}: the build stage neither copies it from the repository nor makes it; \
+                 it holds {made:?}",
+                source.display()
             );
+            if source.ends_with(Path::new("target/release").join(binary)) {
+                copied_binary_to = Some(to);
+            } else {
+                copied_config |= source.ends_with("config");
+            }
         }
     }
-    assert!(runtime_copies >= 2, "the runtime stage copies the binary and config/");
-
-    // config/ is inside the image, and the entrypoint is the binary that was copied.
-    assert!(
-        runtime
-            .instructions
-            .iter()
-            .any(|(k, v, _)| k == "COPY" && v.contains(&format!("{}/config", dockerfile.stage("build").workdir))),
-        "the runtime stage copies config/"
-    );
-    let entrypoint = runtime.instructions.iter().rev().find(|(k, _, _)| k == "ENTRYPOINT").expect("ENTRYPOINT");
-    let entrypoint = exec_form(&entrypoint.1);
-    assert_eq!(Some(&entrypoint[0]), copied_binary_to.as_ref(), "ENTRYPOINT runs the copied agentry binary");
-
-    let release = root().join("target/release").join(&binary_name);
-    if release.exists() {
-        eprintln!("(a release build is present at {})", release.display());
-    }
+    assert!(copied_config, "the runtime stage copies config/");
+    let entrypoint = runtime.instructions.iter().rev().find_map(|instruction| match instruction {
+        Instruction::Entrypoint(entrypoint) => Some(&entrypoint.arguments),
+        _ => None,
+    });
+    let Some(DockerCommand::Exec(entrypoint)) = entrypoint else { panic!("an exec-form ENTRYPOINT: {entrypoint:?}") };
+    let copied_binary_to = copied_binary_to.expect("the runtime stage copies the release binary");
+    assert_eq!(Path::new(&*entrypoint.value[0].value), copied_binary_to, "ENTRYPOINT runs the copied binary");
 }
 
 #[test]
 fn the_build_stage_copies_every_file_the_crate_embeds() {
-    let dockerfile = Dockerfile::read();
-    let build = dockerfile.stage("build");
-    let context: Vec<String> = build
-        .instructions
-        .iter()
-        .filter(|(k, _, _)| k == "COPY")
-        .map(|(_, v, _)| parse_copy(v))
-        .filter(|(flags, _, _)| flags.get("from").is_none())
-        .flat_map(|(_, sources, _)| sources)
-        .map(|s| s.trim_end_matches('/').to_owned())
-        .collect();
-    for needed in ["Cargo.toml", "Cargo.lock", "src"] {
-        assert!(context.iter().any(|c| c == needed), "the build stage copies {needed}");
-    }
-    // Cargo refuses a manifest whose declared targets are missing, even for `--bin agentry`, so
-    // every target Cargo.toml declares (its path, or the inferred one) and a build script must be
-    // in the build context before the first `cargo build` (the dependency layer).
-    let mut before_first_build: Vec<String> = Vec::new();
-    for (keyword, args, _) in &build.instructions {
-        if keyword == "RUN" && args.contains("cargo build") {
-            break;
-        }
-        if keyword == "COPY" {
-            let (flags, sources, _) = parse_copy(args);
-            if !flags.contains_key("from") {
-                before_first_build.extend(sources.into_iter().map(|s| s.trim_end_matches('/').to_owned()));
+    let dockerfile = dockerfile();
+    let build = dockerfile.stage("build").expect("a stage named build");
+    // What the build stage copies from the build context: in all, and before its first
+    // `cargo build` (the dependency layer).
+    let mut context: Vec<String> = Vec::new();
+    let mut before_first_build: Option<Vec<String>> = None;
+    for instruction in build.instructions {
+        match instruction {
+            Instruction::Copy(copy) if !copy.options.iter().any(|flag| flag.name.value == "from") => {
+                for source in &copy.src {
+                    let Source::Path(path) = source else { continue };
+                    let source = path.value.trim_start_matches("./").trim_end_matches('/');
+                    assert!(root().join(source).exists(), "COPY {source}: not in the repository");
+                    context.push(source.to_owned());
+                }
             }
+            Instruction::Run(run)
+                if run_commands(run).iter().any(|words| words.starts_with(&["cargo".into(), "build".into()])) =>
+            {
+                before_first_build.get_or_insert_with(|| context.clone());
+            }
+            _ => {}
         }
     }
-    for needed in ["Cargo.toml", "Cargo.lock"] {
-        assert!(before_first_build.iter().any(|c| c == needed), "the dependency layer copies {needed}");
-    }
+    let before_first_build = before_first_build.expect("the build stage runs cargo build");
+    let copied_before = |path: &str| before_first_build.iter().any(|c| Path::new(path).starts_with(c));
+
+    // Cargo refuses a manifest whose declared targets or workspace members are missing, even for
+    // `--bin agentry`: every one (its path, or the inferred one), and a build script, must be in
+    // the build context before the first `cargo build`.
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml"))
             .expect("Cargo.toml parses");
-    let mut named: Vec<String> = Vec::new();
-    if let Some(build) = manifest.get("package").and_then(|p| p.get("build")).and_then(|b| b.as_str()) {
-        named.push(build.to_owned());
+    let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    if let Some(build_script) = manifest["package"].get("build").and_then(|b| b.as_str()) {
+        needed.push(build_script.to_owned());
     }
     if root().join("build.rs").exists() {
-        named.push("build.rs".to_owned());
+        needed.push("build.rs".to_owned());
     }
     for (section, dir) in [("example", "examples"), ("test", "tests"), ("bench", "benches")] {
         for target in manifest.get(section).and_then(|t| t.as_array()).into_iter().flatten() {
@@ -488,23 +425,28 @@ fn the_build_stage_copies_every_file_the_crate_embeds() {
                 }
             };
             assert!(root().join(&path).exists(), "Cargo.toml declares [[{section}]] at {path}, which does not exist");
-            named.push(path);
+            needed.push(path);
         }
     }
-    for path in named {
+    let members = manifest.get("workspace").and_then(|w| w.get("members")).and_then(|m| m.as_array());
+    for member in members.into_iter().flatten() {
+        let member = member.as_str().expect("a member path");
+        assert!(!member.contains('*'), "workspace member {member}: name it without a glob");
+        needed.push(member.to_owned());
+    }
+    for path in needed {
         assert!(
-            before_first_build.iter().any(|c| Path::new(&path).starts_with(c)),
+            copied_before(&path),
             "Cargo.toml needs {path}, which the Dockerfile's build stage does not copy before its first \
-             cargo build (cargo refuses a manifest whose targets are missing)"
+             cargo build (cargo refuses a manifest whose targets or workspace members are missing)"
         );
     }
-    assert!(manifest.get("workspace").is_none(), "a workspace: the Dockerfile builds this one crate only");
 
     // include_str!/include_bytes! reach outside src/ (config/default.toml): those files too.
+    let repo = root().canonicalize().expect("root");
     let mut stack = vec![root().join("src")];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read src").filter_map(Result::ok) {
-            let path = entry.path();
+        for path in std::fs::read_dir(&dir).expect("read src").filter_map(Result::ok).map(|e| e.path()) {
             if path.is_dir() {
                 stack.push(path);
                 continue;
@@ -513,20 +455,17 @@ fn the_build_stage_copies_every_file_the_crate_embeds() {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("source");
-            for marker in ["include_str!(\"", "include_bytes!(\""] {
-                for piece in text.split(marker).skip(1) {
-                    let literal = piece.split('"').next().unwrap_or_default();
-                    let target = path.parent().expect("dir").join(literal);
-                    let target = target.canonicalize().unwrap_or_else(|e| panic!("{}: {literal}: {e}", path.display()));
-                    let rel = target.strip_prefix(root().canonicalize().expect("root")).expect("inside the repo");
-                    let first = rel.components().next().expect("component").as_os_str().to_string_lossy().into_owned();
-                    assert!(
-                        context.iter().any(|c| *c == first || rel.starts_with(c)),
-                        "{} embeds {}, which the Dockerfile's build stage does not copy",
-                        path.display(),
-                        rel.display()
-                    );
-                }
+            for piece in ["include_str!(\"", "include_bytes!(\""].iter().flat_map(|m| text.split(m).skip(1)) {
+                let literal = piece.split('"').next().unwrap_or_default();
+                let target = path.parent().expect("dir").join(literal);
+                let target = target.canonicalize().unwrap_or_else(|e| panic!("{}: {literal}: {e}", path.display()));
+                let rel = target.strip_prefix(&repo).expect("inside the repo");
+                assert!(
+                    context.iter().any(|c| rel.starts_with(c)),
+                    "{} embeds {}, which the Dockerfile's build stage does not copy",
+                    path.display(),
+                    rel.display()
+                );
             }
         }
     }
@@ -538,9 +477,10 @@ fn the_build_stage_copies_every_file_the_crate_embeds() {
     let allowed: Vec<&str> =
         lines.iter().filter_map(|l| l.strip_prefix('!')).map(|l| l.trim_end_matches('/')).collect();
     for source in &context {
-        let first =
-            Path::new(source).components().next().expect("component").as_os_str().to_string_lossy().into_owned();
-        assert!(allowed.contains(&first.as_str()), ".dockerignore keeps {source} out of the build context");
+        assert!(
+            allowed.iter().any(|a| Path::new(source).starts_with(a)),
+            ".dockerignore keeps {source} out of the build context"
+        );
     }
     for never in ["secrets", ".env", "target", ".git", ".peers", "definitions"] {
         assert!(!allowed.iter().any(|a| a.starts_with(never)), ".dockerignore lets {never} in");
@@ -953,7 +893,7 @@ async fn the_indexed_job_shares_the_batch_and_mounts_the_secret_as_files() {
     assert_eq!(env["AGENTRY_SHARD_COUNT"], completions.to_string(), "AGENTRY_SHARD_COUNT must equal completions");
 
     // Non-root (the image's user), read-only root filesystem.
-    let (uid, gid) = Dockerfile::read().runtime_user();
+    let (uid, gid) = runtime_user();
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], uid);
     assert_eq!(pod["securityContext"]["runAsGroup"], gid);
@@ -1276,8 +1216,7 @@ fn chmod(path: &Path, mode: u32) {
 async fn agentry_runs_as_the_compose_agent_service_would() {
     let config = compose_config("compose.yaml", &[]);
     let agent = &config["services"]["agent"];
-    let dockerfile = Dockerfile::read();
-    let workdir = dockerfile.runtime().workdir.clone();
+    let workdir = final_workdir(&runtime_stage(&dockerfile())).display().to_string();
 
     // The container's filesystem, in a sandbox: /app (WORKDIR), the mounts, /run/secrets.
     let sandbox = tempfile::tempdir().expect("sandbox");

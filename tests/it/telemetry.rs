@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry::telemetry::names;
+use agentry_testkit::model_server::ModelServer;
 
 use crate::harness::Agentry;
 use crate::otlp::{OtlpReceiver, ReceivedSpan, Rotel, children_of, spans_named};
