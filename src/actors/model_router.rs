@@ -416,3 +416,6 @@ impl ModelRouterHandle {
             .map_err(|unreachable: Unreachable| LlmError::Unavailable { reason: unreachable.to_string() })?
     }
 }
+
+#[cfg(test)]
+mod tests;

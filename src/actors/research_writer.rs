@@ -305,3 +305,6 @@ impl ResearchWriterHandle {
             .map_err(|e| WriterError::Unavailable(e.to_string()))?
     }
 }
+
+#[cfg(test)]
+mod tests;

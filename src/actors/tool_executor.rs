@@ -396,14 +396,4 @@ impl ToolExecutorHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_must_be_an_object_or_nothing() {
-        assert_eq!(parse_arguments(""), Ok(None));
-        assert!(parse_arguments("{\"q\": 1}").expect("object").is_some());
-        assert!(parse_arguments("{\"q\": ").expect_err("truncated").contains("EOF"));
-        assert_eq!(parse_arguments("[1]"), Err("got an array".into()));
-    }
-}
+mod tests;
