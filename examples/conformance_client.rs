@@ -35,7 +35,7 @@ use std::time::Duration;
 use agentry::actors::mcp_session::{McpSessionHandle, ServerTools};
 use agentry::actors::secret_keeper::EnvLookup;
 use agentry::app::Runtime;
-use agentry::config::{self, McpServerSettings, Overrides, Sources, TransportKind};
+use agentry::config::{self, McpEndpoint, McpServerSettings, Overrides, Sources};
 use rmcp::model::{JsonObject, Tool};
 use serde_json::{Value, json};
 
@@ -98,12 +98,14 @@ async fn run() -> u8 {
             return 2;
         }
     };
-    settings.mcp.servers = vec![McpServerSettings {
-        name: "conformance".into(),
-        url: url.clone(),
-        transport: TransportKind::Auto,
-        ..McpServerSettings::default()
-    }];
+    let endpoint = match McpEndpoint::http(&url) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            eprintln!("conformance_client: {error}");
+            return 2;
+        }
+    };
+    settings.mcp.servers = vec![McpServerSettings::new("conformance", endpoint)];
     agentry::telemetry::init(&settings.telemetry);
     let connect_timeout = settings.mcp.connect_timeout;
 

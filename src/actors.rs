@@ -30,9 +30,16 @@ use ractor::{ActorRef, Message, RpcReplyPort};
 use tokio::sync::watch;
 
 /// Where an actor is in its life, as its handles see it.
-pub enum SlotState<M> {
+pub(crate) enum SlotState<M> {
     /// Running: send here.
     Running(ActorRef<M>),
+    /// Not running, and why.
+    NotRunning(NotRunning),
+}
+
+/// Why an actor is not running: what its supervisor tells its handles.
+#[derive(Debug, Clone)]
+pub(crate) enum NotRunning {
     /// Between a failure and the restart (or not started yet).
     Restarting,
     /// Given up on after too many restarts; the text is the last cause.
@@ -45,15 +52,13 @@ impl<M> Clone for SlotState<M> {
     fn clone(&self) -> Self {
         match self {
             Self::Running(actor) => Self::Running(actor.clone()),
-            Self::Restarting => Self::Restarting,
-            Self::Down(cause) => Self::Down(cause.clone()),
-            Self::Stopped => Self::Stopped,
+            Self::NotRunning(why) => Self::NotRunning(why.clone()),
         }
     }
 }
 
 /// The current `ActorRef` of one supervised actor, shared by its handles and its supervisor.
-pub struct Slot<M> {
+pub(crate) struct Slot<M> {
     state: Arc<watch::Sender<SlotState<M>>>,
 }
 
@@ -65,7 +70,7 @@ impl<M> Clone for Slot<M> {
 
 impl<M> Default for Slot<M> {
     fn default() -> Self {
-        Self { state: Arc::new(watch::Sender::new(SlotState::Restarting)) }
+        Self { state: Arc::new(watch::Sender::new(SlotState::NotRunning(NotRunning::Restarting))) }
     }
 }
 
@@ -112,24 +117,25 @@ pub enum Unreachable {
 
 impl<M: Message> Slot<M> {
     /// Publishes a (re)started actor.
-    pub fn publish(&self, actor: ActorRef<M>) {
+    pub(crate) fn publish(&self, actor: ActorRef<M>) {
         self.state.send_replace(SlotState::Running(actor));
     }
 
-    /// Sets the state.
-    pub fn set(&self, state: SlotState<M>) {
-        self.state.send_replace(state);
+    /// Says the actor is not running, and why.
+    pub(crate) fn set(&self, why: NotRunning) {
+        self.state.send_replace(SlotState::NotRunning(why));
     }
 
     /// The state now.
-    pub fn state(&self) -> SlotState<M> {
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> SlotState<M> {
         self.state.borrow().clone()
     }
 
     /// Waits (at most `wait`) until the slot no longer holds the actor `gone`: the supervisor
     /// has seen it die. A caller whose message reached a dying actor waits here instead of
     /// spinning against it.
-    pub async fn replaced(&self, gone: &ractor::ActorId, wait: Duration) {
+    pub(crate) async fn replaced(&self, gone: &ractor::ActorId, wait: Duration) {
         let mut rx = self.state.subscribe();
         let _ = tokio::time::timeout(
             wait,
@@ -139,7 +145,7 @@ impl<M: Message> Slot<M> {
     }
 
     /// The id of the running actor, if one is running.
-    pub fn running_id(&self) -> Option<ractor::ActorId> {
+    pub(crate) fn running_id(&self) -> Option<ractor::ActorId> {
         match &*self.state.borrow() {
             SlotState::Running(actor) => Some(actor.get_id()),
             _ => None,
@@ -147,19 +153,19 @@ impl<M: Message> Slot<M> {
     }
 
     /// The running actor, waiting up to `wait` while it restarts.
-    pub async fn current(&self, name: &str, wait: Duration) -> Result<ActorRef<M>, Unreachable> {
+    pub(crate) async fn current(&self, name: &str, wait: Duration) -> Result<ActorRef<M>, Unreachable> {
         let mut rx = self.state.subscribe();
         let outcome = tokio::time::timeout(wait, async {
             loop {
                 match &*rx.borrow_and_update() {
                     SlotState::Running(actor) => return Ok(actor.clone()),
-                    SlotState::Down(cause) => {
+                    SlotState::NotRunning(NotRunning::Down(cause)) => {
                         return Err(Unreachable::Down { actor: name.to_owned(), cause: cause.clone() });
                     }
-                    SlotState::Stopped => {
+                    SlotState::NotRunning(NotRunning::Stopped) => {
                         return Err(Unreachable::Stopped { actor: name.to_owned() });
                     }
-                    SlotState::Restarting => {}
+                    SlotState::NotRunning(NotRunning::Restarting) => {}
                 }
                 if rx.changed().await.is_err() {
                     return Err(Unreachable::Stopped { actor: name.to_owned() });
@@ -171,7 +177,7 @@ impl<M: Message> Slot<M> {
     }
 
     /// Calls the current actor: waits for a restart (bounded), then for the answer (bounded).
-    pub async fn call<T: Send + 'static>(
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         name: &str,
         restart_wait: Duration,
@@ -188,4 +194,4 @@ impl<M: Message> Slot<M> {
 }
 
 /// How long a handle waits for a restarting actor that should come back at once.
-pub const RESTART_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const RESTART_WAIT: Duration = Duration::from_secs(5);

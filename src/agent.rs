@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::actors::model_router::ModelRouterHandle;
-use crate::actors::research_writer::ResearchWriterHandle;
+use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
 use crate::actors::tool_executor::{QuestionContext, SAVE_RESEARCH, ToolExecutorHandle};
 use crate::config::AgentSettings;
 use crate::llm::LlmError;
@@ -48,7 +48,7 @@ pub enum AgentError {
     EmptyAnswer(Option<String>),
     /// The research file could not be written.
     #[error("cannot save the research: {0}")]
-    Save(String),
+    Save(#[from] WriterError),
 }
 
 impl AgentError {
@@ -63,8 +63,9 @@ impl AgentError {
     }
 }
 
-/// What happened to one question, for the report.
-#[derive(Debug, Clone, Default)]
+/// What happened to one question: its part of the report row (flattened into it).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Transcript {
     /// Model calls made.
     pub turns: u32,
@@ -84,7 +85,8 @@ pub struct Transcript {
     pub model: Option<String>,
     /// The research file.
     pub file: Option<PathBuf>,
-    /// The final answer.
+    /// The final answer (not in the report: the research file has it).
+    #[serde(skip)]
     pub answer: Option<String>,
     /// Model call retries.
     pub retries: u32,
@@ -155,7 +157,7 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
                     tools_used: transcript.tools_used.clone(),
                     trace_id: trace_id.clone(),
                 };
-                transcript.file = Some(context.writer.save(doc).await.map_err(|e| AgentError::Save(e.to_string()))?);
+                transcript.file = Some(context.writer.save(doc).await?);
             }
             return Ok(());
         }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::actors::Slot;
@@ -19,7 +18,6 @@ use crate::agent::AgentContext;
 use crate::config::Settings;
 use crate::llm::client::{ChatClient, ClientPolicy};
 use crate::mcp::ServerSpec;
-use crate::secrets::SecretSpec;
 
 /// A start-up failure.
 #[derive(Debug, thiserror::Error)]
@@ -85,20 +83,12 @@ impl Runtime {
         let settings = Arc::new(settings);
         let model = &settings.model;
 
-        let mut specs = vec![SecretSpec {
-            name: model.cloud.api_key_secret.clone(),
-            placeholders: model.cloud.placeholder_keys.clone(),
-        }];
-        specs.extend(
-            settings
-                .mcp
-                .servers
-                .iter()
-                .filter(|s| !s.token_secret.is_empty())
-                .map(|s| SecretSpec::new(&s.token_secret)),
+        let (secrets, secret_args, secret_slot) = SecretKeeperHandle::new(
+            settings.secret_specs(),
+            settings.secrets.dir.clone(),
+            settings.secrets.poll_interval,
+            env,
         );
-        let (secrets, secret_args, secret_slot) =
-            SecretKeeperHandle::new(specs, settings.secrets.dir.clone(), settings.secrets.poll_interval, env);
 
         let credential = secrets
             .subscribe(&model.cloud.api_key_secret)
@@ -109,16 +99,14 @@ impl Runtime {
             min_delay: model.retry_min_delay,
             max_delay: model.retry_max_delay,
         })?;
-        let target = |base: &str, model: &str| -> Result<RouteTarget, StartError> {
-            Ok(RouteTarget {
-                base_url: crate::llm::base_url(base).map_err(StartError::Settings)?,
-                model: model.to_owned(),
-            })
+        let target = |base: &crate::llm::BaseUrl, model: &str| RouteTarget {
+            base_url: base.url().clone(),
+            model: model.to_owned(),
         };
         let router = ModelRouterArgs {
             client,
-            cloud: target(&model.cloud.base_url, &model.cloud.model)?,
-            local: target(&model.local.base_url, &model.local.model)?,
+            cloud: target(&model.cloud.base_url, &model.cloud.model),
+            local: target(&model.local.base_url, &model.local.model),
             fallback: model.fallback,
             secret_name: model.cloud.api_key_secret.clone(),
             credential,
@@ -137,7 +125,7 @@ impl Runtime {
         for server in &settings.mcp.servers {
             let spec = Arc::new(ServerSpec {
                 name: server.name.clone(),
-                endpoint: server.endpoint().map_err(StartError::Settings)?,
+                endpoint: server.endpoint.clone(),
                 allow: server.tools.clone(),
                 retry_tools: server.retry_tools.clone(),
                 max_concurrent_calls: settings.mcp.max_concurrent_calls.max(1),
@@ -154,13 +142,19 @@ impl Runtime {
                 connect_timeout: settings.mcp.connect_timeout,
                 call_timeout: settings.mcp.call_timeout,
             };
-            session_specs.push(Arc::new(Leaf::new(
+            let name = server.name.clone();
+            let leaf = Leaf::new(
                 format!("mcp-session:{}", server.name),
                 || McpSession,
                 args,
                 slot,
                 RestartPolicy::Backoff(mcp_backoff(&settings.mcp.restart)),
-            )) as Arc<dyn ChildSpec>);
+            )
+            .on_restart(move || {
+                use crate::telemetry::metrics::{kv, metrics};
+                metrics().mcp_restarts.add(1, &[kv(crate::telemetry::names::attr::MCP_SERVER, name.clone())]);
+            });
+            session_specs.push(Arc::new(leaf) as Arc<dyn ChildSpec>);
             servers.push(handle);
         }
 
@@ -228,17 +222,13 @@ impl Runtime {
 
     /// How many times each actor was restarted since start (name → count).
     pub fn restarts(&self) -> BTreeMap<String, u64> {
-        self.supervised.iter().map(|spec| (spec.name().to_owned(), spec.restarts().load(Ordering::Relaxed))).collect()
+        self.supervised.iter().map(|spec| (spec.name().to_owned(), spec.restarts())).collect()
     }
 
     /// Each secret's source, fingerprint and rotation count (never its value).
     pub fn secret_summary(&self) -> Vec<SecretRow> {
-        let mut names = vec![self.settings.model.cloud.api_key_secret.clone()];
-        names.extend(
-            self.settings.mcp.servers.iter().filter(|s| !s.token_secret.is_empty()).map(|s| s.token_secret.clone()),
-        );
+        let names = self.settings.secret_specs().into_iter().map(|spec| spec.name);
         names
-            .into_iter()
             .map(|name| {
                 let state = self.secrets.current(&name);
                 let credential = state.credential();

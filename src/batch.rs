@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::research_writer::write_file_atomically;
-use crate::agent::{self, AgentContext};
+use crate::agent::{self, AgentContext, Transcript};
 use crate::config::BatchSettings;
 use crate::research;
 
@@ -98,7 +98,20 @@ pub enum Status {
     Interrupted,
 }
 
-/// One row of the report.
+impl Status {
+    /// The word the report, the progress lines and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One row of the report: the question, how it ended, and its transcript (file, route, model,
+/// turns, tool calls, tokens, retries) flattened into the same object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// Position in the whole question list (rows of merged shard reports sort by it).
@@ -109,35 +122,17 @@ pub struct Row {
     pub question_id: String,
     /// Outcome.
     pub status: Status,
-    /// Research file.
-    pub file: Option<PathBuf>,
     /// Seconds taken.
     pub duration_s: f64,
-    /// Route of the last model call.
-    pub route: Option<String>,
-    /// Model of the last call.
-    pub model: Option<String>,
-    /// Model calls.
-    pub turns: u32,
-    /// Tool calls.
-    pub tool_calls: u32,
-    /// Tool calls that returned errors to the model.
-    pub tool_errors: u32,
-    /// Model call retries.
-    pub retries: u32,
-    /// Input tokens.
-    pub input_tokens: u64,
-    /// Output tokens.
-    pub output_tokens: u64,
     /// Trace id (when traces are exported).
     pub trace_id: Option<String>,
     /// What went wrong.
     pub error: Option<String>,
     /// `error.type` label.
     pub error_type: Option<String>,
-    /// The final answer (not written to the report file: the research file has it).
-    #[serde(skip)]
-    pub answer: Option<String>,
+    /// What the agent did.
+    #[serde(flatten)]
+    pub transcript: Transcript,
 }
 
 impl Row {
@@ -147,20 +142,11 @@ impl Row {
             question: planned.question.clone(),
             question_id: planned.id.clone(),
             status,
-            file: planned.done.clone(),
             duration_s: 0.0,
-            route: None,
-            model: None,
-            turns: 0,
-            tool_calls: 0,
-            tool_errors: 0,
-            retries: 0,
-            input_tokens: 0,
-            output_tokens: 0,
             trace_id: None,
             error: None,
             error_type: None,
-            answer: None,
+            transcript: Transcript { file: planned.done.clone(), ..Transcript::default() },
         }
     }
 }
@@ -241,8 +227,8 @@ impl Report {
         );
         for row in &self.questions {
             let question: String = row.question.chars().take(48).collect();
-            let status = format!("{:?}", row.status).to_lowercase();
-            let detail = match (&row.error, &row.file) {
+            let status = row.status.as_str();
+            let detail = match (&row.error, &row.transcript.file) {
                 (Some(error), _) => error.chars().take(120).collect::<String>(),
                 (None, Some(file)) => file.display().to_string(),
                 _ => String::new(),
@@ -251,8 +237,8 @@ impl Report {
                 out,
                 "{status:<9} {question:<width$} {:>6.1} {:>5} {:>8}  {detail}",
                 row.duration_s,
-                row.tool_calls,
-                row.input_tokens + row.output_tokens
+                row.transcript.tool_calls,
+                row.transcript.input_tokens + row.transcript.output_tokens
             );
         }
         let t = &self.totals;
@@ -336,11 +322,11 @@ impl Report {
         for row in &mut self.questions {
             if let Some(error) = ended.failed.get(&row.question_id) {
                 row.status = Status::Failed;
-                row.file = None;
+                row.transcript.file = None;
                 row.error_type = Some("save_failed".into());
                 row.error = Some(error.clone());
             } else if let Some(path) = ended.moved.get(&row.question_id) {
-                row.file = Some(path.clone());
+                row.transcript.file = Some(path.clone());
             }
         }
         self.totals = totals(&self.questions, self.totals.duration_s);
@@ -404,9 +390,9 @@ fn totals(rows: &[Row], duration_s: f64) -> Totals {
             Status::Skipped => totals.skipped += 1,
             Status::Interrupted => totals.interrupted += 1,
         }
-        totals.input_tokens += row.input_tokens;
-        totals.output_tokens += row.output_tokens;
-        totals.tool_calls += u64::from(row.tool_calls);
+        totals.input_tokens += row.transcript.input_tokens;
+        totals.output_tokens += row.transcript.output_tokens;
+        totals.tool_calls += u64::from(row.transcript.tool_calls);
     }
     totals
 }
@@ -448,18 +434,8 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
     tokio::select! {
         outcome = tracing::Instrument::instrument(work, span.clone()) => match outcome {
             Ok(answered) => {
-                let t = answered.transcript;
                 row.duration_s = answered.duration.as_secs_f64();
-                row.file = t.file;
-                row.route = t.route;
-                row.model = t.model;
-                row.turns = t.turns;
-                row.tool_calls = t.tool_calls;
-                row.tool_errors = t.tool_errors;
-                row.retries = t.retries;
-                row.input_tokens = t.input_tokens;
-                row.output_tokens = t.output_tokens;
-                row.answer = t.answer;
+                row.transcript = answered.transcript;
                 match answered.result {
                     Ok(()) => row.status = Status::Ok,
                     Err(error) => {
@@ -492,10 +468,9 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
 }
 
 fn record_question(status: Status) {
-    let status = format!("{status:?}").to_lowercase();
     crate::telemetry::metrics::metrics()
         .questions
-        .add(1, &[crate::telemetry::metrics::kv(crate::telemetry::names::attr::QUESTION_STATUS, status)]);
+        .add(1, &[crate::telemetry::metrics::kv(crate::telemetry::names::attr::QUESTION_STATUS, status.as_str())]);
 }
 
 /// A progress bar on a terminal, plain lines otherwise.
@@ -521,7 +496,7 @@ impl Progress {
 
     fn finished(&self, row: &Row) {
         let n = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let status = format!("{:?}", row.status).to_lowercase();
+        let status = row.status.as_str();
         let question: String = row.question.chars().take(60).collect();
         match &self.bar {
             Some(bar) => {
@@ -550,7 +525,7 @@ mod tests {
             .map(|(index, (id, status))| {
                 let planned = Planned { index, question: format!("Q {id}"), id: (*id).to_owned(), done: None };
                 let mut row = Row::empty(&planned, *status);
-                row.file = Some(PathBuf::from(format!("out/{id}.md")));
+                row.transcript.file = Some(PathBuf::from(format!("out/{id}.md")));
                 row
             })
             .collect();
@@ -576,9 +551,9 @@ mod tests {
         ended.moved.insert("q-c".into(), PathBuf::from("out/q-c-2.md"));
         report.apply_writes(&ended);
         assert_eq!(report.questions[1].status, Status::Failed);
-        assert_eq!(report.questions[1].file, None);
+        assert_eq!(report.questions[1].transcript.file, None);
         assert!(report.questions[1].error.as_deref().is_some_and(|e| e.contains("disk full")));
-        assert_eq!(report.questions[2].file, Some(PathBuf::from("out/q-c-2.md")));
+        assert_eq!(report.questions[2].transcript.file, Some(PathBuf::from("out/q-c-2.md")));
         assert_eq!((report.totals.ok, report.totals.failed), (2, 1));
         assert_eq!(report.exit_code(), 1);
     }

@@ -20,6 +20,9 @@ use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::llm::BaseUrl;
+use crate::secrets::SecretSpec;
+
 /// The embedded defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -74,6 +77,19 @@ pub struct Settings {
     pub mcp: McpSettings,
     /// Logs, traces and metrics.
     pub telemetry: TelemetrySettings,
+}
+
+impl Settings {
+    /// Every secret the settings name: the API key first, then each MCP server's bearer token.
+    pub fn secret_specs(&self) -> Vec<SecretSpec> {
+        let api_key = SecretSpec {
+            name: self.model.cloud.api_key_secret.clone(),
+            placeholders: self.model.cloud.placeholder_keys.clone(),
+        };
+        let tokens =
+            self.mcp.servers.iter().filter(|s| !s.token_secret.is_empty()).map(|s| SecretSpec::new(&s.token_secret));
+        std::iter::once(api_key).chain(tokens).collect()
+    }
 }
 
 /// `[agent]`
@@ -159,7 +175,7 @@ pub struct ModelSettings {
 #[serde(deny_unknown_fields)]
 pub struct CloudModel {
     /// OpenAI-compatible base URL.
-    pub base_url: String,
+    pub base_url: BaseUrl,
     /// Model name.
     pub model: String,
     /// Name of the API key secret.
@@ -173,7 +189,7 @@ pub struct CloudModel {
 #[serde(deny_unknown_fields)]
 pub struct LocalModel {
     /// OpenAI-compatible base URL.
-    pub base_url: String,
+    pub base_url: BaseUrl,
     /// Model name.
     pub model: String,
 }
@@ -246,38 +262,90 @@ pub enum TransportKind {
     Stdio,
 }
 
-/// `[[mcp.servers]]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// `[[mcp.servers]]`: one server, its endpoint resolved when the settings are read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "McpServerEntry", into = "McpServerEntry")]
 pub struct McpServerSettings {
     /// Unique name (used in logs, the report and tool-name prefixes).
     pub name: String,
-    /// Server URL for HTTP transports.
-    #[serde(default)]
-    pub url: String,
-    /// Transport.
-    #[serde(default = "default_transport")]
-    pub transport: TransportKind,
+    /// Where and how to reach it.
+    pub endpoint: McpEndpoint,
     /// Allowed tools (empty: all).
-    #[serde(default)]
     pub tools: Vec<String>,
     /// Name of a bearer-token secret (empty: none).
-    #[serde(default)]
     pub token_secret: String,
-    /// Command for stdio servers.
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// Environment variables passed through to a stdio child (nothing else is).
-    #[serde(default)]
-    pub env: Vec<String>,
     /// Tools safe to call again after a session died mid-call, beyond those the server marks
     /// `readOnlyHint` or `idempotentHint`.
-    #[serde(default)]
     pub retry_tools: Vec<String>,
 }
 
-fn default_transport() -> TransportKind {
-    TransportKind::Auto
+impl McpServerSettings {
+    /// A server with no allowlist, token or retry list.
+    pub fn new(name: impl Into<String>, endpoint: McpEndpoint) -> Self {
+        Self { name: name.into(), endpoint, tools: Vec::new(), token_secret: String::new(), retry_tools: Vec::new() }
+    }
+
+    /// Only these tools.
+    pub fn with_tools(mut self, tools: &[&str]) -> Self {
+        self.tools = tools.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+}
+
+/// `[[mcp.servers]]` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct McpServerEntry {
+    name: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    transport: TransportKind,
+    #[serde(default)]
+    tools: Vec<String>,
+    #[serde(default)]
+    token_secret: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    retry_tools: Vec<String>,
+}
+
+impl TryFrom<McpServerEntry> for McpServerSettings {
+    type Error = EndpointError;
+
+    fn try_from(entry: McpServerEntry) -> Result<Self, EndpointError> {
+        let endpoint = McpEndpoint::resolve(entry.transport, &entry.url, entry.command, entry.env)?;
+        Ok(Self {
+            name: entry.name,
+            endpoint,
+            tools: entry.tools,
+            token_secret: entry.token_secret,
+            retry_tools: entry.retry_tools,
+        })
+    }
+}
+
+impl From<McpServerSettings> for McpServerEntry {
+    fn from(server: McpServerSettings) -> Self {
+        let (transport, url, command, env) = match server.endpoint {
+            McpEndpoint::LegacySse(url) => (TransportKind::Sse, url.into(), Vec::new(), Vec::new()),
+            McpEndpoint::StreamableHttp(url) => (TransportKind::StreamableHttp, url.into(), Vec::new(), Vec::new()),
+            McpEndpoint::Stdio { command, env } => (TransportKind::Stdio, String::new(), command, env),
+        };
+        Self {
+            name: server.name,
+            url,
+            transport,
+            tools: server.tools,
+            token_secret: server.token_secret,
+            command,
+            env,
+            retry_tools: server.retry_tools,
+        }
+    }
 }
 
 /// The endpoint an MCP server resolves to.
@@ -296,25 +364,56 @@ pub enum McpEndpoint {
     },
 }
 
-impl McpServerSettings {
-    /// Resolves the transport (`auto` by URL path) into an endpoint.
-    pub fn endpoint(&self) -> Result<McpEndpoint, String> {
-        if self.transport == TransportKind::Stdio {
-            if self.command.is_empty() {
-                return Err("transport \"stdio\" needs `command = [\"program\", \"arg\", ...]`".into());
+/// Why `url` / `transport` / `command` do not make an endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// A stdio server without a program.
+    #[error("transport \"stdio\" needs `command = [\"program\", \"arg\", ...]`")]
+    NoCommand,
+    /// The url does not parse.
+    #[error("url {text:?} is not a URL: {source}")]
+    NotAUrl {
+        /// The text.
+        text: String,
+        /// What the parser said.
+        #[source]
+        source: url::ParseError,
+    },
+    /// Neither http nor https.
+    #[error("url {0:?} must be http:// or https://")]
+    Scheme(String),
+}
+
+impl McpEndpoint {
+    /// The endpoint of a server as written: `auto` is legacy SSE when the URL path ends in
+    /// `/sse`, else Streamable HTTP.
+    pub fn resolve(
+        transport: TransportKind,
+        url: &str,
+        command: Vec<String>,
+        env: Vec<String>,
+    ) -> Result<Self, EndpointError> {
+        if transport == TransportKind::Stdio {
+            if command.is_empty() {
+                return Err(EndpointError::NoCommand);
             }
-            return Ok(McpEndpoint::Stdio { command: self.command.clone(), env: self.env.clone() });
+            return Ok(Self::Stdio { command, env });
         }
-        let url = Url::parse(&self.url).map_err(|e| format!("url {:?} is not a URL: {e}", self.url))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("url {:?} must be http:// or https://", self.url));
+        let parsed = Url::parse(url).map_err(|source| EndpointError::NotAUrl { text: url.to_owned(), source })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(EndpointError::Scheme(url.to_owned()));
         }
-        Ok(match self.transport {
-            TransportKind::Sse => McpEndpoint::LegacySse(url),
-            TransportKind::StreamableHttp => McpEndpoint::StreamableHttp(url),
-            TransportKind::Auto if url.path().trim_end_matches('/').ends_with("/sse") => McpEndpoint::LegacySse(url),
-            _ => McpEndpoint::StreamableHttp(url),
+        Ok(match transport {
+            TransportKind::Sse => Self::LegacySse(parsed),
+            TransportKind::Auto if parsed.path().trim_end_matches('/').ends_with("/sse") => Self::LegacySse(parsed),
+            _ => Self::StreamableHttp(parsed),
         })
+    }
+
+    /// An HTTP endpoint, by `auto` rules.
+    pub fn http(url: &str) -> Result<Self, EndpointError> {
+        Self::resolve(TransportKind::Auto, url, Vec::new(), Vec::new())
     }
 }
 
@@ -599,10 +698,6 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
     if model.retry_min_delay > model.retry_max_delay {
         return Err(invalid("model.retry_min_delay", "must not exceed model.retry_max_delay"));
     }
-    for (key, url) in [("model.cloud.base_url", &model.cloud.base_url), ("model.local.base_url", &model.local.base_url)]
-    {
-        crate::llm::base_url(url).map_err(|e| invalid(key, e))?;
-    }
     if model.cloud.api_key_secret.trim().is_empty() {
         return Err(invalid("model.cloud.api_key_secret", "must name a secret, e.g. \"openai_api_key\""));
     }
@@ -647,9 +742,6 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
         if !names.insert(server.name.as_str()) {
             return Err(invalid(key("name"), format!("{:?} is used by two servers", server.name)));
         }
-        server.endpoint().map_err(|message| {
-            invalid(key(if server.transport == TransportKind::Stdio { "command" } else { "url" }), message)
-        })?;
     }
     Ok(())
 }

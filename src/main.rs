@@ -16,5 +16,5 @@ fn main() -> ExitCode {
     let code = runtime.block_on(agentry::commands::execute(cli));
     // Tasks still running (HTTP connections closing) must not hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    code
 }

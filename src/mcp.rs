@@ -10,7 +10,10 @@
 //! The session's lifecycle (restarts, the tool list over time) belongs to the `McpSession`
 //! actor; nothing here keeps state.
 
+mod error;
 pub mod legacy_sse;
+
+pub use error::{ConnectError, McpError, SessionEnded};
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -114,83 +117,6 @@ impl ServerSpec {
     }
 }
 
-/// A failed MCP operation, by what the caller does next.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum McpError {
-    /// Could not open or initialise the session: the supervisor retries with backoff.
-    #[error("MCP server {server} ({location}): cannot connect: {message}")]
-    Connect {
-        /// Server name.
-        server: String,
-        /// URL or program.
-        location: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The server refused our bearer token (HTTP 401/403): the token is re-read and the
-    /// session restarted with backoff.
-    #[error("MCP server {server} ({location}) refused the bearer token{}: rotate it or set token_secret", secret.as_deref().map(|s| format!(" of secret {s}")).unwrap_or_default())]
-    Auth {
-        /// Server name.
-        server: String,
-        /// URL.
-        location: String,
-        /// The token's secret, if one was sent.
-        secret: Option<String>,
-    },
-    /// The session died (transport closed): the supervisor restarts it.
-    #[error("MCP server {server}: connection lost: {message}")]
-    ConnectionLost {
-        /// Server name.
-        server: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// No result within the call timeout.
-    #[error("MCP server {server}: tool {tool} did not answer within {timeout:?}")]
-    Timeout {
-        /// Server name.
-        server: String,
-        /// Tool name.
-        tool: String,
-        /// The timeout.
-        timeout: Duration,
-    },
-    /// The server answered the call with a JSON-RPC error.
-    #[error("MCP server {server}: tool {tool} failed: {message}")]
-    Call {
-        /// Server name.
-        server: String,
-        /// Tool name.
-        tool: String,
-        /// The server's message.
-        message: String,
-    },
-    /// The server is restarting or marked down.
-    #[error("MCP server {server} is unavailable: {message}")]
-    Unavailable {
-        /// Server name.
-        server: String,
-        /// Why.
-        message: String,
-    },
-}
-
-impl McpError {
-    /// The `error.type` telemetry label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Connect { .. } => "connect_error",
-            Self::Auth { .. } => "auth_rejected",
-            Self::ConnectionLost { .. } => "connection_lost",
-            Self::Timeout { .. } => "timeout",
-            Self::Call { .. } => "tool_error",
-            Self::Unavailable { .. } => "unavailable",
-        }
-    }
-}
-
 /// agentry's `clientInfo`: name and crate version; tools only, no client capabilities.
 ///
 /// Over Streamable HTTP, [`connect`] first offers 2026-07-28 (`server/discover`) and falls back
@@ -210,18 +136,19 @@ pub async fn connect(
     tools_changed: Option<ToolsChanged>,
 ) -> Result<Session, McpError> {
     let client = Client::new(tools_changed);
-    let failed = |message: String| McpError::Connect { server: spec.name.clone(), location: spec.location(), message };
+    let failed =
+        |cause: ConnectError| McpError::Connect { server: spec.name.clone(), location: spec.location(), cause };
     let refused =
         || McpError::Auth { server: spec.name.clone(), location: spec.location(), secret: spec.token_secret.clone() };
+    let handshake = |e: ClientInitializeError| {
+        if e.is_authorization_required() { refused() } else { failed(ConnectError::Initialize(Box::new(e))) }
+    };
     let open = async {
         match &spec.endpoint {
             McpEndpoint::StreamableHttp(url) => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                     .max_concurrent_requests(spec.max_concurrent_calls);
                 config.auth_header = token.map(|t| t.expose().to_owned());
-                let classify = |e: ClientInitializeError| {
-                    if e.is_authorization_required() { refused() } else { failed(crate::error_chain(&e)) }
-                };
                 let attempt = |lifecycle: ClientLifecycleMode| {
                     let transport = StreamableHttpClientTransport::with_client(http.clone(), config.clone());
                     client.clone().serve_with_lifecycle(transport, lifecycle)
@@ -236,15 +163,18 @@ pub async fn connect(
                 match attempt(auto).await {
                     Err(
                         ClientInitializeError::ExpectedInitResult(_) | ClientInitializeError::ExpectedInitResponse(_),
-                    ) => attempt(ClientLifecycleMode::Initialize).await.map_err(classify),
-                    other => other.map_err(classify),
+                    ) => attempt(ClientLifecycleMode::Initialize).await.map_err(handshake),
+                    other => other.map_err(handshake),
                 }
             }
             McpEndpoint::LegacySse(url) => {
                 let mut headers = HeaderMap::new();
                 if let Some(token) = token {
                     let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                        failed(format!("token {} ({}) cannot go in an HTTP header", token.name(), token.fingerprint()))
+                        failed(ConnectError::TokenNotHeaderSafe {
+                            secret: token.name().to_owned(),
+                            fingerprint: token.fingerprint().to_string(),
+                        })
                     })?;
                     value.set_sensitive(true);
                     headers.insert(AUTHORIZATION, value);
@@ -260,34 +190,30 @@ pub async fn connect(
                         legacy_sse::LegacySseError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
                             refused()
                         }
-                        e => failed(crate::error_chain(&e)),
+                        e => failed(ConnectError::LegacySse(e)),
                     })?;
-                client.clone().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
+                client.clone().serve(transport).await.map_err(handshake)
             }
             McpEndpoint::Stdio { command, env } => {
-                let (program, args) = command.split_first().ok_or_else(|| failed("empty command".into()))?;
+                let spawn_failed =
+                    |program: &str, source| failed(ConnectError::Spawn { program: program.to_owned(), source });
+                let Some((program, args)) = command.split_first() else {
+                    let empty = std::io::Error::new(std::io::ErrorKind::InvalidInput, "the command is empty");
+                    return Err(spawn_failed("", empty));
+                };
                 let mut child = tokio::process::Command::new(program);
                 child.args(args).env_clear().envs(passthrough_env(env)).stderr(Stdio::inherit()).kill_on_drop(true);
                 let (transport, _stderr) = TokioChildProcess::builder(child)
                     .stderr(Stdio::inherit())
                     .spawn()
-                    .map_err(|e| failed(format!("cannot start {program}: {e}")))?;
-                client.clone().serve(transport).await.map_err(|e| failed(crate::error_chain(&e)))
+                    .map_err(|source| spawn_failed(program, source))?;
+                client.clone().serve(transport).await.map_err(handshake)
             }
         }
     };
-    tokio::time::timeout(timeout, open).await.map_err(|_| failed(format!("no answer within {timeout:?}")))?
-}
-
-/// A transport failure in words: the cause chain, without the Rust type paths rmcp puts in
-/// its messages (`Transport [rmcp::transport::worker::WorkerTransport<…>] error: …`).
-pub fn describe(error: &rmcp::service::ServiceError) -> String {
-    let mut text = crate::error_chain(error);
-    while let Some(start) = text.find(" [rmcp::") {
-        let Some(len) = text[start..].find("] ") else { break };
-        text.replace_range(start..start + len + 1, "");
-    }
-    text
+    tokio::time::timeout(timeout, open)
+        .await
+        .map_err(|_| failed(ConnectError::NoAnswer { step: "initialize", timeout }))?
 }
 
 /// Whether a failed request was refused for its credentials (HTTP 401/403), on either HTTP

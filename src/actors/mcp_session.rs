@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::secret_keeper::{Reloaded, SecretKeeperHandle, SecretState};
 use super::{Slot, Unreachable};
-use crate::mcp::{self, McpError, ServerSpec};
+use crate::mcp::{self, ConnectError, McpError, ServerSpec, SessionEnded};
 
 /// A server's tools as the registry sees them.
 #[derive(Clone)]
@@ -63,7 +63,7 @@ fn publish_failure(tools: &watch::Sender<ServerTools>, cause: &McpError) {
 
 /// Start-up arguments (cloned on every restart).
 #[derive(Clone)]
-pub struct McpSessionArgs {
+pub(crate) struct McpSessionArgs {
     /// The server.
     pub server: Arc<ServerSpec>,
     /// Shared HTTP client.
@@ -82,8 +82,7 @@ pub struct McpSessionArgs {
 
 type CallReply = RpcReplyPort<Result<CallToolResult, McpError>>;
 
-/// Messages.
-pub enum McpSessionMsg {
+pub(crate) enum McpSessionMsg {
     /// Call a tool (by the server's own name for it).
     CallTool {
         /// Tool name on the server.
@@ -107,7 +106,7 @@ pub enum McpSessionMsg {
     /// The connect task failed.
     ConnectFailed(u64, McpError),
     /// The session ended.
-    ConnectionLost(u64, String),
+    ConnectionLost(u64, SessionEnded),
     /// The bearer token changed: reconnect with the new one (no restart).
     TokenRotated(u64),
     /// A call was refused with 401/403: re-read the token (a change then reconnects).
@@ -123,8 +122,7 @@ enum Phase {
     Ready { peer: Peer<RoleClient> },
 }
 
-/// State.
-pub struct McpSessionState {
+pub(crate) struct McpSessionState {
     args: McpSessionArgs,
     phase: Phase,
     cancel: Option<RunningServiceCancellationToken>,
@@ -132,8 +130,7 @@ pub struct McpSessionState {
     generation: u64,
 }
 
-/// The actor.
-pub struct McpSession;
+pub(crate) struct McpSession;
 
 impl Actor for McpSession {
     type Msg = McpSessionMsg;
@@ -247,8 +244,8 @@ impl Actor for McpSession {
                 publish_failure(&state.args.tools, &error);
                 return Err(error.into());
             }
-            McpSessionMsg::ConnectionLost(_, message) => {
-                let error = McpError::ConnectionLost { server: state.args.server.name.clone(), message };
+            McpSessionMsg::ConnectionLost(_, cause) => {
+                let error = McpError::ConnectionLost { server: state.args.server.name.clone(), cause };
                 publish_failure(&state.args.tools, &error);
                 return Err(error.into());
             }
@@ -283,13 +280,13 @@ async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs
     let tools = match listed {
         Ok(Ok(tools)) => tools.into_iter().filter(|t| args.server.allows(&t.name)).collect(),
         Ok(Err(error)) => {
-            let message = format!("tools/list failed: {error}");
-            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, connect_error(&args.server, message)));
+            let failed = connect_error(&args.server, ConnectError::ListTools(Box::new(error)));
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, failed));
             return;
         }
         Err(_) => {
-            let message = format!("tools/list did not answer within {:?}", args.connect_timeout);
-            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, connect_error(&args.server, message)));
+            let cause = ConnectError::NoAnswer { step: "tools/list", timeout: args.connect_timeout };
+            let _ = myself.cast(McpSessionMsg::ConnectFailed(generation, connect_error(&args.server, cause)));
             return;
         }
     };
@@ -321,15 +318,15 @@ async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs
             waiting.await
         }
     };
-    let reason = match ended {
-        Ok(reason) => format!("{reason:?}"),
-        Err(error) => error.to_string(),
+    let cause = match ended {
+        Ok(reason) => SessionEnded::from(reason),
+        Err(error) => SessionEnded::Task(Arc::new(error)),
     };
-    let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, reason));
+    let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, cause));
 }
 
-fn connect_error(server: &ServerSpec, message: String) -> McpError {
-    McpError::Connect { server: server.name.clone(), location: server.location(), message }
+fn connect_error(server: &ServerSpec, cause: ConnectError) -> McpError {
+    McpError::Connect { server: server.name.clone(), location: server.location(), cause }
 }
 
 fn spawn_call(
@@ -369,11 +366,12 @@ fn spawn_call(
                     Err(McpError::Auth { server, location, secret })
                 }
                 Ok(Err(error)) => {
-                    let message = mcp::describe(&error);
-                    if matches!(error, ServiceError::TransportClosed | ServiceError::TransportSend(_)) {
-                        let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, message.clone()));
+                    let dead = matches!(error, ServiceError::TransportClosed | ServiceError::TransportSend(_));
+                    let cause = SessionEnded::Transport(Arc::new(error));
+                    if dead {
+                        let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, cause.clone()));
                     }
-                    Err(McpError::ConnectionLost { server, message })
+                    Err(McpError::ConnectionLost { server, cause })
                 }
             };
             record_call(&tracing::Span::current(), &tool, &result, started.elapsed());
@@ -447,7 +445,7 @@ pub struct McpSessionHandle {
 
 impl McpSessionHandle {
     /// A handle, its slot and the tools channel (for the actor's arguments).
-    pub fn new(
+    pub(crate) fn new(
         server: Arc<ServerSpec>,
         restart_wait: Duration,
         call_timeout: Duration,
@@ -522,10 +520,7 @@ impl McpSessionHandle {
                 reply,
             })
             .await;
-        let unavailable = |unreachable: Unreachable| McpError::Unavailable {
-            server: self.server.name.clone(),
-            message: unreachable.to_string(),
-        };
+        let unavailable = |cause: Unreachable| McpError::Unavailable { server: self.server.name.clone(), cause };
         match outcome {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(error @ McpError::ConnectionLost { .. })) => Err(Failure::CutOff(error)),

@@ -52,7 +52,7 @@ impl fmt::Display for Route {
 
 /// A model's address.
 #[derive(Debug, Clone)]
-pub struct RouteTarget {
+pub(crate) struct RouteTarget {
     /// Base URL.
     pub base_url: Url,
     /// Model name.
@@ -61,7 +61,7 @@ pub struct RouteTarget {
 
 /// Start-up arguments (cloned on every restart).
 #[derive(Clone)]
-pub struct ModelRouterArgs {
+pub(crate) struct ModelRouterArgs {
     /// HTTP client with its retry policy.
     pub client: ChatClient,
     /// Cloud route.
@@ -93,8 +93,7 @@ pub struct ChatOutcome {
     pub model: String,
 }
 
-/// Messages.
-pub enum ModelRouterMsg {
+pub(crate) enum ModelRouterMsg {
     /// Send one chat request.
     Chat {
         /// The conversation.
@@ -108,11 +107,10 @@ pub enum ModelRouterMsg {
     Rejected(Fingerprint),
 }
 
-/// The actor.
-pub struct ModelRouter;
+pub(crate) struct ModelRouter;
 
-/// State: the arguments, the rejected key (if any), the route last taken.
-pub struct ModelRouterState {
+/// The arguments, the rejected key (if any), the route last taken.
+pub(crate) struct ModelRouterState {
     args: ModelRouterArgs,
     rejected: Option<Fingerprint>,
     last_route: Option<Route>,
@@ -164,7 +162,7 @@ impl ModelRouterArgs {
     }
 
     /// A one-line description of the route, for `config check` and the start-up log.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.decide(None) {
             Ok(Decision { route, endpoint }) => {
                 let key = endpoint
@@ -400,7 +398,7 @@ pub struct ModelRouterHandle {
 
 impl ModelRouterHandle {
     /// A handle over `slot`; `deadline` bounds one call including all its retries.
-    pub fn new(slot: Slot<ModelRouterMsg>, deadline: Duration) -> Self {
+    pub(crate) fn new(slot: Slot<ModelRouterMsg>, deadline: Duration) -> Self {
         Self { slot, deadline }
     }
 

@@ -26,29 +26,22 @@ use std::time::{Duration, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{RESTART_WAIT, Slot};
+use super::{RESTART_WAIT, Slot, Unreachable};
 use crate::research::{self, ResearchDoc};
 
-/// A failed save.
+/// A save the writer did not accept. (A write that fails after the reply is reported by
+/// [`ResearchWriterHandle::drain`], in [`Ended::failed`].)
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriterError {
-    /// The file could not be written.
-    #[error("cannot write {path}: {message}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        message: String,
-    },
     /// The writer is not running.
     #[error("the research writer is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Unreachable),
 }
 
 /// Start-up arguments.
 #[derive(Clone)]
-pub struct ResearchWriterArgs {
+pub(crate) struct ResearchWriterArgs {
     /// The output directory.
     pub dir: PathBuf,
     /// Writes in progress and how they ended (shared with the handles; survives restarts).
@@ -56,7 +49,7 @@ pub struct ResearchWriterArgs {
 }
 
 /// What happened to the writes behind the replies.
-pub struct Outcomes {
+pub(crate) struct Outcomes {
     pending: tokio::sync::watch::Sender<usize>,
     /// Limits writes on the blocking pool at once.
     permits: Arc<tokio::sync::Semaphore>,
@@ -77,7 +70,7 @@ const WRITES_AT_ONCE: usize = 4;
 
 impl Outcomes {
     /// Fresh bookkeeping.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             pending: tokio::sync::watch::Sender::new(0),
             permits: Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE)),
@@ -105,8 +98,7 @@ impl Outcomes {
     }
 }
 
-/// Messages.
-pub enum ResearchWriterMsg {
+pub(crate) enum ResearchWriterMsg {
     /// Write a research file.
     Save(Box<ResearchDoc>, RpcReplyPort<Result<PathBuf, WriterError>>),
     /// Another process took the reserved name first; the file went to `to`.
@@ -120,16 +112,14 @@ pub enum ResearchWriterMsg {
     },
 }
 
-/// State.
-pub struct ResearchWriterState {
+pub(crate) struct ResearchWriterState {
     outcomes: Arc<Outcomes>,
     dir: Arc<Path>,
     by_question: HashMap<String, PathBuf>,
     taken: HashSet<PathBuf>,
 }
 
-/// The actor.
-pub struct ResearchWriter;
+pub(crate) struct ResearchWriter;
 
 impl Actor for ResearchWriter {
     type Msg = ResearchWriterMsg;
@@ -281,7 +271,7 @@ pub struct ResearchWriterHandle {
 
 impl ResearchWriterHandle {
     /// A handle over `slot`, sharing `outcomes` with the actor.
-    pub fn new(slot: Slot<ResearchWriterMsg>, outcomes: Arc<Outcomes>) -> Self {
+    pub(crate) fn new(slot: Slot<ResearchWriterMsg>, outcomes: Arc<Outcomes>) -> Self {
         Self { slot, outcomes }
     }
 
@@ -302,7 +292,7 @@ impl ResearchWriterHandle {
                 ResearchWriterMsg::Save(Box::new(doc), reply)
             })
             .await
-            .map_err(|e| WriterError::Unavailable(e.to_string()))?
+            .map_err(WriterError::Unavailable)?
     }
 }
 

@@ -66,7 +66,7 @@ struct Channel {
 
 /// Start-up arguments (cloned on every restart).
 #[derive(Clone)]
-pub struct SecretKeeperArgs {
+pub(crate) struct SecretKeeperArgs {
     dir: PathBuf,
     poll_interval: Duration,
     env: EnvLookup,
@@ -82,19 +82,16 @@ pub enum Reloaded {
     Unchanged,
 }
 
-/// Messages.
-pub enum SecretKeeperMsg {
+pub(crate) enum SecretKeeperMsg {
     /// Re-read one secret now.
     Reload(String, RpcReplyPort<Reloaded>),
     /// Timer tick: re-read all.
     Poll,
 }
 
-/// The actor.
-pub struct SecretKeeper;
+pub(crate) struct SecretKeeper;
 
-/// State.
-pub struct SecretKeeperState {
+pub(crate) struct SecretKeeperState {
     args: SecretKeeperArgs,
     timer: Option<JoinHandle<()>>,
     /// Last error per secret, so a broken source is logged once, not every tick.
@@ -229,7 +226,7 @@ pub struct SecretKeeperHandle {
 
 impl SecretKeeperHandle {
     /// The handle and the actor's arguments, for the supervisor's spec.
-    pub fn new(
+    pub(crate) fn new(
         specs: Vec<SecretSpec>,
         dir: PathBuf,
         poll_interval: Duration,

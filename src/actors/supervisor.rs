@@ -25,9 +25,11 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use tokio::time::Instant;
 
+use super::NotRunning;
+
 /// How a child is restarted after a failure.
 #[derive(Debug, Clone)]
-pub enum RestartPolicy {
+pub(crate) enum RestartPolicy {
     /// Restart at once, every time.
     Immediate,
     /// Exponential backoff with jitter, a limit within a window, then down for a while.
@@ -36,7 +38,7 @@ pub enum RestartPolicy {
 
 /// Backoff settings for a child whose failures come from outside (a server going away).
 #[derive(Debug, Clone)]
-pub struct BackoffPolicy {
+pub(crate) struct BackoffPolicy {
     /// First delay.
     pub initial: Duration,
     /// Largest delay.
@@ -52,35 +54,27 @@ pub struct BackoffPolicy {
 impl BackoffPolicy {
     /// The delay before restart number `attempt` (0-based): doubling, capped, with "equal
     /// jitter" (between half and all of the step) so many clients do not restart in lockstep.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let step = self.initial.saturating_mul(2u32.saturating_pow(attempt.min(20))).min(self.max);
         let jitter: f64 = rand::random_range(0.5..=1.0);
         step.mul_f64(jitter)
     }
 }
 
-/// How the supervisor reports a child's state to the child's handles.
-pub enum ChildState {
-    /// Failed; a restart is coming.
-    Restarting,
-    /// Marked down with this cause.
-    Down(Arc<str>),
-    /// Stopped for good.
-    Stopped,
-}
-
-/// One child: how to start it and how to tell its handles what happened.
-pub trait ChildSpec: Send + Sync + 'static {
-    /// Name for logs (`mcp-session:gateway`).
+/// One child: how to start it, and how its handles and its metrics learn what happened.
+pub(crate) trait ChildSpec: Send + Sync + 'static {
+    /// Name for logs and the report (`mcp-session:gateway`).
     fn name(&self) -> &str;
     /// Restart policy.
     fn policy(&self) -> RestartPolicy;
     /// Spawns the child linked to `supervisor` and publishes it to its handles.
     fn start(&self, supervisor: ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>;
-    /// Tells the child's handles about a state change.
-    fn mark(&self, state: ChildState);
-    /// Counts restarts (shared with whoever reports them).
-    fn restarts(&self) -> &AtomicU64;
+    /// Tells the child's handles what happened to it (never `Running`: [`Self::start`] says that).
+    fn mark(&self, state: NotRunning);
+    /// Counts a restart (and records it wherever the spec says restarts are counted).
+    fn restarted(&self);
+    /// Restarts so far.
+    fn restarts(&self) -> u64;
     /// Stops the running child and waits for it (a nested supervisor stops its own first).
     fn shutdown(&self, cell: ActorCell) -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -92,19 +86,17 @@ pub trait ChildSpec: Send + Sync + 'static {
 /// How long one child may take to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
-/// The supervisor actor.
-pub struct Supervisor;
+struct Supervisor;
 
 /// Start-up arguments.
-pub struct SupervisorArgs {
+pub(crate) struct SupervisorArgs {
     /// Name for logs.
     pub name: String,
     /// Children, in start order.
     pub children: Vec<Arc<dyn ChildSpec>>,
 }
 
-/// Messages.
-pub enum SupervisorMsg {
+pub(crate) enum SupervisorMsg {
     /// Start (or restart) child `index`.
     Start(usize),
     /// Stop all children in reverse order, then reply.
@@ -121,8 +113,7 @@ struct Child {
     down: bool,
 }
 
-/// State.
-pub struct SupervisorState {
+struct SupervisorState {
     name: String,
     children: Vec<Child>,
     stopping: bool,
@@ -207,7 +198,7 @@ impl Actor for Supervisor {
                     {
                         child.spec.shutdown(cell).await;
                     }
-                    child.spec.mark(ChildState::Stopped);
+                    child.spec.mark(NotRunning::Stopped);
                 }
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
@@ -245,15 +236,11 @@ impl SupervisorState {
     /// Decides when child `index` starts again and tells its handles.
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, index: usize, cause: Arc<str>) {
         let child = &mut self.children[index];
-        child.spec.restarts().fetch_add(1, Ordering::Relaxed);
-        if let Some(server) = child.spec.name().strip_prefix("mcp-session:") {
-            use crate::telemetry::metrics::{kv, metrics};
-            metrics().mcp_restarts.add(1, &[kv(crate::telemetry::names::attr::MCP_SERVER, server.to_owned())]);
-        }
+        child.spec.restarted();
         let delay = match child.spec.policy() {
             RestartPolicy::Immediate => {
                 tracing::warn!(supervisor = %self.name, child = child.spec.name(), %cause, "child failed; restarting now");
-                child.spec.mark(ChildState::Restarting);
+                child.spec.mark(NotRunning::Restarting);
                 Duration::ZERO
             }
             RestartPolicy::Backoff(policy) => {
@@ -272,7 +259,7 @@ impl SupervisorState {
                     child.down = true;
                     tracing::error!(supervisor = %self.name, child = child.spec.name(), %cause, cool_down = ?policy.cool_down,
                         "too many restarts: marked down");
-                    child.spec.mark(ChildState::Down(cause));
+                    child.spec.mark(NotRunning::Down(cause));
                     policy.cool_down
                 } else {
                     let delay = policy.delay(child.attempt);
@@ -284,7 +271,7 @@ impl SupervisorState {
                     }
                     child.attempt = child.attempt.saturating_add(1);
                     if !child.down {
-                        child.spec.mark(ChildState::Restarting);
+                        child.spec.mark(NotRunning::Restarting);
                     }
                     delay
                 }
@@ -300,26 +287,26 @@ impl SupervisorState {
 
 /// A handle to a running supervisor.
 #[derive(Clone)]
-pub struct SupervisorHandle {
+pub(crate) struct SupervisorHandle {
     actor: ActorRef<SupervisorMsg>,
 }
 
 impl SupervisorHandle {
     /// Spawns a supervisor (unlinked: the root) with its children.
-    pub async fn spawn(args: SupervisorArgs) -> Result<(Self, tokio::task::JoinHandle<()>), SpawnErr> {
+    pub(crate) async fn spawn(args: SupervisorArgs) -> Result<(Self, tokio::task::JoinHandle<()>), SpawnErr> {
         let (actor, join) = Actor::spawn(None, Supervisor, args).await?;
         Ok((Self { actor }, join))
     }
 
     /// Stops the children in reverse order and then the supervisor.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let _ = self.actor.call(SupervisorMsg::Shutdown, Some(Duration::from_secs(30))).await;
     }
 }
 
 /// A supervisor nested under another (the `McpSupervisor`): a child spec whose child is a
 /// supervisor of its own children.
-pub struct NestedSupervisor {
+pub(crate) struct NestedSupervisor {
     name: String,
     children: Vec<Arc<dyn ChildSpec>>,
     restarts: AtomicU64,
@@ -328,7 +315,7 @@ pub struct NestedSupervisor {
 
 impl NestedSupervisor {
     /// A nested supervisor over `children`.
-    pub fn new(name: &str, children: Vec<Arc<dyn ChildSpec>>) -> Self {
+    pub(crate) fn new(name: &str, children: Vec<Arc<dyn ChildSpec>>) -> Self {
         Self { name: name.to_owned(), children, restarts: AtomicU64::new(0), current: Default::default() }
     }
 }
@@ -363,16 +350,20 @@ impl ChildSpec for NestedSupervisor {
         })
     }
 
-    fn mark(&self, state: ChildState) {
-        if let ChildState::Stopped = state {
+    fn mark(&self, state: NotRunning) {
+        if let NotRunning::Stopped = state {
             for child in &self.children {
-                child.mark(ChildState::Stopped);
+                child.mark(NotRunning::Stopped);
             }
         }
     }
 
-    fn restarts(&self) -> &AtomicU64 {
-        &self.restarts
+    fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 }
 
@@ -381,13 +372,14 @@ mod tests;
 
 /// The spec of an ordinary actor: spawn `A` with a clone of its arguments, publish it in its
 /// slot. Everything an actor needs after a restart is in its arguments.
-pub struct Leaf<A: Actor> {
+pub(crate) struct Leaf<A: Actor> {
     name: String,
     actor: fn() -> A,
     args: A::Arguments,
     slot: super::Slot<A::Msg>,
     policy: RestartPolicy,
     restarts: AtomicU64,
+    on_restart: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl<A> Leaf<A>
@@ -396,14 +388,20 @@ where
     A::Arguments: Clone + Sync,
 {
     /// A spec; `actor` builds the (stateless) actor value.
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         actor: fn() -> A,
         args: A::Arguments,
         slot: super::Slot<A::Msg>,
         policy: RestartPolicy,
     ) -> Self {
-        Self { name: name.into(), actor, args, slot, policy, restarts: AtomicU64::new(0) }
+        Self { name: name.into(), actor, args, slot, policy, restarts: AtomicU64::new(0), on_restart: None }
+    }
+
+    /// Also calls `count` on every restart (a metric of the child's own kind).
+    pub(crate) fn on_restart(mut self, count: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_restart = Some(Box::new(count));
+        self
     }
 }
 
@@ -432,15 +430,18 @@ where
         })
     }
 
-    fn mark(&self, state: ChildState) {
-        self.slot.set(match state {
-            ChildState::Restarting => super::SlotState::Restarting,
-            ChildState::Down(cause) => super::SlotState::Down(cause),
-            ChildState::Stopped => super::SlotState::Stopped,
-        });
+    fn mark(&self, state: NotRunning) {
+        self.slot.set(state);
     }
 
-    fn restarts(&self) -> &AtomicU64 {
-        &self.restarts
+    fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = &self.on_restart {
+            count();
+        }
+    }
+
+    fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 }

@@ -77,23 +77,21 @@ enum Target {
 
 /// Start-up arguments.
 #[derive(Clone)]
-pub struct ToolExecutorArgs {
+pub(crate) struct ToolExecutorArgs {
     /// One handle per MCP server.
     pub servers: Vec<McpSessionHandle>,
     /// For `save_research`.
     pub writer: ResearchWriterHandle,
 }
 
-/// Messages.
-pub enum ToolExecutorMsg {
+pub(crate) enum ToolExecutorMsg {
     /// The tools to offer.
     Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
     /// Run one turn's tool calls.
     Execute(Vec<ToolCall>, Arc<QuestionContext>, RpcReplyPort<Vec<ToolOutcome>>),
 }
 
-/// State.
-pub struct ToolExecutorState {
+pub(crate) struct ToolExecutorState {
     args: ToolExecutorArgs,
     /// The tool lists the registry was built from (`Arc` identity tells a change).
     built_from: Vec<Option<Arc<[rmcp::model::Tool]>>>,
@@ -101,8 +99,7 @@ pub struct ToolExecutorState {
     definitions: Arc<[ToolDefinition]>,
 }
 
-/// The actor.
-pub struct ToolExecutor;
+pub(crate) struct ToolExecutor;
 
 impl ToolExecutorState {
     /// Rebuilds the registry when a server's tool list changed. A server that is restarting
@@ -360,7 +357,7 @@ pub struct ToolExecutorHandle {
 
 impl ToolExecutorHandle {
     /// A handle; `deadline` bounds one turn's calls.
-    pub fn new(slot: Slot<ToolExecutorMsg>, deadline: Duration) -> Self {
+    pub(crate) fn new(slot: Slot<ToolExecutorMsg>, deadline: Duration) -> Self {
         Self { slot, deadline }
     }
 

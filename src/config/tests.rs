@@ -22,7 +22,7 @@ fn the_embedded_defaults_load_and_validate() {
     assert_eq!(settings.model.request_timeout, Duration::from_secs(120));
     assert_eq!(settings.batch.report_path(), PathBuf::from("definitions/report.json"));
     let gateway = &settings.mcp.servers[0];
-    assert_eq!(gateway.endpoint(), Ok(McpEndpoint::LegacySse(Url::parse("http://mcp-gateway:8811/sse").expect("url"))));
+    assert_eq!(gateway.endpoint, McpEndpoint::LegacySse(Url::parse("http://mcp-gateway:8811/sse").expect("url")));
 }
 
 #[test]
@@ -91,14 +91,14 @@ fn the_python_agents_variables_are_honoured() {
         ..Sources::default()
     };
     let settings = load(&sources).expect("valid");
-    assert_eq!(settings.model.local.base_url, "http://model-runner.docker.internal/engines/v1/");
+    assert_eq!(settings.model.local.base_url.to_string(), "http://model-runner.docker.internal/engines/v1/");
     assert_eq!(settings.model.local.model, "ai/smollm2");
     assert_eq!(settings.model.cloud.model, "gpt-4.1-mini");
-    assert_eq!(settings.model.cloud.base_url, "http://127.0.0.1:9/v1");
+    assert_eq!(settings.model.cloud.base_url.to_string(), "http://127.0.0.1:9/v1/");
     assert_eq!(settings.batch.questions, ["Define Docker"], "QUESTION replaces the embedded default");
     assert_eq!(
-        settings.mcp.servers[0].endpoint(),
-        Ok(McpEndpoint::StreamableHttp(Url::parse("http://127.0.0.1:8811/mcp").expect("url")))
+        settings.mcp.servers[0].endpoint,
+        McpEndpoint::StreamableHttp(Url::parse("http://127.0.0.1:8811/mcp").expect("url"))
     );
     assert_eq!(settings.mcp.servers[0].tools, ["search"], "the rest of the server is kept");
 }
@@ -132,8 +132,13 @@ fn invalid_values_are_named() {
         ("[batch]\nconcurrency = 0\n", "batch.concurrency"),
         ("[model]\ntemperature = 3.0\n", "model.temperature"),
         ("[model.local]\nbase_url = \"not a url\"\n", "model.local.base_url"),
-        ("[[mcp.servers]]\nname = \"x\"\ntransport = \"stdio\"\n", "mcp.servers[0].command"),
-        ("[[mcp.servers]]\nname = \"x\"\nurl = \"ftp://h/\"\n", "mcp.servers[0].url"),
+        // The endpoint is resolved as the server is read: the key is the server, the message
+        // names the field.
+        (
+            "[[mcp.servers]]\nname = \"x\"\ntransport = \"stdio\"\n",
+            "mcp.servers[0]: transport \"stdio\" needs `command",
+        ),
+        ("[[mcp.servers]]\nname = \"x\"\nurl = \"ftp://h/\"\n", "mcp.servers[0]: url \"ftp://h/\" must be http"),
         (
             "[[mcp.servers]]\nname = \"x\"\nurl = \"http://a/mcp\"\n[[mcp.servers]]\nname = \"x\"\nurl = \"http://b/mcp\"\n",
             "mcp.servers[1].name",
@@ -147,21 +152,27 @@ fn invalid_values_are_named() {
 
 #[test]
 fn auto_transport_follows_the_path() {
-    let server = |url: &str, transport| McpServerSettings {
-        name: "s".into(),
-        url: url.into(),
-        transport,
-        tools: vec![],
-        token_secret: String::new(),
-        ..Default::default()
-    };
-    assert!(matches!(server("http://h:8811/sse", TransportKind::Auto).endpoint(), Ok(McpEndpoint::LegacySse(_))));
-    assert!(matches!(server("http://h:8811/sse/", TransportKind::Auto).endpoint(), Ok(McpEndpoint::LegacySse(_))));
-    assert!(matches!(server("http://h:8811/mcp", TransportKind::Auto).endpoint(), Ok(McpEndpoint::StreamableHttp(_))));
-    assert!(matches!(
-        server("http://h:8811/sse", TransportKind::StreamableHttp).endpoint(),
-        Ok(McpEndpoint::StreamableHttp(_))
-    ));
+    let endpoint = |url: &str, transport| McpEndpoint::resolve(transport, url, Vec::new(), Vec::new());
+    assert!(matches!(endpoint("http://h:8811/sse", TransportKind::Auto), Ok(McpEndpoint::LegacySse(_))));
+    assert!(matches!(endpoint("http://h:8811/sse/", TransportKind::Auto), Ok(McpEndpoint::LegacySse(_))));
+    assert!(matches!(endpoint("http://h:8811/mcp", TransportKind::Auto), Ok(McpEndpoint::StreamableHttp(_))));
+    assert!(matches!(endpoint("http://h:8811/sse", TransportKind::StreamableHttp), Ok(McpEndpoint::StreamableHttp(_))));
+    assert!(matches!(endpoint("http://h/mcp", TransportKind::Stdio), Err(EndpointError::NoCommand)));
+}
+
+#[test]
+fn a_server_prints_back_as_it_reads() {
+    let (_dir, path) = with_file(
+        "q.toml",
+        "[[mcp.servers]]\nname = \"g\"\nurl = \"http://h:8811/sse\"\ntools = [\"search\"]\n\
+         [[mcp.servers]]\nname = \"s\"\ntransport = \"stdio\"\ncommand = [\"srv\", \"--x\"]\nenv = [\"PATH\"]\n",
+    );
+    let settings = load(&Sources { file: Some(path), ..Sources::default() }).expect("valid");
+    let printed = toml::to_string(&settings).expect("serialises");
+    let (_dir, again) = with_file("again.toml", &printed);
+    let reread =
+        load(&Sources { file: Some(again), ..Sources::default() }).expect("what config check prints reads back");
+    assert_eq!(reread.mcp.servers, settings.mcp.servers);
 }
 
 #[test]

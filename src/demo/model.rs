@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::loopback::Loopback;
 use super::scripted::{ScriptedReply, ScriptedResearcher};
+use crate::llm::BaseUrl;
 
 /// The demo model server. Stops on [`shutdown`](Self::shutdown) or when dropped.
 #[derive(Debug)]
@@ -42,9 +43,10 @@ impl DemoModelServer {
         Ok(Self { server })
     }
 
-    /// The OpenAI base URL, `http://127.0.0.1:PORT/v1`.
-    pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.server.addr())
+    /// The OpenAI base URL, `http://127.0.0.1:PORT/v1/`.
+    pub fn base_url(&self) -> BaseUrl {
+        let text = format!("http://{}/v1", self.server.addr());
+        BaseUrl::parse(&text).expect("an IP address and port make a base URL")
     }
 
     /// Stops the server.

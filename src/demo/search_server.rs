@@ -421,6 +421,11 @@ impl SearchServer {
         mcp_url(self.server.addr())
     }
 
+    /// The MCP endpoint as a URL.
+    pub fn endpoint(&self) -> url::Url {
+        url::Url::parse(&self.url()).expect("an IP address and port make a URL")
+    }
+
     /// Stops the server, closing MCP sessions, and waits briefly for it.
     pub async fn shutdown(self) {
         self.server.shutdown().await;

@@ -136,14 +136,12 @@ fn headers(endpoint: &Endpoint) -> Result<HeaderMap, LlmError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(credential) = &endpoint.credential {
-        let mut value =
-            HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| LlmError::NoRoute {
-                reason: format!(
-                    "secret {} ({}) holds characters that cannot go in an HTTP header",
-                    credential.name(),
-                    credential.fingerprint()
-                ),
-            })?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| {
+            LlmError::KeyNotHeaderSafe {
+                secret: credential.name().to_owned(),
+                fingerprint: credential.fingerprint().to_string(),
+            }
+        })?;
         // Marked sensitive so HTTP-level debug logging redacts it.
         value.set_sensitive(true);
         headers.insert(AUTHORIZATION, value);

@@ -77,6 +77,17 @@ pub enum LlmError {
         /// Fingerprint of the rejected value.
         fingerprint: String,
     },
+    /// The key holds characters an HTTP header cannot carry (a newline inside it, say).
+    #[error(
+        "the API key {secret} ({fingerprint}) holds characters that cannot go in an HTTP header: \
+         rewrite the secret with the key alone on one line"
+    )]
+    KeyNotHeaderSafe {
+        /// Secret name.
+        secret: String,
+        /// Fingerprint of the value.
+        fingerprint: String,
+    },
     /// No route can take the request (no key and no fallback, or the key was rejected).
     #[error("no model route: {reason}")]
     NoRoute {
@@ -113,6 +124,7 @@ impl LlmError {
             Self::Connect { .. } => "connect_error",
             Self::Timeout { .. } => "timeout",
             Self::Auth { .. } | Self::KeyRejected { .. } => "auth_rejected",
+            Self::KeyNotHeaderSafe { .. } => "invalid_key",
             Self::Rejected { .. } => "request_rejected",
             Self::Protocol { .. } => "protocol_error",
             Self::NoRoute { .. } => "no_route",

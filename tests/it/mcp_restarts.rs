@@ -198,7 +198,7 @@ async fn a_server_that_never_comes_back_is_marked_down_and_fails_fast_by_name() 
     };
     let report = agentry::batch::run(&runtime.agent_context(""), planned, &options, &Default::default()).await;
     assert_eq!(report.totals.ok, 1);
-    assert_eq!(report.questions[0].tool_errors, 1);
+    assert_eq!(report.questions[0].transcript.tool_errors, 1);
     let result = tool_results(&model.requests().last().expect("request").body);
     assert!(result[0].contains("doomed") && result[0].starts_with("Error:"), "{result:?}");
     runtime.shutdown().await;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use agentry::app::Runtime;
 use agentry::batch::{self, Report, RunOptions};
 use agentry::config::{self, Overrides, Settings, Sources};
-use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
 use agentry::secrets::Fingerprint;
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Agentry, config};
@@ -215,14 +215,14 @@ async fn a_rejected_key_falls_back_to_local_until_it_is_rotated() {
 
     let report = run_batch(&runtime, &settings).await;
     assert_eq!(report.totals.ok, 3);
-    assert!(report.questions.iter().all(|r| r.route.as_deref() == Some("local")), "{:?}", report.questions);
+    assert!(report.questions.iter().all(|r| r.transcript.route.as_deref() == Some("local")), "{:?}", report.questions);
     assert_eq!(cloud.request_count(), 1, "once rejected, the key is not tried again until it changes");
 
     // Rotating the secret clears the mark: a reload (as after the next poll) finds a new value.
     install(&secrets, Rotation::InPlace, NEW_KEY, 1);
     runtime.secrets.reload("openai_api_key").await.expect("reload");
     let report = run_batch(&runtime, &settings).await;
-    assert!(report.questions.iter().all(|r| r.route.as_deref() == Some("cloud")), "{:?}", report.questions);
+    assert!(report.questions.iter().all(|r| r.transcript.route.as_deref() == Some("cloud")), "{:?}", report.questions);
     assert_eq!(cloud.requests().last().and_then(|r| r.bearer.clone()).as_deref(), Some(NEW_KEY));
     runtime.shutdown().await;
 }
@@ -292,13 +292,10 @@ async fn gateway_token_rotation(transport: &str) {
         .with_latency(Duration::from_millis(10)),
     );
     let mut settings = settings(dir.path(), "http://127.0.0.1:9/v1", &model.base_url(), "local", 40);
+    let endpoint = agentry::config::McpEndpoint::http(&mcp.url()).expect("url");
     settings.mcp.servers = vec![agentry::config::McpServerSettings {
-        name: "gateway".into(),
-        url: mcp.url(),
-        transport: agentry::config::TransportKind::Auto,
-        tools: vec!["search".into()],
         token_secret: "mcp_gateway_auth_token".into(),
-        ..Default::default()
+        ..agentry::config::McpServerSettings::new("gateway", endpoint).with_tools(&["search"])
     }];
     let runtime = Runtime::start(settings.clone(), no_env()).await.expect("runtime");
     runtime.tools_settled(Duration::from_secs(20)).await;

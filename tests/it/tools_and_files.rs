@@ -140,7 +140,7 @@ async fn tools_reports_an_unreachable_server_and_exits_1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn colliding_tool_names_are_prefixed_by_server() {
-    use agentry::config::McpServerSettings;
+    use agentry::config::{McpEndpoint, McpServerSettings};
 
     let one = PythonMcpServer::start("streamable-http").await;
     let two = PythonMcpServer::start("sse").await;
@@ -150,13 +150,8 @@ async fn colliding_tool_names_are_prefixed_by_server() {
     let mut settings =
         agentry::config::load(&agentry::config::Sources { file: Some(path), ..Default::default() }).expect("config");
     settings.mcp.servers = vec![
-        McpServerSettings {
-            name: "alpha".into(),
-            url: one.url(),
-            tools: vec!["search".into(), "echo".into()],
-            ..Default::default()
-        },
-        McpServerSettings { name: "beta".into(), url: two.url(), tools: vec!["search".into()], ..Default::default() },
+        McpServerSettings::new("alpha", McpEndpoint::http(&one.url()).expect("url")).with_tools(&["search", "echo"]),
+        McpServerSettings::new("beta", McpEndpoint::http(&two.url()).expect("url")).with_tools(&["search"]),
     ];
     let runtime = agentry::app::Runtime::start(settings, Arc::new(|_: &str| None)).await.expect("runtime");
     runtime.tools_settled(std::time::Duration::from_secs(30)).await;

@@ -76,7 +76,7 @@ async fn a_failed_child_is_restarted_and_the_same_slot_reaches_it() {
     };
     assert_eq!(generation, 2);
     assert_eq!(starts.load(Ordering::SeqCst), 2);
-    assert_eq!(restarts.restarts().load(Ordering::SeqCst), 1);
+    assert_eq!(restarts.restarts(), 1);
     supervisor.shutdown().await;
     assert!(matches!(ping(&slot).await, Err(Unreachable::Stopped { .. })));
 }

@@ -4,7 +4,7 @@ use rmcp::model::{CallToolResult, ContentBlock, Tool};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::actors::SlotState;
+use crate::actors::NotRunning;
 use crate::actors::mcp_session::{McpSession, McpSessionArgs, McpSessionMsg, ServerTools};
 use crate::actors::research_writer::{Outcomes, ResearchWriter, ResearchWriterArgs};
 use crate::actors::secret_keeper::SecretKeeperHandle;
@@ -368,8 +368,8 @@ async fn a_server_that_is_down_or_does_not_come_back_answers_with_an_error_namin
     let (gone, gone_slot) = fake_server("gone", &["archive"], Behaviour::Answer, &tx).await;
     let (later, later_slot) = fake_server("later", &["index"], Behaviour::Answer, &tx).await;
     let tools = executor(vec![gone, later], writer_over(dir.path()).await).await;
-    gone_slot.set(SlotState::Down("connection refused (os error 111)".into()));
-    later_slot.set(SlotState::Restarting);
+    gone_slot.set(NotRunning::Down("connection refused (os error 111)".into()));
+    later_slot.set(NotRunning::Restarting);
 
     // Their last known tools stay offered: the model learns what happened from the result.
     assert_eq!(offered(&tools).await, ["archive", "index", "save_research"]);

@@ -1,0 +1,101 @@
+//! `agentry config check`: the resolved settings, each secret's source and fingerprint (never
+//! its value), the route a question would take, the MCP servers and the questions. Every
+//! problem is listed, then the command fails (exit 2).
+
+use std::process::ExitCode;
+
+use super::{CliError, settings};
+use crate::actors::secret_keeper::SecretState;
+use crate::batch;
+use crate::cli::CommonArgs;
+use crate::config::{Fallback, McpEndpoint, Overrides, Settings};
+use crate::secrets;
+
+pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
+    let settings = settings(common, Overrides::default())?;
+    let mut problems = Vec::new();
+    match toml::to_string_pretty(&settings) {
+        Ok(text) => println!(
+            "# resolved settings (defaults, {}, environment)\n{text}",
+            common.config.as_ref().map_or("no config file".into(), |p| p.display().to_string())
+        ),
+        Err(error) => problems.push(format!("cannot print the settings: {error}")),
+    }
+    let api_key = print_secrets(&settings, &mut problems);
+    println!("\n# route");
+    let route = match (&api_key, settings.model.fallback) {
+        (SecretState::Present(_), _) => {
+            format!("cloud: {} at {}", settings.model.cloud.model, settings.model.cloud.base_url)
+        }
+        (_, Fallback::Local) => {
+            format!("local: {} at {} (no usable cloud key)", settings.model.local.model, settings.model.local.base_url)
+        }
+        (_, Fallback::None) => {
+            problems.push("no usable API key and model.fallback = \"none\": every question would fail".into());
+            "none".into()
+        }
+    };
+    println!("{route}");
+    println!("\n# MCP servers");
+    for server in &settings.mcp.servers {
+        let target = match &server.endpoint {
+            McpEndpoint::LegacySse(url) => format!("legacy SSE {url}"),
+            McpEndpoint::StreamableHttp(url) => format!("Streamable HTTP {url}"),
+            McpEndpoint::Stdio { command, env } => format!("stdio {command:?}, passing {env:?}"),
+        };
+        let tools = if server.tools.is_empty() { "all tools".to_owned() } else { format!("tools {:?}", server.tools) };
+        println!("{}: {target}, {tools}", server.name);
+    }
+    println!("\n# questions");
+    match batch::plan(&settings.batch, false, None) {
+        Ok(planned) => {
+            let done = planned.iter().filter(|p| p.done.is_some()).count();
+            let dir = settings.batch.output_dir.display();
+            println!("{} questions ({done} already answered in {dir})", planned.len());
+        }
+        Err(error) => problems.push(error.to_string()),
+    }
+    if problems.is_empty() {
+        println!("\nconfiguration OK");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        eprintln!("problem: {problem}");
+    }
+    Err(CliError::Problems(problems.len()))
+}
+
+/// Prints each secret's source and fingerprint; returns the API key's state.
+fn print_secrets(settings: &Settings, problems: &mut Vec<String>) -> SecretState {
+    println!("# secrets (values are never shown)");
+    let lookup = |name: &str| std::env::var(name).ok();
+    let mut api_key = SecretState::Absent;
+    for (index, spec) in settings.secret_specs().iter().enumerate() {
+        let state = match secrets::load(spec, &settings.secrets.dir, &lookup) {
+            Ok(Some(credential)) => {
+                println!("{} = {} from {}", spec.name, credential.fingerprint(), credential.source());
+                SecretState::Present(credential)
+            }
+            Ok(None) => {
+                let file = settings.secrets.dir.join(&spec.name);
+                let variable = spec.variable();
+                println!(
+                    "{} = absent (or a placeholder) in {}, ${variable}_FILE, ${variable}",
+                    spec.name,
+                    file.display()
+                );
+                SecretState::Absent
+            }
+            Err(error) => {
+                let key = if index == 0 { "model.cloud.api_key_secret" } else { "mcp.servers.token_secret" };
+                println!("{} = unusable ({key})", spec.name);
+                problems.push(error.to_string());
+                SecretState::Invalid(error.to_string().into())
+            }
+        };
+        if index == 0 {
+            api_key = state;
+        }
+    }
+    api_key
+}
