@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::SystemTime;
 
 use agentry::llm::wire::{ChatRequest, ChatResponse, FunctionCall, Message, ToolCall, ToolDefinition};
-use agentry::research::{self, ResearchDoc};
+use agentry::research::{self, Provenance, ResearchDoc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -74,15 +74,17 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(research::safe_stem(black_box("../../What is the Model Context Protocol?"))))
     });
     let doc = ResearchDoc {
-        question: "Define Machine Learning".into(),
-        question_id: research::question_id("Define Machine Learning"),
+        provenance: Provenance {
+            question: "Define Machine Learning".into(),
+            question_id: research::question_id("Define Machine Learning"),
+            agent: "research-assistant".into(),
+            model: "gpt-4o-mini".into(),
+            route: "cloud".into(),
+            tools_used: vec!["search".into(), "save_research".into()],
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        },
         topic: "Machine Learning".into(),
         content: "Machine learning is ...\n".repeat(100),
-        agent: "research-assistant".into(),
-        model: "gpt-4o-mini".into(),
-        route: "cloud".into(),
-        tools_used: vec!["search".into(), "save_research".into()],
-        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
     };
     c.bench_function("render research file", |b| {
         b.iter(|| black_box(research::render(black_box(&doc), SystemTime::UNIX_EPOCH)))

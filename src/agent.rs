@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use crate::actors::model_router::ModelRouterHandle;
 use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
-use crate::actors::tool_executor::{QuestionContext, SAVE_RESEARCH, ToolExecutorHandle};
+use crate::actors::tool_executor::{SAVE_RESEARCH, ToolExecutorHandle};
 use crate::config::AgentSettings;
 use crate::llm::LlmError;
 use crate::llm::wire::Message;
-use crate::research::{self, ResearchDoc};
+use crate::research::{self, Provenance, ResearchDoc};
 
 /// What a question needs: the actors' handles and the agent settings.
 #[derive(Clone)]
@@ -116,6 +116,16 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
     let settings = &context.settings;
     let question_id = research::question_id(question);
     let trace_id = crate::telemetry::trace_id(&tracing::Span::current());
+    // What a research file saved this turn records: the question, and how it is being answered.
+    let provenance = |model: String, route: String, transcript: &Transcript| Provenance {
+        question: question.to_owned(),
+        question_id: question_id.clone(),
+        agent: settings.name.clone(),
+        model,
+        route,
+        tools_used: transcript.tools_used.clone(),
+        trace_id: trace_id.clone(),
+    };
     let mut messages = Arc::new(vec![
         Message::System { content: settings.system_prompt.replace("{question}", question) },
         Message::User { content: question.to_owned() },
@@ -146,17 +156,8 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
             };
             transcript.answer = Some(answer.clone());
             if transcript.file.is_none() {
-                let doc = ResearchDoc {
-                    question: question.to_owned(),
-                    question_id,
-                    topic: question.to_owned(),
-                    content: answer,
-                    agent: settings.name.clone(),
-                    model: outcome.model,
-                    route,
-                    tools_used: transcript.tools_used.clone(),
-                    trace_id: trace_id.clone(),
-                };
+                let provenance = provenance(outcome.model, route, transcript);
+                let doc = ResearchDoc { provenance, topic: question.to_owned(), content: answer };
                 transcript.file = Some(context.writer.save(doc).await?);
             }
             return Ok(());
@@ -167,16 +168,8 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
                 transcript.tools_used.push(call.function.name.clone());
             }
         }
-        let question_context = Arc::new(QuestionContext {
-            question: question.to_owned(),
-            question_id: question_id.clone(),
-            agent: settings.name.clone(),
-            model: outcome.model,
-            route,
-            tools_used: transcript.tools_used.clone(),
-            trace_id: trace_id.clone(),
-        });
-        for result in context.tools.execute(calls, question_context).await {
+        let saves_with = Arc::new(provenance(outcome.model, route, transcript));
+        for result in context.tools.execute(calls, saves_with).await {
             if result.is_error {
                 transcript.tool_errors += 1;
                 tracing::debug!(tool = %result.name, "tool call returned an error to the model");

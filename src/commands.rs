@@ -53,13 +53,23 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    /// An input report cannot be read.
-    #[error("{}: {message}", path.display())]
-    BadReport {
+    /// An input file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
-        message: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An input file is not an agentry report.
+    #[error("{}: not an agentry report: {source}", path.display())]
+    NotAReport {
+        /// The file.
+        path: PathBuf,
+        /// Where it stops being one.
+        #[source]
+        source: serde_json::Error,
     },
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]

@@ -7,18 +7,22 @@
 //! ## Layout
 //! | module | what it holds |
 //! |---|---|
-//! | [`cli`], [`commands`] | clap types; what each subcommand does (exit codes 0 / 1 / 2) |
-//! | [`config`] | typed settings from `config/default.toml`, a user file, the environment |
+//! | [`cli`] | clap types only |
+//! | [`commands`] | one file per subcommand (`run`, `ask`, `tools`, `config check`, `demo`, `report`), each `Result<ExitCode, CliError>`; exit codes 0 / 1 / 2 |
+//! | [`config`] | typed settings from `config/default.toml`, a user file, the environment; MCP endpoints and base URLs resolved as they are read |
 //! | [`app`] | wiring: starts the supervision tree, hands out handles, stops in order |
-//! | [`actors`] | SecretKeeper, ModelRouter, McpSession, ToolExecutor, ResearchWriter, supervisors |
+//! | [`actors`] | SecretKeeper, ModelRouter, McpSession, ToolExecutor, ResearchWriter, supervisors; each with its handle and handle-level tests |
 //! | [`agent`] | the per-question tool-calling loop (a task, not an actor) |
 //! | [`batch`] | planning, bounded concurrency, the report |
-//! | [`llm`] | OpenAI Chat Completions wire types and HTTP client with retries |
-//! | [`mcp`] | MCP transports (rmcp; legacy SSE of our own) and tool conversion |
+//! | [`llm`] | OpenAI Chat Completions wire types, base URLs, HTTP client with retries, [`llm::LlmError`] |
+//! | [`mcp`] | MCP transports (rmcp; legacy SSE of our own), tool conversion, [`mcp::McpError`] |
 //! | [`secrets`] | secret values that never print; sources and fingerprints |
-//! | [`research`] | research file names and format |
-//! | [`telemetry`] | logging set-up |
-//! | [`demo`] | the loopback model and search servers of `agentry demo` (also the tests' peers) |
+//! | [`research`] | research file names, provenance and format |
+//! | [`telemetry`] | logging, OTLP traces and metrics; span and metric names |
+//! | [`demo`] | `agentry demo`: the scripted model and the search server on loopback |
+//!
+//! Test doubles (the scriptable OpenAI-compatible server, slow peers) are in the
+//! `agentry-testkit` crate (`crates/agentry-testkit`), a dev-dependency: they never ship.
 //!
 //! ## Supervision tree
 //! ```text

@@ -63,17 +63,14 @@ pub fn safe_stem(topic: &str) -> String {
     if stem.is_empty() { "research".to_owned() } else { stem }
 }
 
-/// Everything a research file records.
+/// Who asked what, and how it was answered: what a research file records besides its topic
+/// and content. The agent hands it to `save_research` with every turn's tool calls.
 #[derive(Debug, Clone)]
-pub struct ResearchDoc {
+pub struct Provenance {
     /// The question as asked.
     pub question: String,
     /// Its id.
     pub question_id: String,
-    /// The topic (the model's, or the question).
-    pub topic: String,
-    /// Markdown content.
-    pub content: String,
     /// Agent name.
     pub agent: String,
     /// Model that answered.
@@ -86,10 +83,21 @@ pub struct ResearchDoc {
     pub trace_id: Option<String>,
 }
 
+/// Everything a research file records.
+#[derive(Debug, Clone)]
+pub struct ResearchDoc {
+    /// The question and how it was answered.
+    pub provenance: Provenance,
+    /// The topic (the model's, or the question).
+    pub topic: String,
+    /// Markdown content.
+    pub content: String,
+}
+
 /// The file's text, stamped with the current UTC time.
 pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
     let generated_at = humantime::format_rfc3339_seconds(now).to_string();
-    let content = doc.content.trim();
+    let (about, content) = (&doc.provenance, doc.content.trim());
     // A write-up that opens with its own heading keeps it; otherwise the topic is the title.
     let title = if content.starts_with("# ") {
         String::new()
@@ -98,15 +106,15 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
     };
     format!(
         "---\nquestion: {}\nquestion_id: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n{}{}\n",
-        json!(doc.question),
-        json!(doc.question_id),
+        json!(about.question),
+        json!(about.question_id),
         json!(doc.topic),
         json!(generated_at),
-        json!(doc.agent),
-        json!(doc.model),
-        json!(doc.route),
-        json!(doc.tools_used),
-        json!(doc.trace_id),
+        json!(about.agent),
+        json!(about.model),
+        json!(about.route),
+        json!(about.tools_used),
+        json!(about.trace_id),
         title,
         content,
     )
@@ -181,18 +189,20 @@ mod tests {
     #[test]
     fn the_front_matter_round_trips_any_question() {
         let doc = ResearchDoc {
-            question: "What is \"---\"\nand: yaml?".into(),
-            question_id: question_id("x"),
+            provenance: Provenance {
+                question: "What is \"---\"\nand: yaml?".into(),
+                question_id: question_id("x"),
+                agent: "a".into(),
+                model: "m".into(),
+                route: "local".into(),
+                tools_used: vec!["search".into()],
+                trace_id: None,
+            },
             topic: "Topic".into(),
             content: "Body".into(),
-            agent: "a".into(),
-            model: "m".into(),
-            route: "local".into(),
-            tools_used: vec!["search".into()],
-            trace_id: None,
         };
         let text = render(&doc, SystemTime::UNIX_EPOCH);
-        assert_eq!(read_question_id(&text), Some(doc.question_id.clone()));
+        assert_eq!(read_question_id(&text), Some(doc.provenance.question_id.clone()));
         assert!(text.contains("generated_at: \"1970-01-01T00:00:00Z\""), "{text}");
         assert!(text.ends_with("# Topic\n\nBody\n"), "{text}");
     }

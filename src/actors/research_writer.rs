@@ -180,13 +180,13 @@ impl Actor for ResearchWriter {
                     && *actual != path
                 {
                     let moved = ResearchWriterMsg::Moved {
-                        question_id: doc.question_id.clone(),
+                        question_id: doc.provenance.question_id.clone(),
                         from: path.clone(),
                         to: actual.clone(),
                     };
                     let _ = myself.cast(moved);
                 }
-                outcomes.finished(&doc.question_id, &path, &written);
+                outcomes.finished(&doc.provenance.question_id, &path, &written);
             })
             .await;
             if let Err(error) = written {
@@ -201,16 +201,16 @@ impl ResearchWriterState {
     /// The question's file: the one it already has (`true`: replace it), or a new unique name,
     /// reserved now (`false`: create it, never replacing another process's file).
     fn path_for(&mut self, doc: &ResearchDoc) -> (PathBuf, bool) {
-        if let Some(path) = self.by_question.get(&doc.question_id) {
+        if let Some(path) = self.by_question.get(&doc.provenance.question_id) {
             return (path.clone(), true);
         }
         let stem = research::safe_stem(&doc.topic);
         let path = (1..)
             .map(|n| if n == 1 { self.dir.join(format!("{stem}.md")) } else { self.dir.join(format!("{stem}-{n}.md")) })
             .find(|candidate| !self.taken.contains(candidate))
-            .unwrap_or_else(|| self.dir.join(format!("{}.md", doc.question_id)));
+            .unwrap_or_else(|| self.dir.join(format!("{}.md", doc.provenance.question_id)));
         self.taken.insert(path.clone());
-        self.by_question.insert(doc.question_id.clone(), path.clone());
+        self.by_question.insert(doc.provenance.question_id.clone(), path.clone());
         (path, false)
     }
 }

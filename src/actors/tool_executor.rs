@@ -29,29 +29,10 @@ use super::research_writer::ResearchWriterHandle;
 use super::{RESTART_WAIT, Slot};
 use crate::llm::wire::{ToolCall, ToolDefinition};
 use crate::mcp;
-use crate::research::ResearchDoc;
+use crate::research::{Provenance, ResearchDoc};
 
 /// The local tool's name.
 pub const SAVE_RESEARCH: &str = "save_research";
-
-/// What `save_research` needs to know about the question it is saving for.
-#[derive(Debug, Clone)]
-pub struct QuestionContext {
-    /// The question.
-    pub question: String,
-    /// Its id.
-    pub question_id: String,
-    /// Agent name.
-    pub agent: String,
-    /// The model that asked for the save.
-    pub model: String,
-    /// The route it came by.
-    pub route: String,
-    /// Tools used so far (including this turn's).
-    pub tools_used: Vec<String>,
-    /// Trace id, when traces are exported.
-    pub trace_id: Option<String>,
-}
 
 /// The result of one tool call, as the model will read it.
 #[derive(Debug, Clone)]
@@ -88,7 +69,7 @@ pub(crate) enum ToolExecutorMsg {
     /// The tools to offer.
     Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
     /// Run one turn's tool calls.
-    Execute(Vec<ToolCall>, Arc<QuestionContext>, RpcReplyPort<Vec<ToolOutcome>>),
+    Execute(Vec<ToolCall>, Arc<Provenance>, RpcReplyPort<Vec<ToolOutcome>>),
 }
 
 pub(crate) struct ToolExecutorState {
@@ -198,7 +179,7 @@ impl Actor for ToolExecutor {
 struct Dispatch<'a> {
     servers: &'a [McpSessionHandle],
     writer: &'a ResearchWriterHandle,
-    context: &'a QuestionContext,
+    context: &'a Provenance,
     available: &'a [String],
 }
 
@@ -308,7 +289,7 @@ fn json_kind(value: &Value) -> &'static str {
 async fn save_research(
     arguments: Option<JsonObject>,
     writer: &ResearchWriterHandle,
-    context: &QuestionContext,
+    context: &Provenance,
 ) -> Result<PathBuf, String> {
     let arguments = arguments.unwrap_or_default();
     let text = |field: &str| -> Result<String, String> {
@@ -318,17 +299,7 @@ async fn save_research(
             None => Err(format!("`{field}` is missing")),
         }
     };
-    let doc = ResearchDoc {
-        question: context.question.clone(),
-        question_id: context.question_id.clone(),
-        topic: text("topic")?,
-        content: text("research_content")?,
-        agent: context.agent.clone(),
-        model: context.model.clone(),
-        route: context.route.clone(),
-        tools_used: context.tools_used.clone(),
-        trace_id: context.trace_id.clone(),
-    };
+    let doc = ResearchDoc { provenance: context.clone(), topic: text("topic")?, content: text("research_content")? };
     writer.save(doc).await.map_err(|e| e.to_string())
 }
 
@@ -370,7 +341,7 @@ impl ToolExecutorHandle {
     }
 
     /// Runs one turn's calls; every call gets an outcome, in order.
-    pub async fn execute(&self, calls: Vec<ToolCall>, context: Arc<QuestionContext>) -> Vec<ToolOutcome> {
+    pub async fn execute(&self, calls: Vec<ToolCall>, context: Arc<Provenance>) -> Vec<ToolOutcome> {
         let fallback: Vec<(String, String)> = calls.iter().map(|c| (c.id.clone(), c.function.name.clone())).collect();
         match self
             .slot

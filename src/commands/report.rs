@@ -16,7 +16,6 @@ pub(super) fn merge(inputs: &[PathBuf], output: &Path) -> Result<ExitCode, CliEr
 }
 
 fn read(path: &Path) -> Result<Report, CliError> {
-    let bad = |message: String| CliError::BadReport { path: path.to_path_buf(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| bad(format!("not an agentry report: {e}")))
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|source| CliError::NotAReport { path: path.to_path_buf(), source })
 }

@@ -1,20 +1,23 @@
 use super::*;
 use crate::actors::Slot;
+use crate::research::Provenance;
 
 /// Long enough never to be the reason a test passes: `drain` returns as soon as the writes end.
 const DRAIN: Duration = Duration::from_secs(60);
 
 fn doc(question: &str, topic: &str, content: &str) -> ResearchDoc {
     ResearchDoc {
-        question: question.into(),
-        question_id: research::question_id(question),
+        provenance: Provenance {
+            question: question.into(),
+            question_id: research::question_id(question),
+            agent: "research-assistant".into(),
+            model: "test-model".into(),
+            route: "local".into(),
+            tools_used: vec!["search".into()],
+            trace_id: None,
+        },
         topic: topic.into(),
         content: content.into(),
-        agent: "research-assistant".into(),
-        model: "test-model".into(),
-        route: "local".into(),
-        tools_used: vec!["search".into()],
-        trace_id: None,
     }
 }
 

@@ -164,8 +164,8 @@ fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
     }
 }
 
-fn context() -> Arc<QuestionContext> {
-    Arc::new(QuestionContext {
+fn context() -> Arc<Provenance> {
+    Arc::new(Provenance {
         question: "Define machine learning".into(),
         question_id: crate::research::question_id("Define machine learning"),
         agent: "research-assistant".into(),
