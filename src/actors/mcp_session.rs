@@ -3,7 +3,9 @@
 //! - **Owns**: the `rmcp` session (its `Peer` and cancellation token), the server's tool list
 //!   (published, after the allowlist, in a `watch` channel that outlives restarts), calls that
 //!   arrived while connecting.
-//! - **Accepts**: `CallTool`; internally `Connected`, `ConnectFailed`, `ConnectionLost`.
+//! - **Accepts**: `CallTool`; internally `Connected`, `ConnectFailed`, `ConnectionLost`, and
+//!   `ToolsChanged` (the server's `notifications/tools/list_changed`), coalesced: one re-list
+//!   in flight, at most one queued, however many notifications arrive.
 //! - **Concurrency**: `pre_start` only spawns the connect task, so a restart never blocks the
 //!   supervisor. Each call runs in its own task on a clone of the `Peer` (rmcp multiplexes
 //!   requests), with its own timeout; the handler never awaits the network.
@@ -113,8 +115,8 @@ pub(crate) enum McpSessionMsg {
     AuthRejected(u64),
     /// The server sent `notifications/tools/list_changed`.
     ToolsChanged(u64),
-    /// The re-listed tools.
-    ToolsListed(u64, Arc<[Tool]>),
+    /// A re-list finished: the allowed tools, or `None` when it failed (already logged).
+    ToolsListed(u64, Option<Arc<[Tool]>>),
 }
 
 enum Phase {
@@ -128,6 +130,43 @@ pub(crate) struct McpSessionState {
     cancel: Option<RunningServiceCancellationToken>,
     /// The current connection attempt; reports from older ones are ignored.
     generation: u64,
+    /// Re-lists after `notifications/tools/list_changed`.
+    relist: Relist,
+}
+
+/// One re-list in flight (for the generation it was started in), at most one queued.
+#[derive(Default)]
+struct Relist {
+    in_flight: Option<u64>,
+    queued: bool,
+}
+
+/// Re-lists the tools on the ready session and reports back with `ToolsListed`, whatever
+/// happens (so the next queued re-list can start).
+fn start_relist(myself: &ActorRef<McpSessionMsg>, state: &mut McpSessionState, generation: u64) {
+    let Phase::Ready { peer } = &state.phase else {
+        return;
+    };
+    state.relist = Relist { in_flight: Some(generation), queued: false };
+    let (peer, server, timeout) = (peer.clone(), state.args.server.clone(), state.args.connect_timeout);
+    let myself = myself.clone();
+    tokio::spawn(
+        async move {
+            let listed = match tokio::time::timeout(timeout, peer.list_all_tools()).await {
+                Ok(Ok(tools)) => Some(tools.into_iter().filter(|t| server.allows(&t.name)).collect()),
+                Ok(Err(error)) => {
+                    tracing::warn!(server = %server.name, %error, "re-listing tools failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(server = %server.name, "re-listing tools timed out");
+                    None
+                }
+            };
+            let _ = myself.cast(McpSessionMsg::ToolsListed(generation, listed));
+        }
+        .in_current_span(),
+    );
 }
 
 pub(crate) struct McpSession;
@@ -143,7 +182,13 @@ impl Actor for McpSession {
         args: McpSessionArgs,
     ) -> Result<McpSessionState, ActorProcessingErr> {
         tokio::spawn(connect_and_watch(myself, args.clone(), 0).in_current_span());
-        Ok(McpSessionState { args, phase: Phase::Connecting { pending: Vec::new() }, cancel: None, generation: 0 })
+        Ok(McpSessionState {
+            args,
+            phase: Phase::Connecting { pending: Vec::new() },
+            cancel: None,
+            generation: 0,
+            relist: Relist::default(),
+        })
     }
 
     async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut McpSessionState) -> Result<(), ActorProcessingErr> {
@@ -175,29 +220,24 @@ impl Actor for McpSession {
             | McpSessionMsg::ToolsListed(generation, _)
                 if generation != state.generation => {}
             McpSessionMsg::ToolsChanged(generation) => {
-                if let Phase::Ready { peer } = &state.phase {
-                    let (peer, server, timeout) = (peer.clone(), state.args.server.clone(), state.args.connect_timeout);
-                    let myself = myself.clone();
-                    tokio::spawn(
-                        async move {
-                            match tokio::time::timeout(timeout, peer.list_all_tools()).await {
-                                Ok(Ok(tools)) => {
-                                    let tools = tools.into_iter().filter(|t| server.allows(&t.name)).collect();
-                                    let _ = myself.cast(McpSessionMsg::ToolsListed(generation, tools));
-                                }
-                                Ok(Err(error)) => {
-                                    tracing::warn!(server = %server.name, %error, "re-listing tools failed")
-                                }
-                                Err(_) => tracing::warn!(server = %server.name, "re-listing tools timed out"),
-                            }
-                        }
-                        .in_current_span(),
-                    );
+                // Coalesced: a server flooding the notification gets one re-list in flight and at
+                // most one queued, which then reads the list as it is by then.
+                if state.relist.in_flight == Some(generation) {
+                    state.relist.queued = true;
+                } else {
+                    start_relist(&myself, state, generation);
                 }
             }
-            McpSessionMsg::ToolsListed(_, tools) => {
-                tracing::info!(server = %state.args.server.name, tools = tools.len(), "tool list changed");
-                state.args.tools.send_replace(ServerTools::Ready(tools));
+            McpSessionMsg::ToolsListed(generation, listed) => {
+                if let Some(tools) = listed {
+                    tracing::info!(server = %state.args.server.name, tools = tools.len(), "tool list changed");
+                    state.args.tools.send_replace(ServerTools::Ready(tools));
+                }
+                let again = std::mem::take(&mut state.relist.queued);
+                state.relist.in_flight = None;
+                if again {
+                    start_relist(&myself, state, generation);
+                }
             }
             McpSessionMsg::AuthRejected(_) => {
                 let server = state.args.server.name.clone();
@@ -536,3 +576,6 @@ impl McpSessionHandle {
             || matches!(self.tools(), ServerTools::Ready(tools) if tools.iter().any(|t| t.name == tool && mcp::is_retry_safe(t)))
     }
 }
+
+#[cfg(test)]
+mod tests;

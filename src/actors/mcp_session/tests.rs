@@ -1,0 +1,142 @@
+//! McpSession against an in-process MCP server (Streamable HTTP on loopback).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ContentBlock, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::McpEndpoint;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server whose `tools/list` answers are counted and, after the first, held until the test
+/// lets them through; each listing offers one tool named after its number (`listing_2`, …).
+#[derive(Clone)]
+struct Lister {
+    listings: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl ServerHandler for Lister {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let number = self.listings.fetch_add(1, Ordering::SeqCst) + 1;
+        if number > 1 {
+            let _held = self.gate.acquire().await.map_err(|_| ErrorData::internal_error("closed", None))?;
+        }
+        let schema = json!({"type": "object", "properties": {}});
+        let tool = Tool::new(format!("listing_{number}"), "a listing", schema.as_object().cloned().unwrap_or_default());
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!("ran {}", request.name))]).into())
+    }
+}
+
+/// Serves `handler` over Streamable HTTP on loopback; returns the MCP URL.
+async fn serve<H: ServerHandler + Clone>(handler: H, stop: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config =
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None).with_cancellation_token(stop.child_token());
+    let service: StreamableHttpService<H, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(handler.clone()), Default::default(), config);
+    let router = axum::Router::new().route_service("/mcp", service);
+    let stopped = stop.clone().cancelled_owned();
+    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await });
+    format!("http://{addr}/mcp")
+}
+
+/// A running McpSession for `url`, its handle and its actor.
+async fn session(url: &str) -> (McpSessionHandle, ActorRef<McpSessionMsg>) {
+    let server = Arc::new(ServerSpec {
+        name: "lister".into(),
+        endpoint: McpEndpoint::StreamableHttp(url.parse().expect("url")),
+        allow: Vec::new(),
+        retry_tools: Vec::new(),
+        max_concurrent_calls: 8,
+        token_secret: None,
+    });
+    let (handle, slot, published) = McpSessionHandle::new(server.clone(), Duration::from_secs(5), CALL_TIMEOUT);
+    let secrets_dir = tempfile::tempdir().expect("tempdir");
+    let (secrets, _, _) =
+        SecretKeeperHandle::new(Vec::new(), secrets_dir.path().into(), Duration::from_secs(3600), Arc::new(|_| None));
+    let args = McpSessionArgs {
+        server,
+        http: reqwest::Client::new(),
+        token: None,
+        secrets,
+        tools: published,
+        connect_timeout: Duration::from_secs(10),
+        call_timeout: CALL_TIMEOUT,
+    };
+    let (actor, _) = Actor::spawn(None, McpSession, args).await.expect("the session starts");
+    slot.publish(actor.clone());
+    (handle, actor)
+}
+
+fn tool_names(tools: &ServerTools) -> Vec<String> {
+    tools.known().map(|t| t.iter().map(|t| t.name.to_string()).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_list_changed_notifications_causes_one_relist_in_flight_and_one_queued() {
+    let stop = CancellationToken::new();
+    let lister = Lister { listings: Arc::new(AtomicUsize::new(0)), gate: Arc::new(Semaphore::new(0)) };
+    let url = serve(lister.clone(), &stop).await;
+    let (handle, actor) = session(&url).await;
+    let ready = handle.settled(Duration::from_secs(10)).await;
+    assert_eq!(tool_names(&ready), ["listing_1"], "the first listing");
+
+    // What the rmcp client hook does for each `notifications/tools/list_changed`, a hundred
+    // times, while the first re-list is held by the server.
+    for _ in 0..100 {
+        actor.cast(McpSessionMsg::ToolsChanged(0)).expect("the session is running");
+    }
+    // The actor handles its mailbox in order: once this call is answered, it has seen every
+    // notification.
+    let answered = handle.call_tool("anything", None).await.expect("the call is answered");
+    assert_eq!(mcp::result_text(&answered), "ran anything");
+    assert!(
+        lister.listings.load(Ordering::SeqCst) <= 2,
+        "one re-list in flight, not one per notification: {} listings",
+        lister.listings.load(Ordering::SeqCst)
+    );
+
+    lister.gate.add_permits(1000);
+    let mut tools = handle.tools.clone();
+    let later =
+        |t: &ServerTools| tool_names(t).iter().any(|n| n.trim_start_matches("listing_").parse().unwrap_or(0) >= 3);
+    tokio::time::timeout(Duration::from_secs(10), tools.wait_for(later))
+        .await
+        .expect("the queued re-list runs after the first one")
+        .expect("the tools channel is open");
+    // Another round trip: a re-list started after the queued one would have reached the server.
+    handle.call_tool("anything", None).await.expect("the call is answered");
+    assert_eq!(lister.listings.load(Ordering::SeqCst), 3, "the first listing, one re-list, one queued re-list");
+
+    actor.stop(None);
+    stop.cancel();
+}
