@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::actors::model_router::ModelRouterHandle;
 use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
@@ -92,24 +91,15 @@ pub struct Transcript {
     pub retries: u32,
 }
 
-/// A finished question.
-#[derive(Debug)]
-pub struct Answered {
-    /// Counts and the file.
-    pub transcript: Transcript,
-    /// Success or why not.
-    pub result: Result<(), AgentError>,
-    /// Wall time.
-    pub duration: Duration,
-}
-
-/// Answers one question. Never panics on bad model output; the transcript is kept whatever
-/// happens.
-pub async fn answer(context: &AgentContext, question: &str) -> Answered {
-    let started = Instant::now();
-    let mut transcript = Transcript::default();
-    let result = run(context, question, &mut transcript).await;
-    Answered { transcript, result, duration: started.elapsed() }
+/// Answers one question, recording what happens in `transcript` as it goes, so whoever gives
+/// up on it (a deadline, a shutdown) still has the counts and the file. Never panics on bad
+/// model output.
+///
+/// A question whose model saved its research is answered by that file whatever happens after:
+/// the caller turns a later error into a warning (the report, the directory and a rerun then
+/// agree).
+pub async fn answer(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
+    run(context, question, transcript).await
 }
 
 async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
@@ -180,6 +170,5 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
             conversation.push(Message::Tool { tool_call_id: result.call_id, content: result.content });
         }
     }
-    // Out of turns: a saved research file still answers the question.
-    if transcript.file.is_some() { Ok(()) } else { Err(AgentError::TooManyTurns(settings.max_turns)) }
+    Err(AgentError::TooManyTurns(settings.max_turns))
 }

@@ -130,6 +130,9 @@ pub struct Row {
     pub error: Option<String>,
     /// `error.type` label.
     pub error_type: Option<String>,
+    /// What went wrong after the question was answered (its research saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// What the agent did.
     #[serde(flatten)]
     pub transcript: Transcript,
@@ -146,6 +149,7 @@ impl Row {
             trace_id: None,
             error: None,
             error_type: None,
+            warning: None,
             transcript: Transcript { file: planned.done.clone(), ..Transcript::default() },
         }
     }
@@ -425,34 +429,42 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
         span.record("trace_id", trace_id.as_str());
     }
     let question = item.question.clone();
-    let work = tokio::time::timeout(options.question_timeout, agent::answer(context, &question));
+    let mut row = Row::empty(&item, Status::Failed);
+    let started = std::time::Instant::now();
+    let work = tokio::time::timeout(options.question_timeout, agent::answer(context, &question, &mut row.transcript));
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(options.shutdown_grace).await;
     };
-    let mut row = Row::empty(&item, Status::Failed);
-    tokio::select! {
+    // Why the question ended, if not with an answer.
+    let ended: Result<(), (&'static str, String)> = tokio::select! {
         outcome = tracing::Instrument::instrument(work, span.clone()) => match outcome {
-            Ok(answered) => {
-                row.duration_s = answered.duration.as_secs_f64();
-                row.transcript = answered.transcript;
-                match answered.result {
-                    Ok(()) => row.status = Status::Ok,
-                    Err(error) => {
-                        row.error_type = Some(error.kind().to_owned());
-                        row.error = Some(error.to_string());
-                    }
-                }
-            }
-            Err(_) => {
-                row.duration_s = options.question_timeout.as_secs_f64();
-                row.error_type = Some("timeout".into());
-                row.error = Some(format!("no answer within agent.question_timeout ({})", humantime::format_duration(options.question_timeout)));
-            }
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err((error.kind(), error.to_string())),
+            Err(_) => Err(("timeout", format!(
+                "no answer within agent.question_timeout ({})",
+                humantime::format_duration(options.question_timeout)
+            ))),
         },
         () = grace => {
             row.status = Status::Interrupted;
-            row.error = Some("interrupted by shutdown".into());
+            Err(("interrupted", "interrupted by shutdown".to_owned()))
+        }
+    };
+    row.duration_s = started.elapsed().as_secs_f64();
+    match ended {
+        Ok(()) => row.status = Status::Ok,
+        // The research file is the answer: what went wrong after it was saved is a warning.
+        Err((_, error)) if row.transcript.file.is_some() => {
+            row.status = Status::Ok;
+            tracing::warn!(parent: &span, question = %row.question, %error, "answered by the saved research; then the question failed");
+            row.warning = Some(format!("answered by the research saved before this: {error}"));
+        }
+        Err((kind, error)) => {
+            if row.status != Status::Interrupted {
+                row.error_type = Some(kind.to_owned());
+            }
+            row.error = Some(error);
         }
     }
     row.trace_id = trace_id;

@@ -89,6 +89,27 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process is writing to the output directory.
+    #[error(
+        "{} is in use by another agentry{}: one process writes to an output directory at a time; \
+         wait for it, or give this run another batch.output_dir (or --shard)",
+        dir.display(), holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Busy {
+        /// The output directory.
+        dir: PathBuf,
+        /// The process holding it, as its lock file says.
+        holder: Option<u32>,
+    },
+    /// The output directory's lock file cannot be used.
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// `config check` found problems (each already printed).
     #[error("the configuration has {0} problem(s)")]
     Problems(usize),

@@ -672,8 +672,33 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
+/// The longest duration any setting may have: far beyond any sensible timeout or backoff, and
+/// far below what would overflow a clock when added to now.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn validate(settings: &Settings) -> Result<(), ConfigError> {
     let Settings { agent, batch, model, secrets, mcp, .. } = settings;
+    let restart = &mcp.restart;
+    for (key, duration) in [
+        ("agent.question_timeout", agent.question_timeout),
+        ("batch.shutdown_grace", batch.shutdown_grace),
+        ("model.request_timeout", model.request_timeout),
+        ("model.retry_min_delay", model.retry_min_delay),
+        ("model.retry_max_delay", model.retry_max_delay),
+        ("secrets.poll_interval", secrets.poll_interval),
+        ("mcp.connect_timeout", mcp.connect_timeout),
+        ("mcp.call_timeout", mcp.call_timeout),
+        ("mcp.restart_wait", mcp.restart_wait),
+        ("mcp.restart.initial_backoff", restart.initial_backoff),
+        ("mcp.restart.max_backoff", restart.max_backoff),
+        ("mcp.restart.window", restart.window),
+        ("mcp.restart.cool_down", restart.cool_down),
+    ] {
+        if duration > MAX_DURATION {
+            let given = humantime::format_duration(duration);
+            return Err(invalid(key, format!("{given} is longer than the 30 days any duration may be")));
+        }
+    }
     if agent.max_turns == 0 {
         return Err(invalid("agent.max_turns", "must be at least 1"));
     }

@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! ---
-//! question: "Define Machine Learning"
 //! question_id: "q-3f1c0a9e2b7d"
+//! question: "Define Machine Learning"
 //! topic: "Machine Learning"
 //! generated_at: "2026-11-28T22:40:11Z"
 //! agent: "research-assistant"
@@ -21,7 +21,9 @@
 //! ```
 //!
 //! `question_id` (a hash of the normalised question) is how a rerun knows what is done: the
-//! files themselves are the record, so a crash loses nothing already written.
+//! files themselves are the record, so a crash loses nothing already written. It comes first,
+//! so finding it reads one short line whatever the question's length; files written before it
+//! moved up (question first) are still read, line by line to the end of the front matter.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,9 +107,9 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
         format!("# {}\n\n", doc.topic.lines().next().unwrap_or_default().trim())
     };
     format!(
-        "---\nquestion: {}\nquestion_id: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n{}{}\n",
-        json!(about.question),
+        "---\nquestion_id: {}\nquestion: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n{}{}\n",
         json!(about.question_id),
+        json!(about.question),
         json!(doc.topic),
         json!(generated_at),
         json!(about.agent),
@@ -122,12 +124,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
 
 /// The `question_id` in a research file's front matter.
 pub fn read_question_id(text: &str) -> Option<String> {
-    let front = text.strip_prefix("---\n")?;
-    let end = front.find("\n---")?;
-    front[..end]
-        .lines()
-        .find_map(|line| line.strip_prefix("question_id: "))
-        .and_then(|value| serde_json::from_str::<String>(value).ok())
+    question_id_in(text.lines().map(str::to_owned))
 }
 
 /// The research files in `dir`, by question id. Unreadable or foreign files are skipped.
@@ -139,15 +136,25 @@ pub fn scan(dir: &Path) -> HashMap<String, PathBuf> {
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|e| e == "md"))
-        .filter_map(|path| {
-            use std::io::Read;
-            // The front matter is at the start: 4 KiB holds it.
-            let mut head = Vec::with_capacity(4096);
-            std::fs::File::open(&path).ok()?.take(4096).read_to_end(&mut head).ok()?;
-            let id = read_question_id(&String::from_utf8_lossy(&head))?;
-            Some((id, path))
-        })
+        .filter_map(|path| Some((front_matter_id(&path)?, path)))
         .collect()
+}
+
+/// The `question_id` of a research file, read line by line (it is the first line of the front
+/// matter in files written now; older files have it after the question).
+fn front_matter_id(path: &Path) -> Option<String> {
+    use std::io::BufRead;
+    question_id_in(std::io::BufReader::new(std::fs::File::open(path).ok()?).lines().map_while(Result::ok))
+}
+
+/// The `question_id` of a front matter, looking no further than its closing `---`.
+fn question_id_in(mut lines: impl Iterator<Item = String>) -> Option<String> {
+    if lines.next()? != "---" {
+        return None;
+    }
+    lines
+        .take_while(|line| line != "---")
+        .find_map(|line| line.strip_prefix("question_id: ").and_then(|value| serde_json::from_str(value).ok()))
 }
 
 #[cfg(test)]
@@ -205,5 +212,30 @@ mod tests {
         assert_eq!(read_question_id(&text), Some(doc.provenance.question_id.clone()));
         assert!(text.contains("generated_at: \"1970-01-01T00:00:00Z\""), "{text}");
         assert!(text.ends_with("# Topic\n\nBody\n"), "{text}");
+    }
+
+    #[test]
+    fn scan_finds_long_questions_in_new_and_old_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let long = format!("Define {}", "very ".repeat(5000));
+        let provenance = Provenance {
+            question: long.clone(),
+            question_id: question_id(&long),
+            agent: "a".into(),
+            model: "m".into(),
+            route: "local".into(),
+            tools_used: Vec::new(),
+            trace_id: None,
+        };
+        let doc = ResearchDoc { provenance, topic: "t".into(), content: "c".into() };
+        std::fs::write(dir.path().join("new.md"), render(&doc, SystemTime::UNIX_EPOCH)).expect("write");
+        // A file from before question_id came first: the question, 25 KB, comes before it.
+        let old = format!("---\nquestion: {}\nquestion_id: \"q-0123456789ab\"\n---\n\nbody\n", json!(long));
+        std::fs::write(dir.path().join("old.md"), old).expect("write");
+        std::fs::write(dir.path().join("foreign.md"), "# notes\nquestion_id: \"q-feedfeedfeed\"\n").expect("write");
+        let found = scan(dir.path());
+        assert_eq!(found.get(&question_id(&long)), Some(&dir.path().join("new.md")));
+        assert_eq!(found.get("q-0123456789ab"), Some(&dir.path().join("old.md")));
+        assert_eq!(found.len(), 2, "a file without front matter is not ours: {found:?}");
     }
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
 
 use super::{RESTART_WAIT, Slot, Unreachable};
 use crate::research::{self, ResearchDoc};
@@ -117,6 +118,9 @@ pub(crate) struct ResearchWriterState {
     dir: Arc<Path>,
     by_question: HashMap<String, PathBuf>,
     taken: HashSet<PathBuf>,
+    /// Per question, where its latest accepted write will have put the file: the next write of
+    /// the same question waits for it and goes to the same place, so saves land in order.
+    last_write: HashMap<String, oneshot::Receiver<Option<PathBuf>>>,
 }
 
 pub(crate) struct ResearchWriter;
@@ -135,13 +139,14 @@ impl Actor for ResearchWriter {
         let dir = args.dir.clone();
         let (by_question, taken) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dir)?;
+            remove_dead_temporaries(&dir);
             let by_question = research::scan(&dir);
             let taken = std::fs::read_dir(&dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
             Ok((by_question, taken))
         })
         .await?
         .map_err(|e| format!("output directory {}: {e}", args.dir.display()))?;
-        Ok(ResearchWriterState { dir: args.dir.into(), by_question, taken, outcomes })
+        Ok(ResearchWriterState { dir: args.dir.into(), by_question, taken, outcomes, last_write: HashMap::new() })
     }
 
     async fn handle(
@@ -164,18 +169,28 @@ impl Actor for ResearchWriter {
         let dir = state.dir.clone();
         let outcomes = state.outcomes.clone();
         outcomes.pending.send_modify(|n| *n += 1);
+        let (done, landed) = oneshot::channel();
+        let previous = state.last_write.insert(doc.provenance.question_id.clone(), landed);
         // The question goes on; the file follows (see the module doc on durability).
         let _ = reply.send(Ok(path.clone()));
         tokio::spawn(async move {
+            // After the question's previous save, and where it put the file.
+            let earlier = match previous {
+                Some(previous) => previous.await.ok().flatten(),
+                None => None,
+            };
             let permit = outcomes.permits.clone().acquire_owned().await;
             let written = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let text = research::render(&doc, SystemTime::now());
-                let written = if owned {
-                    write_atomically(&dir, &path, text.as_bytes(), Replace::Yes).map(|()| path.clone())
-                } else {
-                    write_new(&dir, &path, text.as_bytes())
+                let written = match (&earlier, owned) {
+                    (Some(file), _) => {
+                        write_atomically(&dir, file, text.as_bytes(), Replace::Yes).map(|()| file.clone())
+                    }
+                    (None, true) => write_atomically(&dir, &path, text.as_bytes(), Replace::Yes).map(|()| path.clone()),
+                    (None, false) => write_new(&dir, &path, text.as_bytes()),
                 };
+                let _ = done.send(written.as_ref().ok().cloned().or(earlier.clone()));
                 if let Ok(actual) = &written
                     && *actual != path
                 {
@@ -186,7 +201,12 @@ impl Actor for ResearchWriter {
                     };
                     let _ = myself.cast(moved);
                 }
-                outcomes.finished(&doc.provenance.question_id, &path, &written);
+                // A failed save after one that landed leaves that file as the answer.
+                match (&written, &earlier) {
+                    (Err(error), Some(file)) => tracing::error!(file = %file.display(), %error,
+                        "a later save of this question was not written; the earlier one stands"),
+                    _ => outcomes.finished(&doc.provenance.question_id, &path, &written),
+                }
             })
             .await;
             if let Err(error) = written {
@@ -238,9 +258,12 @@ fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> 
 }
 
 /// Temporary file in the same directory, fsync, rename (or link, when nothing may be
-/// replaced): readers see all or nothing.
+/// replaced): readers see all or nothing. The temporary name carries our pid
+/// (`.agentry-<pid>-XXXXXX.tmp`), so a later run can tell a killed run's leftovers from a live
+/// process's write.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8], replace: Replace) -> std::io::Result<()> {
-    let mut file = tempfile::Builder::new().prefix(".agentry-").suffix(".tmp").tempfile_in(dir)?;
+    let prefix = format!(".agentry-{}-", std::process::id());
+    let mut file = tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(dir)?;
     file.write_all(bytes)?;
     file.as_file().sync_data()?;
     match replace {
@@ -250,6 +273,23 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8], replace: Replace) -> 
     // The rename is durable once the directory entry is on disk too.
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Removes the temporary files of agentry processes that are gone (killed mid-write): only
+/// `.agentry-<pid>-*.tmp`, and only when no process `<pid>` runs.
+fn remove_dead_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let pid = name.strip_suffix(".tmp").and_then(|n| n.strip_prefix(".agentry-")).and_then(|n| n.split_once('-'));
+        let Some(pid) = pid.and_then(|(pid, _)| pid.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "removed a temporary file a killed run left behind"),
+                Err(error) => tracing::warn!(file = %path.display(), %error, "cannot remove a stale temporary file"),
+            }
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (used for the report too).

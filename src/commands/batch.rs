@@ -1,7 +1,7 @@
 //! What `run`, `ask` and `demo` share: start the actors, answer the planned questions, write
 //! the report, print the outcome.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ pub(super) enum Mode {
 
 /// Starts the actors, answers `planned`, writes the report, prints the outcome.
 pub(super) async fn run_batch(
-    settings: Settings,
+    mut settings: Settings,
     planned: Vec<Planned>,
     env: EnvLookup,
     mode: Mode,
@@ -42,6 +42,12 @@ pub(super) async fn run_batch(
         Some(shard) => settings.batch.report_path().with_file_name(shard.report_name()),
         None => settings.batch.report_path(),
     };
+    // Refuse a directory we cannot write, or another process writes, before any question is
+    // asked, not after. The lock is held until this function returns.
+    check_writable(&settings.batch.output_dir)?;
+    check_writable(&report_path.parent().map(PathBuf::from).unwrap_or_default())?;
+    let _lock = lock_output_dir(&settings.batch.output_dir, shard)?;
+    settings.batch.concurrency = fit_open_files(settings.batch.concurrency);
     let options = RunOptions {
         concurrency: settings.batch.concurrency,
         question_timeout: settings.agent.question_timeout,
@@ -50,9 +56,6 @@ pub(super) async fn run_batch(
         demo: mode == Mode::Demo,
         output_dir: settings.batch.output_dir.clone(),
     };
-    // Refuse a directory we cannot write before any question is asked, not after.
-    check_writable(&settings.batch.output_dir)?;
-    check_writable(&report_path.parent().map(PathBuf::from).unwrap_or_default())?;
     let connect_timeout = settings.mcp.connect_timeout;
     let runtime = Runtime::start(settings, env).await?;
     tracing::info!(route = %runtime.describe_route(), "starting");
@@ -73,11 +76,18 @@ pub(super) async fn run_batch(
     report.restarts = runtime.restarts();
     runtime.shutdown().await;
 
-    if mode != Mode::Ask
-        && let Err(error) = report.write(&report_path)
-    {
-        eprintln!("error: cannot write the report {}: {error}", report_path.display());
-    }
+    // The report exists only where it was written; a report that could not be is a failure.
+    let written = match mode {
+        Mode::Ask => None,
+        Mode::Run { .. } | Mode::Demo => match report.write(&report_path) {
+            Ok(()) => Some(&report_path),
+            Err(error) => {
+                eprintln!("error: cannot write the report {}: {error}", report_path.display());
+                None
+            }
+        },
+    };
+    let report_failed = mode != Mode::Ask && written.is_none();
     let single = report.questions.len() == 1 && report.totals.skipped == 0;
     if single || mode == Mode::Ask {
         let row = &report.questions[0];
@@ -96,11 +106,66 @@ pub(super) async fn run_batch(
         }
         print!("{}", report.summary());
     }
-    if mode != Mode::Ask {
-        println!("Report: {}", report_path.display());
+    if let Some(path) = written {
+        println!("Report: {}", path.display());
     }
-    let interrupted = i32::from(shutdown.is_cancelled());
-    Ok(exit(interrupted.max(report.exit_code())))
+    let unfinished = i32::from(shutdown.is_cancelled() || report_failed);
+    Ok(exit(unfinished.max(report.exit_code())))
+}
+
+/// Takes the output directory's lock (`.agentry.lock`, or one per shard: shards share a
+/// directory): an exclusive `flock`, so it dies with its process and a killed run never leaves a
+/// stale lock. The file records the holder's pid for the next one's error message.
+fn lock_output_dir(dir: &Path, shard: Option<Shard>) -> Result<std::fs::File, CliError> {
+    use std::io::{Read, Seek, Write};
+    let name = match shard {
+        Some(shard) => format!(".agentry-shard-{}-of-{}.lock", shard.index, shard.count),
+        None => ".agentry.lock".to_owned(),
+    };
+    let path = dir.join(name);
+    let failed = |source| CliError::Lock { path: path.clone(), source };
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(CliError::Busy { dir: dir.to_path_buf(), holder: holder.trim().parse().ok() });
+        }
+        Err(std::fs::TryLockError::Error(error)) => return Err(failed(error)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(failed)?;
+    Ok(file)
+}
+
+/// File descriptors one question in flight may hold: its model connection, an MCP request, and
+/// room for its research file's write.
+const FILES_PER_QUESTION: u64 = 4;
+/// File descriptors the process needs besides its questions (stdio, runtime, listeners, logs).
+const FILES_RESERVED: u64 = 64;
+
+/// Raises the open-file limit to what the system allows and clamps `concurrency` to what that
+/// carries, saying so, instead of failing questions with "Too many open files".
+fn fit_open_files(concurrency: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return concurrency };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    let fits = usize::try_from(limit.saturating_sub(FILES_RESERVED) / FILES_PER_QUESTION).unwrap_or(usize::MAX).max(1);
+    if concurrency > fits {
+        tracing::warn!(
+            requested = concurrency,
+            clamped_to = fits,
+            open_file_limit = limit,
+            "batch.concurrency is more than the open-file limit carries ({FILES_PER_QUESTION} files per question): \
+             clamped; raise `ulimit -n` for more"
+        );
+        return fits;
+    }
+    concurrency
 }
 
 /// Ctrl-C or SIGTERM: stop starting questions (the batch lets in-flight ones finish within

@@ -74,6 +74,16 @@ fn print_secrets(settings: &Settings, problems: &mut Vec<String>) -> SecretState
         let state = match secrets::load(spec, &settings.secrets.dir, &lookup) {
             Ok(Some(credential)) => {
                 println!("{} = {} from {}", spec.name, credential.fingerprint(), credential.source());
+                // What every request does with it: a value no header can carry fails them all.
+                if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", credential.expose())).is_err() {
+                    problems.push(format!(
+                        "secret {} ({}) from {} holds characters that cannot go in an HTTP header (a line \
+                         break or control character inside the value): rewrite it with the key alone on one line",
+                        spec.name,
+                        credential.fingerprint(),
+                        credential.source()
+                    ));
+                }
                 SecretState::Present(credential)
             }
             Ok(None) => {

@@ -70,6 +70,22 @@ impl Agentry {
         Self::finish(self.spawn(args)).await
     }
 
+    /// Runs a shell command line in the working directory (e.g. to lower `ulimit` first).
+    pub async fn run_shell(&self, command: &str) -> Run {
+        let child = tokio::process::Command::new("sh")
+            .args(["-c", command])
+            .current_dir(self.dir.path())
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh starts");
+        Self::finish(child).await
+    }
+
     /// Starts `agentry <args>` without waiting.
     pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))

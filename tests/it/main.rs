@@ -20,6 +20,7 @@ mod batch;
 mod conformance;
 mod demo_scripted_flow;
 mod demo_search_server;
+mod failure_behaviour;
 mod mcp_restarts;
 mod model_errors;
 mod observability_config;

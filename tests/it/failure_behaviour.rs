@@ -1,0 +1,227 @@
+//! What agentry does when things go wrong around a batch (issue 11): the report and the exit
+//! code tell the truth, one file per question whatever the model does, one writer per
+//! directory, limits from the machine, bounded settings.
+
+use std::sync::Arc;
+
+use agentry::demo::scripted::ScriptedResearcher;
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
+use serde_json::json;
+
+use crate::harness::{Agentry, config};
+
+fn save(topic: &str, content: &str) -> ScriptedToolCall {
+    ScriptedToolCall::new("save_research", &json!({"topic": topic, "research_content": content}))
+}
+
+/// Case 6: a report that cannot be written is exit 1, with the path and the cause, and no
+/// `Report:` line for a file that does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_that_cannot_be_written_exits_1_and_is_not_announced() {
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model");
+    let agentry = Agentry::new();
+    // The report's own path is a directory: the directory is writable, the rename onto it fails.
+    std::fs::create_dir_all(agentry.dir().join("out/report.json")).expect("a directory where the report goes");
+    let extra = "[batch]\nquestions = [\"Define Rust\", \"Define Go\"]\noutput_dir = \"out\"\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(1);
+    assert!(run.stderr.contains("report.json"), "{}", run.stderr);
+    assert!(!run.stdout.contains("Report:"), "no Report: line for a report that was not written:\n{}", run.stdout);
+    assert_eq!(agentry.research_files("out").len(), 2, "the answers are still there");
+}
+
+/// Case 1: a model that saves again (in the same turn, and in a later turn) leaves one file per
+/// question, holding the last save, and the report points at it.
+#[tokio::test(flavor = "multi_thread")]
+async fn saving_again_and_again_leaves_one_file_with_the_last_save() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        let turns = request.messages().iter().filter(|m| m["role"] == "assistant").count();
+        let question = request.last_user_text().unwrap_or_default();
+        match turns {
+            // Three saves in one turn, the last one wins.
+            0 => Reply::tool_calls(vec![
+                save(&question, "save 1"),
+                save(&question, "save 2"),
+                save(&format!("{question} again"), "save 3"),
+            ]),
+            // And two more in later turns.
+            1 => Reply::tool_calls(vec![save(&question, "save 4")]),
+            2 => Reply::tool_calls(vec![save(&question, "save 5 (final)")]),
+            _ => Reply::text("Saved."),
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let questions: Vec<String> = (1..=8).map(|n| format!("Question {n}")).collect();
+    let extra = format!("[batch]\nconcurrency = 8\nquestions = {questions:?}\noutput_dir = \"out\"\n");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+
+    let files = agentry.research_files("out");
+    assert_eq!(files.len(), 8, "one file per question: {files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("research file");
+        assert!(text.trim_end().ends_with("save 5 (final)"), "{}: {text}", file.display());
+    }
+    let report = agentry.report("out/report.json");
+    for row in report["questions"].as_array().expect("rows") {
+        let file = agentry.dir().join(row["file"].as_str().expect("a file"));
+        assert!(files.contains(&file), "the report points at the file that exists: {row}");
+    }
+}
+
+/// Case 8: a question that saved its research and then failed (an empty final answer cut off
+/// by max_tokens) is answered: the file is the answer. The report says ok with a warning, and a
+/// rerun agrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_that_saved_and_then_failed_is_answered_with_a_warning() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.messages().iter().any(|m| m["role"] == "tool") {
+            Reply::truncated("")
+        } else {
+            Reply::tool_calls(vec![save("Rust", "Rust is a language.")])
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let path = agentry.file(
+        "c.toml",
+        &config(&model.base_url(), None, "[batch]\nquestions = [\"Define Rust\"]\noutput_dir = \"out\"\n"),
+    );
+    let path = path.to_str().expect("utf-8");
+    agentry.run(&["run", "-c", path]).await.expect_code(0);
+    let report = agentry.report("out/report.json");
+    let row = &report["questions"][0];
+    assert_eq!(row["status"], "ok", "{row}");
+    assert!(row["warning"].as_str().is_some_and(|w| w.contains("empty answer")), "{row}");
+    assert_eq!(agentry.research_files("out").len(), 1);
+
+    agentry.run(&["run", "-c", path]).await.expect_code(0);
+    assert_eq!(agentry.report("out/report.json")["totals"]["skipped"], 1, "a rerun agrees: answered");
+}
+
+/// Case 3: a question longer than 4 KiB is recognised as answered on a rerun.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_question_is_recognised_as_answered() {
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model");
+    let agentry = Agentry::new();
+    let long = format!("Define {}", "very ".repeat(2000));
+    let extra = format!("[batch]\nquestions = [{long:?}]\noutput_dir = \"out\"\n");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+    let path = path.to_str().expect("utf-8");
+    agentry.run(&["run", "-c", path]).await.expect_code(0);
+    let asked = model.request_count();
+    agentry.run(&["run", "-c", path]).await.expect_code(0);
+    assert_eq!(model.request_count(), asked, "nothing asked again");
+    assert_eq!(agentry.report("out/report.json")["totals"]["skipped"], 1);
+    assert_eq!(agentry.research_files("out").len(), 1, "no -2 file");
+}
+
+/// Case 4: a second process on the same output directory is refused with the holder's pid,
+/// exit 2, and asks the model nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_on_one_output_directory_is_refused_naming_the_holder() {
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new()))
+        .await
+        .expect("model")
+        .with_latency(std::time::Duration::from_millis(300));
+    let agentry = Agentry::new();
+    let questions: Vec<String> = (1..=6).map(|n| format!("Question {n}")).collect();
+    let extra = format!("[batch]\nconcurrency = 1\nquestions = {questions:?}\noutput_dir = \"out\"\n");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+    let path = path.to_str().expect("utf-8");
+    let first = agentry.spawn(&["run", "-c", path]);
+    let holder = first.id().expect("pid");
+    // Wait until the first process is answering (it holds the lock before its first question).
+    while model.request_count() == 0 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let asked = model.request_count();
+    let second = agentry.run(&["run", "-c", path]).await;
+    second.expect_code(2);
+    assert!(second.stderr.contains(&holder.to_string()), "names the holder's pid: {}", second.stderr);
+    assert!(second.stderr.contains("out"), "names the directory: {}", second.stderr);
+    Agentry::finish(first).await.expect_code(0);
+    assert_eq!(agentry.research_files("out").len(), 6);
+    assert!(model.request_count() >= asked);
+    assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 6, "the first run's report is intact");
+
+    // The lock dies with its holder: the next run starts (and finds everything answered).
+    agentry.run(&["run", "-c", path]).await.expect_code(0);
+}
+
+/// Case 9: absurd durations are refused at parse time, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_durations_are_refused_naming_the_key() {
+    let agentry = Agentry::new();
+    for (toml, key) in [
+        ("[model]\nrequest_timeout = \"5000000000000000000s\"\n", "model.request_timeout"),
+        ("[agent]\nquestion_timeout = \"300000000years\"\n", "agent.question_timeout"),
+        ("[mcp.restart]\ncool_down = \"100000000000days\"\n", "mcp.restart.cool_down"),
+    ] {
+        let path = agentry.file("c.toml", toml);
+        let run = agentry.run(&["config", "check", "-c", path.to_str().expect("utf-8")]).await;
+        run.expect_code(2);
+        assert!(run.stderr.contains(key), "{toml}: {}", run.stderr);
+    }
+}
+
+/// Case 14: `config check` refuses a credential that can never be sent, with its fingerprint.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_refuses_a_key_that_cannot_go_in_a_header() {
+    let agentry = Agentry::new();
+    agentry.file("secrets/openai_api_key", "sk-first-line\nsk-second-line\n");
+    let path = agentry.file("c.toml", &format!("[secrets]\ndir = \"{}\"\n", agentry.dir().join("secrets").display()));
+    let run = agentry.run(&["config", "check", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(2);
+    assert!(run.stderr.contains("header"), "{}", run.stderr);
+    assert!(run.stderr.contains("sha256:"), "names the fingerprint: {}", run.stderr);
+    assert!(!run.output().contains("sk-first-line"), "never the value: {}", run.output());
+}
+
+/// Case 13: temporary files a killed run left behind are removed at the next start (only
+/// agentry's own, by name, and only those of processes that are gone).
+#[tokio::test(flavor = "multi_thread")]
+async fn temporary_files_of_a_killed_run_are_removed_at_the_next_start() {
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model");
+    let agentry = Agentry::new();
+    // A pid that cannot be running: above the kernel's pid_max.
+    let dead = agentry.file("out/.agentry-4194305-AbC123.tmp", "half a file");
+    let foreign = agentry.file("out/.keep-me.tmp", "not ours");
+    let live = agentry.file(&format!("out/.agentry-{}-XyZ789.tmp", std::process::id()), "a live writer's");
+    let path = agentry.file(
+        "c.toml",
+        &config(&model.base_url(), None, "[batch]\nquestions = [\"Define Rust\"]\noutput_dir = \"out\"\n"),
+    );
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+    assert!(!dead.exists(), "a dead run's temporary file is removed");
+    assert!(foreign.exists(), "a file that is not agentry's stays");
+    assert!(live.exists(), "a live process's temporary file stays");
+}
+
+/// Case 7: a concurrency the open-file limit cannot carry is clamped (with a warning saying
+/// why), not a batch of "Too many open files".
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_beyond_the_open_file_limit_is_clamped() {
+    // Slow enough that every question started at once is in flight at once.
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new()))
+        .await
+        .expect("model")
+        .with_latency(std::time::Duration::from_millis(100));
+    let agentry = Agentry::new();
+    let questions: Vec<String> = (1..=150).map(|n| format!("Question {n}")).collect();
+    let extra = format!("[batch]\nconcurrency = 1000000\nquestions = {questions:?}\noutput_dir = \"out\"\n");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+    let command =
+        format!("ulimit -Sn 128 && ulimit -Hn 128 && exec {} run -c {}", env!("CARGO_BIN_EXE_agentry"), path.display());
+    let run = agentry.run_shell(&command).await;
+    run.expect_code(0);
+    assert!(run.stderr.contains("concurrency"), "warns that it clamped, and why: {}", run.stderr);
+    assert!(run.stderr.contains("open-file limit"), "names the open-file limit: {}", run.stderr);
+    assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 150);
+    assert!(model.peak_in_flight() < 128, "in flight at most what the limit carries: {}", model.peak_in_flight());
+}
