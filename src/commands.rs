@@ -4,6 +4,14 @@
 //! Every command returns `Result<ExitCode, CliError>`: failures travel with `?` and are printed
 //! once, here, as `error: …` with their causes.
 
+/// `println!` for a command's output, except that a reader that went away
+/// (`agentry tools | head`) ends the output quietly, where `println!` panics.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::commands::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod ask;
 mod batch;
 mod config_check;
@@ -160,6 +168,17 @@ fn settings(common: &CommonArgs, overrides: Overrides) -> Result<Settings, CliEr
 /// Secrets' variables come from the process environment.
 fn process_env() -> EnvLookup {
     Arc::new(|name: &str| std::env::var(name).ok())
+}
+
+/// Writes command output (see `outln!`). A closed pipe is the reader saying it has enough: the
+/// rest of the output is dropped without a word.
+fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(error) = std::io::stdout().lock().write_fmt(text)
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        tracing::warn!(%error, "cannot write to standard output");
+    }
 }
 
 /// `0` or `1` as an exit code.

@@ -11,7 +11,8 @@
 //!   (prefixed `Error:`), never as a failure of the question or of this actor.
 //! - **Names**: a tool keeps its own name unless two servers offer the same name (or an MCP
 //!   tool is called `save_research`): then every tool of that name is offered as
-//!   `<server>__<tool>`.
+//!   `<server>__<tool>`. Names the model would refuse (outside `^[a-zA-Z0-9_-]{1,64}$`) are
+//!   offered under a safe, unique form (`exposed_names`); the server always gets its own name.
 //! - **Supervisor**: the root, restart at once (the registry is rebuilt from the sessions).
 
 use std::collections::HashMap;
@@ -98,20 +99,15 @@ impl ToolExecutorState {
         if same && !self.definitions.is_empty() {
             return;
         }
-        let mut count: HashMap<&str, usize> = HashMap::from([(SAVE_RESEARCH, 1)]);
-        for tool in current.iter().flatten().flat_map(|t| t.iter()) {
-            *count.entry(tool.name.as_ref()).or_default() += 1;
-        }
+        let lists: Vec<(&str, &[rmcp::model::Tool])> = current
+            .iter()
+            .zip(&self.args.servers)
+            .map(|(tools, handle)| (handle.server().name.as_str(), tools.as_deref().unwrap_or_default()))
+            .collect();
         let mut names = HashMap::from([(SAVE_RESEARCH.to_owned(), Target::SaveResearch)]);
         let mut definitions = vec![save_research_definition()];
-        for (server, tools) in current.iter().enumerate() {
-            let server_name = &self.args.servers[server].server().name;
-            for tool in tools.iter().flat_map(|t| t.iter()) {
-                let exposed = if count[tool.name.as_ref()] > 1 {
-                    format!("{server_name}__{}", tool.name)
-                } else {
-                    tool.name.to_string()
-                };
+        for (server, ((_, tools), exposed)) in lists.iter().zip(exposed_names(&lists)).enumerate() {
+            for (tool, exposed) in tools.iter().zip(exposed) {
                 definitions.push(mcp::tool_definition(&exposed, tool));
                 names.insert(exposed, Target::Mcp { server, tool: tool.name.to_string() });
             }
@@ -120,6 +116,82 @@ impl ToolExecutorState {
         self.definitions = definitions.into();
         self.built_from = current;
     }
+}
+
+/// The longest function name the model accepts (OpenAI: `^[a-zA-Z0-9_-]{1,64}$`).
+const MAX_NAME: usize = 64;
+
+/// The names the model sees for each server's tools, in the lists' order.
+///
+/// A tool keeps its own name when the model accepts it and no other tool has it; a name several
+/// servers share (or an MCP tool called `save_research`) becomes `<server>__<tool>`; a name
+/// the model would refuse (spaces, control characters, non-ASCII, over 64 characters, empty)
+/// has every other character replaced by `_` and is cut to 64. A name that is then taken gets
+/// `_2`, `_3`, …. The same lists always give the same names; the server is always called by
+/// the tool's own name.
+pub(crate) fn exposed_names(servers: &[(&str, &[rmcp::model::Tool])]) -> Vec<Vec<String>> {
+    let mut count: HashMap<&str, usize> = HashMap::from([(SAVE_RESEARCH, 1)]);
+    for tool in servers.iter().flat_map(|(_, tools)| tools.iter()) {
+        *count.entry(tool.name.as_ref()).or_default() += 1;
+    }
+    let keeps_own = |name: &str| count[name] == 1 && model_safe(name);
+    // Names that are fine as they are are taken first, so a made-up name never displaces one.
+    let mut taken: std::collections::HashSet<String> = servers
+        .iter()
+        .flat_map(|(_, tools)| tools.iter())
+        .filter(|tool| keeps_own(&tool.name))
+        .map(|tool| tool.name.to_string())
+        .chain([SAVE_RESEARCH.to_owned()])
+        .collect();
+    servers
+        .iter()
+        .map(|(server, tools)| {
+            tools
+                .iter()
+                .map(|tool| {
+                    if keeps_own(&tool.name) {
+                        return tool.name.to_string();
+                    }
+                    let wanted = if count[tool.name.as_ref()] > 1 {
+                        format!("{server}__{}", tool.name)
+                    } else {
+                        tool.name.to_string()
+                    };
+                    unique_name(model_safe_form(&wanted), &mut taken)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether the model accepts `name` as a function name.
+fn model_safe(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `name` with every character the model refuses replaced by `_`, cut to [`MAX_NAME`].
+fn model_safe_form(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(MAX_NAME)
+        .collect();
+    if safe.is_empty() { "tool".to_owned() } else { safe }
+}
+
+/// `base` if free, else `base` (shortened to fit) with `_2`, `_3`, …; the result is taken.
+fn unique_name(base: String, taken: &mut std::collections::HashSet<String>) -> String {
+    let mut candidate = base.clone();
+    let mut number = 1;
+    while taken.contains(&candidate) {
+        number += 1;
+        let suffix = format!("_{number}");
+        // `base` is ASCII: any byte index is a character boundary.
+        let keep = base.len().min(MAX_NAME - suffix.len());
+        candidate = format!("{}{suffix}", &base[..keep]);
+    }
+    taken.insert(candidate.clone());
+    candidate
 }
 
 impl Actor for ToolExecutor {

@@ -167,3 +167,78 @@ async fn colliding_tool_names_are_prefixed_by_server() {
     assert_eq!(names, ["alpha__search", "beta__search", "echo", "save_research"]);
     runtime.shutdown().await;
 }
+
+/// What OpenAI accepts as a function name: `^[a-zA-Z0-9_-]{1,64}$`.
+fn model_safe(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tool_names_reach_the_model_safe_and_the_server_unchanged() {
+    use agentry_testkit::hostile_mcp::HostileNamesServer;
+
+    let mcp = HostileNamesServer::start().await.expect("hostile MCP server");
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.number() == 0 { Reply::tool_call("web_search", &json!({})) } else { Reply::text("Done.") }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let path = agentry
+        .file("c.toml", &config(&model.base_url(), Some(&mcp.url()), "[batch]\nquestions = [\"Define Rust\"]\n"));
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+
+    let requests = model.requests();
+    let offered: Vec<String> = requests[0].body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(offered.len(), 7, "every tool and save_research: {offered:?}");
+    assert!(offered.iter().all(|n| model_safe(n)), "{offered:?}");
+    assert_eq!(tool_results(&requests[1].body), ["ran \"web search\""], "the server got the tool's own name");
+    mcp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_prints_no_control_characters_and_ends_quietly_on_a_closed_pipe() {
+    use agentry_testkit::hostile_mcp::HostileNamesServer;
+
+    let mcp = HostileNamesServer::start().await.expect("hostile MCP server");
+    let agentry = Agentry::new();
+    let path = agentry.file("c.toml", &format!("[[mcp.servers]]\nname = \"hostile\"\nurl = \"{}\"\n", mcp.url()));
+    let path = path.to_str().expect("utf-8");
+
+    let run = agentry.run(&["tools", "-c", path]).await;
+    run.expect_code(0);
+    let raw: Vec<char> = run.stdout.chars().filter(|c| c.is_control() && *c != '\n').collect();
+    assert!(raw.is_empty(), "control characters printed raw: {raw:?} in {:?}", run.stdout);
+    assert!(run.stdout.contains(r"line\nbreak") && run.stdout.contains(r"nul\0byte"), "{}", run.stdout);
+    assert!(run.stdout.contains("web_search"), "the name the model sees is shown: {}", run.stdout);
+
+    // `agentry tools | head -0`: the reader is gone before the first line is written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"));
+    let output = command
+        .args(["tools", "-c", path])
+        .current_dir(agentry.dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", agentry.dir())
+        .env("AGENTRY__SECRETS__DIR", agentry.dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), output)
+        .await
+        .expect("agentry finished within 120 s")
+        .expect("agentry ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    mcp.shutdown().await;
+}

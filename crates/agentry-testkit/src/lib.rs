@@ -9,5 +9,6 @@
 //! The `agentry-testkit` binary serves either on its own (`agentry-testkit serve model|search`)
 //! for trials by hand.
 
+pub mod hostile_mcp;
 pub mod model_server;
 pub mod search;

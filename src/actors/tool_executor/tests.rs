@@ -256,6 +256,49 @@ async fn an_mcp_tool_named_save_research_is_prefixed_and_the_local_one_keeps_the
     assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none(), "nothing went to the writer");
 }
 
+/// What OpenAI accepts as a function name: `^[a-zA-Z0-9_-]{1,64}$`.
+fn model_safe(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[tokio::test]
+async fn tool_names_the_model_cannot_take_are_offered_under_safe_unique_names_and_called_by_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let long = "x".repeat(300);
+    let longer = format!("{long}y");
+    let hostile = [
+        "web search",
+        "web_search",
+        "nul\0byte",
+        "line\nbreak",
+        long.as_str(),
+        longer.as_str(),
+        "",
+        "ünïcødé",
+        "ok-name",
+    ];
+    let (alpha, _) = fake_server("alpha", &hostile, Behaviour::Answer, &tx).await;
+    let tools = executor(vec![alpha], writer_over(dir.path()).await).await;
+
+    let names = offered(&tools).await;
+    assert_eq!(names.len(), hostile.len() + 1, "every tool is offered, and save_research: {names:?}");
+    assert!(names.iter().all(|n| model_safe(n)), "{names:?}");
+    assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), names.len(), "unique: {names:?}");
+    assert!(names.contains(&"ok-name".to_owned()) && names.contains(&"web_search".to_owned()), "safe names stay");
+
+    // Each offered name leads to its own tool, which the server gets by its original name.
+    let definitions = tools.definitions().await;
+    let exposed: Vec<String> =
+        definitions.iter().map(|d| d.function.name.clone()).filter(|n| n != SAVE_RESEARCH).collect();
+    let calls = exposed.iter().enumerate().map(|(i, name)| call(&format!("c{i}"), name, "")).collect();
+    let outcomes = tools.execute(calls, context()).await;
+    assert!(outcomes.iter().all(|o| !o.is_error), "{outcomes:?}");
+    let got: BTreeSet<String> = received(&mut rx).into_iter().map(|s| s.tool).collect();
+    let want: BTreeSet<String> = hostile.iter().map(|t| (*t).to_owned()).collect();
+    assert_eq!(got, want, "the server got every call under its own name");
+}
+
 #[tokio::test]
 async fn unknown_tools_bad_arguments_and_failing_tools_come_back_as_error_results() {
     let dir = tempfile::tempdir().expect("tempdir");
