@@ -98,7 +98,8 @@ impl Runtime {
             max_retries: model.max_retries,
             min_delay: model.retry_min_delay,
             max_delay: model.retry_max_delay,
-        })?;
+        })?
+        .with_redactor(secrets.redactor());
         let target = |base: &crate::llm::BaseUrl, model: &str| RouteTarget {
             base_url: base.url().clone(),
             model: model.to_owned(),

@@ -9,6 +9,9 @@
 //! Sources, first found wins (`DESIGN.md` §4): the Docker secret file `<dir>/<name>`, the path
 //! in `<NAME>_FILE`, then the variable `<NAME>` itself (a development fallback). A placeholder
 //! value counts as no value.
+//!
+//! Text from servers (error bodies, MCP error messages) may quote a secret back; a
+//! [`Redactor`] scrubs it before it goes anywhere ([`redact`]).
 
 use std::fmt;
 use std::io::Read;
@@ -18,6 +21,10 @@ use std::sync::Arc;
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+
+pub mod redact;
+
+pub use redact::{Redactor, SecretValues};
 
 /// Larger secret files are refused: an API key or token is well under a kilobyte.
 pub const MAX_SECRET_BYTES: u64 = 64 * 1024;

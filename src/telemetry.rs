@@ -118,7 +118,13 @@ pub fn init(settings: &TelemetrySettings) {
     // The SDK's own diagnostics go through `tracing`; they are kept out of the default
     // filter, and a failed final flush is reported once by `shutdown`. rmcp logs a dying
     // transport at ERROR; agentry reports the same event itself, with the server's name.
+    // Below ERROR, rmcp logs whole JSON-RPC messages (tool results, a server's error message
+    // quoting its token): whatever RUST_LOG asks for `rmcp`, it gets errors only.
     let filter = EnvFilter::try_from_default_env()
+        .map(|filter| match "rmcp=error".parse() {
+            Ok(cap) => filter.add_directive(cap),
+            Err(_) => filter,
+        })
         .unwrap_or_else(|_| EnvFilter::new("warn,agentry=info,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match settings.log_format {

@@ -381,6 +381,7 @@ fn spawn_call(
     let server = args.server.name.clone();
     let location = args.server.location();
     let secret = args.server.token_secret.clone();
+    let redactor = args.secrets.redactor();
     let timeout = args.call_timeout;
     let myself = myself.clone();
     let span = tools_call_span(&args.server, &peer, &tool);
@@ -399,7 +400,8 @@ fn spawn_call(
                 Err(_) => Err(McpError::Timeout { server, tool: tool.clone(), timeout }),
                 Ok(Ok(result)) => Ok(result),
                 Ok(Err(ServiceError::McpError(error))) => {
-                    Err(McpError::Call { server, tool: tool.clone(), message: error.message.to_string() })
+                    // Servers paste credentials into error messages: scrubbed before anyone sees it.
+                    Err(McpError::Call { server, tool: tool.clone(), message: redactor.scrub(&error.message) })
                 }
                 Ok(Err(error)) if mcp::is_auth_failure(&error) => {
                     let _ = myself.cast(McpSessionMsg::AuthRejected(generation));

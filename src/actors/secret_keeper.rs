@@ -3,7 +3,8 @@
 //! - **Owns**: each secret's current [`Credential`] (in a `watch` channel per secret, created
 //!   by the wiring so it outlives restarts), the rotation counters.
 //! - **Accepts**: `Reload(name)` (after a 401: read the sources now and say whether the value
-//!   changed) and an internal `Poll` tick.
+//!   changed) and an internal `Poll` tick. Handles also give out a [`Redactor`] over the
+//!   channels, which scrubs the current values out of server text without messaging the actor.
 //! - **Concurrency**: answers from memory. Reading a secret is a `stat` and a read of a file
 //!   of at most 64 KiB on a local (tmpfs) mount, done on the poll timer, never on a caller's
 //!   request path: subscribers read the `watch` channel without messaging the actor.
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{RESTART_WAIT, Slot, Unreachable};
-use crate::secrets::{self, Credential, Fingerprint, SecretSpec};
+use crate::secrets::{self, Credential, Fingerprint, Redactor, SecretSpec, SecretValues};
 
 /// A secret as subscribers see it.
 #[derive(Clone)]
@@ -62,6 +63,18 @@ struct Channel {
     spec: SecretSpec,
     state: watch::Sender<SecretState>,
     rotations: AtomicU64,
+}
+
+/// The values a [`Redactor`] scrubs: each secret's current one, read from its channel.
+impl SecretValues for HashMap<String, Channel> {
+    fn each(&self, visit: &mut dyn FnMut(&Credential)) {
+        for channel in self.values() {
+            let current = channel.state.borrow().credential().cloned();
+            if let Some(credential) = current {
+                visit(&credential);
+            }
+        }
+    }
 }
 
 /// Start-up arguments (cloned on every restart).
@@ -257,6 +270,11 @@ impl SecretKeeperHandle {
     /// The current state of one secret.
     pub fn current(&self, name: &str) -> SecretState {
         self.channels.get(name).map_or(SecretState::Absent, |c| c.state.borrow().clone())
+    }
+
+    /// Scrubs the secrets' current values (and key shapes) out of text from servers.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.channels.clone())
     }
 
     /// How many times a secret changed since start.

@@ -1,18 +1,24 @@
 //! One chat request over HTTP: timeouts, retries with capped exponential backoff and jitter
-//! on connect errors, 408, 409, 429 and 5xx (honouring `Retry-After`), never on 400, 401,
-//! 403 or 404. The request body is serialised once and reused for every attempt.
+//! on connect errors, 408, 409, 429, 5xx (honouring `Retry-After`), stalled bodies and 2xx
+//! bodies that cannot be read; never on 400, 401, 403 or 404. The request body is serialised
+//! once and reused for every attempt.
+//!
+//! The response body is read chunk by chunk: past [`MAX_RESPONSE_BYTES`] reading stops, and a
+//! body that sends nothing for the idle timeout is given up (the request timeout still bounds
+//! the whole exchange). Text from the server that ends up in an error (an error message, the
+//! first bytes of a body that cannot be read) goes through the [`Redactor`] first.
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use url::Url;
 
 use super::LlmError;
 use super::wire::{ChatRequest, ChatResponse, ErrorBody};
-use crate::secrets::Credential;
+use crate::secrets::{Credential, Redactor};
 
 /// Where a request goes: base URL, model and (for the cloud) the key.
 #[derive(Debug, Clone)]
@@ -52,20 +58,50 @@ pub struct Completion {
 pub struct ChatClient {
     http: reqwest::Client,
     policy: ClientPolicy,
+    idle_timeout: Duration,
+    redactor: Redactor,
 }
 
-/// Responses larger than this are refused rather than buffered.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Reading a response stops past this many bytes.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The longest gap between two pieces of a response body, unless the request timeout is shorter.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of a body an error shows, in characters.
+const HEAD_CHARS: usize = 200;
+
+/// How much of a body is scrubbed before [`HEAD_CHARS`] are taken from it: enough that a secret
+/// starting within the shown part is scrubbed whole.
+const HEAD_SCAN_BYTES: usize = 1024;
+
+/// How much of an error message is kept (in characters), and how much is read to find it.
+const MESSAGE_CHARS: usize = 300;
+const MESSAGE_SCAN_BYTES: usize = 4096;
 
 impl ChatClient {
-    /// A client with its own connection pool.
+    /// A client with its own connection pool, an idle timeout of 30 s (or the request timeout,
+    /// if shorter) and a [`Redactor`] that knows key shapes only.
     pub fn new(policy: ClientPolicy) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(policy.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { http, policy })
+        let idle_timeout = policy.request_timeout.min(DEFAULT_IDLE_TIMEOUT);
+        Ok(Self { http, policy, idle_timeout, redactor: Redactor::default() })
+    }
+
+    /// The longest a response body may send nothing before the attempt is given up.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// Scrubs server text in errors with `redactor` (SecretKeeper's, in the running tree).
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Sends `request` to `endpoint`, retrying transient failures.
@@ -86,9 +122,10 @@ impl ChatClient {
             .with_max_times(self.policy.max_retries as usize)
             .with_jitter();
         let max_delay = self.policy.max_delay;
+        let credential = endpoint.credential.as_ref();
         let response = (|| {
             attempts += 1;
-            self.attempt(&url, &headers, body.clone())
+            self.attempt(&url, &headers, body.clone(), credential)
         })
         .retry(backoff)
         .when(LlmError::is_retryable)
@@ -100,36 +137,115 @@ impl ChatClient {
         Ok(Completion { response, attempts })
     }
 
-    async fn attempt(&self, url: &Url, headers: &HeaderMap, body: Bytes) -> Result<ChatResponse, LlmError> {
+    async fn attempt(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        body: Bytes,
+        credential: Option<&Credential>,
+    ) -> Result<ChatResponse, LlmError> {
         let shown = url.to_string();
         let send = self.http.post(url.clone()).headers(headers.clone()).body(body).send();
         let timeout = self.policy.request_timeout;
-        let read = async {
+        let exchange = async {
             let response = send.await.map_err(|source| classify_transport(&shown, timeout, source))?;
             let status = response.status();
             let retry_after = retry_after(response.headers());
-            let bytes = response.bytes().await.map_err(|source| classify_transport(&shown, timeout, source))?;
-            Ok::<_, LlmError>((status, retry_after, bytes))
+            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let read = self.read_body(response).await;
+            Ok::<_, LlmError>((status, retry_after, content_type, read))
         };
-        let (status, retry_after, bytes) = tokio::time::timeout(timeout, read)
+        let (status, retry_after, content_type, read) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| LlmError::Timeout { url: shown.clone(), timeout })??;
-        if bytes.len() > MAX_RESPONSE_BYTES {
-            return Err(LlmError::Protocol {
-                url: shown,
-                message: format!("response of {} bytes is too large", bytes.len()),
-            });
-        }
+        let scrub = |text: &str| self.redactor.scrub_with(text, credential);
         if !status.is_success() {
-            return Err(status_error(status, retry_after, &bytes, shown));
+            // Whatever came of the body, the status says what to do next.
+            return Err(status_error(status, retry_after, &read.bytes, shown, &scrub));
         }
-        let response: ChatResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| LlmError::Protocol { url: shown.clone(), message: format!("not a chat completion: {e}") })?;
+        let malformed = |problem: String| LlmError::Malformed {
+            url: shown.clone(),
+            status: status.as_u16(),
+            content_type: content_type.clone(),
+            problem: scrub(&problem),
+            head: head(&read.bytes, &scrub),
+        };
+        match read.ended {
+            Ended::Whole => {}
+            Ended::TooLarge => {
+                return Err(LlmError::Protocol {
+                    url: shown,
+                    message: format!(
+                        "the response is larger than {} MiB; agentry stopped reading it",
+                        MAX_RESPONSE_BYTES >> 20
+                    ),
+                });
+            }
+            Ended::Stalled => {
+                return Err(LlmError::Stalled { url: shown, idle: self.idle_timeout, received: read.bytes.len() });
+            }
+            Ended::Cut(cause) => {
+                return Err(malformed(format!(
+                    "cut short after {} bytes: {}",
+                    read.bytes.len(),
+                    crate::error_chain(&cause.without_url())
+                )));
+            }
+        }
+        let response: ChatResponse =
+            serde_json::from_slice(&read.bytes).map_err(|e| malformed(format!("not a chat completion: {e}")))?;
         if response.choices.is_empty() {
-            return Err(LlmError::Protocol { url: shown, message: "the response has no choices".into() });
+            return Err(malformed("the response has no choices".into()));
         }
         Ok(response)
     }
+
+    /// Reads the body piece by piece, stopping past [`MAX_RESPONSE_BYTES`] or when nothing comes
+    /// for the idle timeout; keeps what arrived either way.
+    async fn read_body(&self, mut response: reqwest::Response) -> Body {
+        let mut bytes = BytesMut::new();
+        if response.content_length().is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
+            return Body { bytes: bytes.freeze(), ended: Ended::TooLarge };
+        }
+        let ended = loop {
+            match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
+                Err(_) => break Ended::Stalled,
+                Ok(Ok(None)) => break Ended::Whole,
+                Ok(Ok(Some(chunk))) if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES => break Ended::TooLarge,
+                Ok(Ok(Some(chunk))) => bytes.extend_from_slice(&chunk),
+                Ok(Err(cause)) => break Ended::Cut(cause),
+            }
+        };
+        Body { bytes: bytes.freeze(), ended }
+    }
+}
+
+/// A response body as far as it was read.
+struct Body {
+    bytes: Bytes,
+    ended: Ended,
+}
+
+/// How reading a body ended.
+enum Ended {
+    Whole,
+    /// Past [`MAX_RESPONSE_BYTES`] (or announced so by `Content-Length`).
+    TooLarge,
+    /// Nothing for the idle timeout.
+    Stalled,
+    /// The connection broke.
+    Cut(reqwest::Error),
+}
+
+/// The first [`HEAD_CHARS`] characters of a body, scrubbed, for an error message.
+fn head(bytes: &[u8], scrub: &dyn Fn(&str) -> String) -> String {
+    let scanned = String::from_utf8_lossy(&bytes[..bytes.len().min(HEAD_SCAN_BYTES)]);
+    let scrubbed = scrub(&scanned);
+    let mut shown: String = scrubbed.chars().take(HEAD_CHARS).collect();
+    if shown.len() < scrubbed.len() || bytes.len() > HEAD_SCAN_BYTES {
+        shown.push('…');
+    }
+    shown
 }
 
 fn headers(endpoint: &Endpoint) -> Result<HeaderMap, LlmError> {
@@ -172,7 +288,15 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
-fn status_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8], url: String) -> LlmError {
+/// The error for a non-2xx status. The server's message is scrubbed: servers quote keys (in
+/// part or whole) in 400, 403 and 5xx messages too.
+fn status_error(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    url: String,
+    scrub: &dyn Fn(&str) -> String,
+) -> LlmError {
     let code = status.as_u16();
     if code == 401 {
         // The API's 401 message quotes part of the key: it is deliberately dropped.
@@ -180,8 +304,9 @@ fn status_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8], 
     }
     let message = serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.error.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-    let message: String = message.chars().take(300).collect();
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(MESSAGE_SCAN_BYTES)]).into_owned());
+    let cut = (0..=message.len().min(MESSAGE_SCAN_BYTES)).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+    let message: String = scrub(&message[..cut]).chars().take(MESSAGE_CHARS).collect();
     match code {
         429 => LlmError::RateLimited { retry_after, url },
         408 | 409 | 500..=599 => LlmError::Server { status: code, message, retry_after, url },
@@ -212,15 +337,59 @@ mod tests {
     #[test]
     fn statuses_map_to_what_the_caller_does_next() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-ab***yz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
-        let auth = status_error(StatusCode::UNAUTHORIZED, None, body, "u".into());
+        let scrub = |text: &str| Redactor::default().scrub(text);
+        let auth = status_error(StatusCode::UNAUTHORIZED, None, body, "u".into(), &scrub);
         assert!(matches!(auth, LlmError::Auth { .. }));
         assert!(!auth.is_retryable());
         assert!(!auth.to_string().contains("sk-ab"), "the API's echo of the key is dropped");
         for (status, retryable) in
             [(400, false), (403, false), (404, false), (408, true), (429, true), (500, true), (503, true)]
         {
-            let error = status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into());
+            let error = status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into(), &scrub);
             assert_eq!(error.is_retryable(), retryable, "{status}");
         }
+    }
+
+    const KEY: &str = "plain-0123456789abcdef";
+
+    fn key() -> Credential {
+        let source = crate::secrets::SecretSource::Environment("OPENAI_API_KEY".into());
+        Credential::new("openai_api_key", secrecy::SecretString::from(KEY.to_owned()), source)
+    }
+
+    #[test]
+    fn server_messages_are_scrubbed_of_the_key_whatever_the_status() {
+        let (redactor, key) = (Redactor::default(), key());
+        let scrub = |text: &str| redactor.scrub_with(text, Some(&key));
+        let json = format!(r#"{{"error":{{"message":"key {KEY} (or sk-proj-abcdefgh12345678) refused"}}}}"#);
+        let html = format!("<html><body>Forbidden: {KEY}</body></html>");
+        for status in [400, 403, 404, 408, 500, 503] {
+            for body in [&json, &html] {
+                let error = status_error(
+                    StatusCode::from_u16(status).expect("status"),
+                    None,
+                    body.as_bytes(),
+                    "u".into(),
+                    &scrub,
+                );
+                let text = error.to_string();
+                assert!(!text.contains(&KEY[6..18]) && !text.contains("abcdefgh1234"), "{status}: {text}");
+                assert!(text.contains("[redacted openai_api_key]"), "{status}: {text}");
+                assert!(text.contains(&format!("HTTP {status}")), "{status}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_head_of_a_body_is_scrubbed_then_cut() {
+        let (redactor, key) = (Redactor::default(), key());
+        let scrub = |text: &str| redactor.scrub_with(text, Some(&key));
+        // The key straddles the cut: it is scrubbed whole before characters are taken.
+        let body = format!("{}{KEY}{}", "a".repeat(HEAD_CHARS - 20), "b".repeat(5000));
+        let shown = head(body.as_bytes(), &scrub);
+        assert!(!shown.contains("plain") && shown.ends_with('…'), "{shown}");
+        assert!(shown.starts_with("aaaa") && shown.contains("[redac"), "{shown}");
+        assert_eq!(head(b"<html>short</html>", &scrub), "<html>short</html>");
+        assert_eq!(head(b"\xff\xfe{", &scrub), "\u{fffd}\u{fffd}{");
     }
 }

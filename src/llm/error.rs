@@ -57,7 +57,36 @@ pub enum LlmError {
         /// Endpoint.
         url: String,
     },
-    /// The response is not the Chat Completions shape.
+    /// A 2xx whose body cannot be read: cut short, not JSON, an HTML page, no choices. Retry
+    /// with backoff: the next answer is most likely whole.
+    #[error(
+        "{url} answered HTTP {status} with a body agentry cannot read ({problem}); content type {}, first bytes: {head:?}",
+        content_type.as_deref().unwrap_or("none")
+    )]
+    Malformed {
+        /// Endpoint.
+        url: String,
+        /// Status code (2xx).
+        status: u16,
+        /// The `Content-Type` sent, if any.
+        content_type: Option<String>,
+        /// What is wrong with the body (secrets scrubbed).
+        problem: String,
+        /// The first bytes of the body, as text (secrets scrubbed).
+        head: String,
+    },
+    /// The response began and then stopped coming for longer than the idle timeout: retry with
+    /// backoff.
+    #[error("{url} stopped sending the response: nothing for {idle:?} after {received} bytes")]
+    Stalled {
+        /// Endpoint.
+        url: String,
+        /// The idle timeout.
+        idle: Duration,
+        /// Bytes of the body received before it stopped.
+        received: usize,
+    },
+    /// The response cannot be used, and asking again would not help (too large, say).
     #[error("{url} sent a response agentry cannot read: {message}")]
     Protocol {
         /// Endpoint.
@@ -105,7 +134,15 @@ pub enum LlmError {
 impl LlmError {
     /// Whether a retry may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::RateLimited { .. } | Self::Server { .. } | Self::Connect { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Connect { .. }
+                | Self::Timeout { .. }
+                | Self::Stalled { .. }
+                | Self::Malformed { .. }
+        )
     }
 
     /// The delay the server asked for.
@@ -123,6 +160,8 @@ impl LlmError {
             Self::Server { .. } => "server_error",
             Self::Connect { .. } => "connect_error",
             Self::Timeout { .. } => "timeout",
+            Self::Stalled { .. } => "idle_timeout",
+            Self::Malformed { .. } => "malformed_response",
             Self::Auth { .. } | Self::KeyRejected { .. } => "auth_rejected",
             Self::KeyNotHeaderSafe { .. } => "invalid_key",
             Self::Rejected { .. } => "request_rejected",

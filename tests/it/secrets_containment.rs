@@ -82,8 +82,8 @@ async fn a_canary_key_and_token_never_leak_through_the_main_flows() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
     use agentry::demo::scripted::ScriptedResearcher;
+    use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
 
     use crate::harness::config;
     use crate::peers::{PythonMcpServer, search_server_stdio_command};
@@ -174,4 +174,154 @@ async fn a_canary_key_and_token_never_leak_through_the_main_flows() {
     }
     std::fs::write(&token_file, "x").ok();
     let _ = wrong_token;
+}
+
+/// A value shaped like no key at all: only its being a loaded secret can get it scrubbed.
+fn unshaped_canary(label: &str) -> String {
+    format!("{label}-{:032x}", rand::random::<u128>())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_errors_that_quote_the_key_in_400_403_429_and_500_bodies_never_show_it() {
+    use std::sync::Arc;
+
+    use agentry_testkit::model_server::{ModelServer, Queue, Reply};
+
+    use crate::harness::config;
+
+    for api_key in [canary("key"), unshaped_canary("plain")] {
+        let statuses = [400, 403, 429, 500];
+        let model = ModelServer::start(Arc::new(Queue::new(statuses.map(Reply::echo_key)))).await.expect("model");
+        let agentry = Agentry::new();
+        agentry.file("secrets/openai_api_key", &format!("{api_key}\n"));
+        let agentry = agentry
+            .env("RUST_LOG", "trace")
+            .env("OPENAI_BASE_URL", model.base_url())
+            .env("AGENTRY__MODEL__FALLBACK", "none")
+            .env("AGENTRY__MODEL__MAX_RETRIES", "0");
+        let questions = "[batch]\nconcurrency = 1\nquestions = [\"One\", \"Two\", \"Three\", \"Four\"]\n";
+        let path = agentry.file("c.toml", &config("http://127.0.0.1:9/v1", None, questions));
+        let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+        run.expect_code(1);
+        let requests = model.requests();
+        assert_eq!(requests.len(), 4, "one request per question");
+        assert!(requests.iter().all(|r| r.bearer.as_deref() == Some(api_key.as_str())), "the key reached the model");
+        assert_eq!(requests.iter().map(|r| r.status).collect::<Vec<_>>(), statuses.map(Some));
+        assert_absent(&everything_written(&agentry, &run), &api_key, "output, report and files");
+        let report = agentry.report("definitions/report.json");
+        let errors: Vec<&str> =
+            report["questions"].as_array().expect("rows").iter().filter_map(|q| q["error"].as_str()).collect();
+        assert_eq!(errors.len(), 4, "{report}");
+        for (status, error) in [400, 403, 500].iter().zip([errors[0], errors[1], errors[3]]) {
+            assert!(error.contains(&format!("HTTP {status}")), "the error stays readable: {error}");
+            assert!(error.contains("[redacted"), "the key is replaced, the rest kept: {error}");
+            assert!(error.contains("is not allowed to use this model"), "{error}");
+        }
+        assert!(errors[2].contains("429"), "{}", errors[2]);
+    }
+}
+
+/// An MCP server whose every tool call fails with a JSON-RPC error quoting the request's
+/// `Authorization` header, the bare token and `echo`: a server that pastes credentials into
+/// its error messages.
+#[derive(Clone)]
+struct EchoingMcpServer {
+    echo: std::sync::Arc<str>,
+}
+
+impl rmcp::ServerHandler for EchoingMcpServer {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        agentry::demo::search_server::DemoSearchHandler.get_info()
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        agentry::demo::search_server::DemoSearchHandler.list_tools(request, context).await
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let authorization = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get(axum::http::header::AUTHORIZATION))
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        let token = authorization.strip_prefix("Bearer ").unwrap_or_default().to_owned();
+        Err(rmcp::ErrorData::internal_error(
+            format!(
+                "upstream refused {}: Authorization: {authorization} (token {token}); forwarded key {}",
+                request.name, self.echo
+            ),
+            None,
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        agentry::demo::search_server::DemoSearchHandler.get_tool(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_error_quoting_the_token_and_the_key_never_shows_them() {
+    use std::sync::Arc;
+
+    use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
+    use serde_json::json;
+
+    use crate::harness::{config, tool_results};
+
+    let api_key = unshaped_canary("plain-key");
+    let token = unshaped_canary("gateway");
+    let server = agentry::demo::search_server::serve_mcp(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        EchoingMcpServer { echo: api_key.as_str().into() },
+    )
+    .await
+    .expect("MCP server");
+    let url = agentry::demo::search_server::mcp_url(server.addr());
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if tool_results(request.body()).is_empty() {
+            Reply::tool_call("search", &json!({ "query": "rust" }))
+        } else {
+            Reply::text("The search failed; here is what I know.")
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    agentry.file("secrets/openai_api_key", &format!("{api_key}\n"));
+    agentry.file("secrets/mcp_gateway_auth_token", &format!("{token}\n"));
+    let agentry = agentry
+        .env("RUST_LOG", "trace")
+        .env("OPENAI_BASE_URL", model.base_url())
+        .env("AGENTRY__MODEL__FALLBACK", "none");
+    let servers = format!(
+        "[[mcp.servers]]\nname = \"echoing\"\nurl = \"{url}\"\ntools = [\"search\"]\ntoken_secret = \"mcp_gateway_auth_token\"\n"
+    );
+    let text = config("http://127.0.0.1:9/v1", None, "[batch]\nquestions = [\"What is Rust?\"]\n")
+        .replace("[mcp]\nservers = []\n", &servers);
+    let path = agentry.file("c.toml", &text);
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2, "a tool call, then the answer");
+    let results = tool_results(&requests[1].body);
+    assert_eq!(results.len(), 1);
+    assert!(results[0].contains("upstream refused search"), "the model still learns what failed: {}", results[0]);
+    assert!(results[0].contains("[redacted"), "{}", results[0]);
+    let sent_to_model: String = requests.iter().map(|r| r.body.to_string()).collect();
+    assert_absent(&sent_to_model, &token, "requests to the model");
+    assert_absent(&sent_to_model, &api_key, "requests to the model");
+    let written = everything_written(&agentry, &run);
+    assert_absent(&written, &token, "output, report and files");
+    assert_absent(&written, &api_key, "output, report and files");
+    server.shutdown().await;
 }

@@ -130,6 +130,36 @@ pub enum Reply {
     },
     /// HTTP 200 with `Content-Type: application/json` and this (broken) body.
     Malformed(String),
+    /// Any status with any content type and body, sent as is: an HTML page from a proxy in
+    /// front of the model, say.
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// `Content-Type`.
+        content_type: String,
+        /// The body.
+        body: String,
+    },
+    /// An OpenAI error body whose message quotes the bearer token the request carried, whole,
+    /// as a careless server (or proxy) does.
+    EchoKey {
+        /// HTTP status, e.g. 400, 403, 429, 500.
+        status: u16,
+    },
+    /// The inner reply's headers (with the `Content-Length` of its whole body) and only the
+    /// first `after` bytes of its body; then the connection drops.
+    CutShort {
+        /// The reply that is cut.
+        reply: Box<Reply>,
+        /// How many bytes of its body are sent.
+        after: usize,
+    },
+    /// HTTP 200 `application/json`, chunked, with no length and no end: `{"choices":[` and then
+    /// blanks for as long as the client reads.
+    EndlessBody,
+    /// HTTP 200 `application/json`: the headers and `head`, then nothing more (the connection
+    /// stays open) until the server stops.
+    Stall(String),
     /// Drop the connection without sending a complete response.
     Disconnect,
     /// Wait this long (counted as in flight), then send the inner reply.
@@ -208,6 +238,21 @@ impl Reply {
     /// HTTP 200 with a body that is not valid JSON (or not a completion).
     pub fn malformed(body: impl Into<String>) -> Self {
         Reply::Malformed(body.into())
+    }
+
+    /// HTTP 200 with an HTML page, as a proxy or captive portal answers.
+    pub fn html(body: impl Into<String>) -> Self {
+        Reply::Raw { status: 200, content_type: "text/html; charset=utf-8".to_owned(), body: body.into() }
+    }
+
+    /// An error with status `status` whose message quotes the request's bearer token.
+    pub fn echo_key(status: u16) -> Self {
+        Reply::EchoKey { status }
+    }
+
+    /// `self`, cut after `after` bytes of its body.
+    pub fn cut_short(self, after: usize) -> Self {
+        Reply::CutShort { reply: Box::new(self), after }
     }
 
     /// Sends `self` after waiting `delay`.
@@ -716,32 +761,95 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
                 tokio::time::sleep(delay).await;
                 reply = *inner;
             }
-            Reply::Message { content, tool_calls, finish_reason } => {
-                break completion_response(&shared, number, &body, content, tool_calls, finish_reason);
-            }
-            Reply::Error { status, retry_after, kind, code, message } => {
-                break error_response(status, &kind, None, code.as_deref(), &message, retry_after);
-            }
-            Reply::Malformed(text) => {
-                let mut response = (StatusCode::OK, text).into_response();
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                break response;
+            Reply::CutShort { reply, after } => {
+                let whole = render(&shared, number, &body, bearer.as_deref(), *reply);
+                break cut_short(whole, after).await;
             }
             Reply::Disconnect => {
                 // A body that fails on its first poll makes hyper abort the
                 // connection before a complete response is written.
-                let failing = futures::stream::once(async {
-                    Err::<Bytes, std::io::Error>(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        "scripted disconnect",
-                    ))
-                });
-                return Response::new(Body::from_stream(failing));
+                return Response::new(Body::from_stream(futures::stream::once(async { Err::<Bytes, _>(aborted()) })));
             }
+            other => break render(&shared, number, &body, bearer.as_deref(), other),
         }
     };
     shared.set_status(number, response.status().as_u16());
     response
+}
+
+/// The response for a reply that needs no waiting.
+fn render(shared: &Shared, number: u64, body: &Value, bearer: Option<&str>, reply: Reply) -> Response {
+    match reply {
+        Reply::Message { content, tool_calls, finish_reason } => {
+            completion_response(shared, number, body, content, tool_calls, finish_reason)
+        }
+        Reply::Error { status, retry_after, kind, code, message } => {
+            error_response(status, &kind, None, code.as_deref(), &message, retry_after)
+        }
+        Reply::EchoKey { status } => {
+            let key = bearer.unwrap_or("(none)");
+            let message = format!(
+                "The API key {key} is not allowed to use this model in this organization. \
+                 Request headers: Authorization: Bearer {key}"
+            );
+            error_response(status, "invalid_request_error", None, None, &message, None)
+        }
+        Reply::Malformed(text) => raw_response(200, "application/json", text),
+        Reply::Raw { status, content_type, body } => raw_response(status, &content_type, body),
+        Reply::EndlessBody => {
+            let blanks = Bytes::from(vec![b' '; 64 * 1024]);
+            let chunks = std::iter::once(Bytes::from_static(b"{\"choices\":[")).chain(std::iter::repeat(blanks));
+            streamed(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+        }
+        Reply::Stall(head) => {
+            let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
+            streamed(futures::StreamExt::chain(head, futures::stream::pending()))
+        }
+        Reply::Delay(_, inner) | Reply::CutShort { reply: inner, .. } => render(shared, number, body, bearer, *inner),
+        Reply::Disconnect => {
+            Response::new(Body::from_stream(futures::stream::once(async { Err::<Bytes, _>(aborted()) })))
+        }
+    }
+}
+
+fn aborted() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "scripted disconnect")
+}
+
+fn raw_response(status: u16, content_type: &str, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body).into_response();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// HTTP 200 `application/json` with a body of unknown length (chunked).
+fn streamed<S>(chunks: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut response = Response::new(Body::from_stream(chunks));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `whole`'s status and headers (its `Content-Length` included) with only the first `after`
+/// bytes of its body, then an error, which makes hyper drop the connection.
+async fn cut_short(whole: Response, after: usize) -> Response {
+    let (mut parts, body) = whole.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.unwrap_or_default();
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let head = bytes.slice(..after.min(bytes.len()));
+    // hyper writes out what it has when the body is not ready: the head reaches the client
+    // before the error drops the connection.
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(aborted())
+    };
+    let chunks = futures::StreamExt::chain(futures::stream::once(async { Ok(head) }), futures::stream::once(cut));
+    Response::from_parts(parts, Body::from_stream(chunks))
 }
 
 /// Auth, JSON parsing, validation, then the behaviour's reply.
