@@ -330,3 +330,59 @@ async fn shutdown_stops_listening() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(reqwest::Client::new().get(&url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn hostile_bodies_come_as_scripted() {
+    let whole = Reply::text("a whole answer that the server cuts");
+    let server = ModelServer::start(Arc::new(Queue::new([
+        Reply::echo_key(403),
+        Reply::html("<html><body>Bad gateway</body></html>"),
+        whole.clone().cut_short(30),
+        Reply::Stall("{\"choices\":[".into()),
+        Reply::EndlessBody,
+    ])))
+    .await
+    .expect("server starts");
+    let client = reqwest::Client::new();
+
+    let echoed = post(&client, &server, Some("sk-echo-me-0123456789"), &request_body()).await;
+    assert_eq!(echoed.status(), 403);
+    let message = json_of(echoed).await["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("sk-echo-me-0123456789"), "the bearer is quoted: {message}");
+
+    let page = post(&client, &server, None, &request_body()).await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap_or("").starts_with("text/html"));
+    assert_eq!(page.text().await.expect("body"), "<html><body>Bad gateway</body></html>");
+
+    // The Content-Length of the whole body, 30 bytes of it, then the connection drops.
+    let mut cut = post(&client, &server, None, &request_body()).await;
+    assert_eq!(cut.status(), 200);
+    assert!(cut.content_length().is_some_and(|length| length > 30), "{:?}", cut.content_length());
+    let mut received = Vec::new();
+    let error = loop {
+        match cut.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => panic!("the body ended cleanly after {} bytes", received.len()),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(received.len(), 30, "{error}");
+    assert!(received.starts_with(b"{"), "the start of the real body");
+
+    // A stalled body: the head, then nothing; the next read never completes.
+    let mut stalled = post(&client, &server, None, &request_body()).await;
+    assert_eq!(stalled.chunk().await.expect("head").as_deref(), Some(&b"{\"choices\":["[..]));
+    let next = tokio::time::timeout(Duration::from_millis(100), stalled.chunk()).await;
+    assert!(next.is_err(), "nothing more came");
+
+    // An endless body: no length, and more keeps coming.
+    let mut endless = post(&client, &server, None, &request_body()).await;
+    assert_eq!(endless.content_length(), None);
+    let mut read = 0;
+    while read < 4 * 1024 * 1024 {
+        read += endless.chunk().await.expect("more").expect("never ends").len();
+    }
+    drop((stalled, endless));
+    server.shutdown().await;
+}
