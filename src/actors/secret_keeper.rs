@@ -288,3 +288,6 @@ impl SecretKeeperHandle {
         self.slot.call("secret-keeper", RESTART_WAIT, RESTART_WAIT, |reply| SecretKeeperMsg::Reload(name, reply)).await
     }
 }
+
+#[cfg(test)]
+mod tests;
