@@ -26,10 +26,27 @@
 //!    untyped) SSE event whose data is one JSON-RPC message.
 //!
 //! Comments (keep-alive pings), repeated `endpoint` events and unknown event
-//! types are ignored; `message` events whose data is not a JSON-RPC message
-//! are logged and skipped. A line the SSE parser rejects (`sse-stream` is
+//! types are ignored. A line the SSE parser rejects (`sse-stream` is
 //! stricter than browsers: a line with an unknown field name is an error) or
 //! an event over 16 MiB ends the stream, like a dropped connection.
+//!
+//! # Malformed JSON-RPC
+//!
+//! rmcp drops, without a word, what it cannot match to a request, so a call
+//! whose answer was mangled would wait for its timeout. This transport sees
+//! both sides (the requests it posts, the messages it reads), keeps the
+//! requests in flight, and, per session, warns once for each kind of defect
+//! (later ones at `debug`):
+//!
+//! * a `message` event that is not a JSON-RPC message: if it still names a
+//!   request in flight (e.g. a response with neither `result` nor `error`),
+//!   that request gets an error saying what was wrong, at once; garbage that
+//!   names no request is skipped;
+//! * a response with an id never sent: if exactly one request is in flight,
+//!   the answer was meant for it and can no longer arrive under its id, so
+//!   it gets an error at once; with several in flight no call can be blamed;
+//! * an error response without an id (the server could not read a request):
+//!   likewise for the one request in flight.
 //!
 //! # Failure semantics
 //!
@@ -73,7 +90,14 @@
 //! query carries the session id). Logs are at `debug`/`trace` level and name
 //! only the endpoint path and JSON-RPC method names.
 
-use std::{borrow::Cow, fmt, future::Future, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures::{StreamExt, stream::BoxStream};
 use reqwest::{
@@ -82,7 +106,10 @@ use reqwest::{
 };
 use rmcp::{
     RoleClient,
-    model::{ClientJsonRpcMessage, ClientNotification, ConstString, JsonRpcMessage, ServerJsonRpcMessage},
+    model::{
+        ClientJsonRpcMessage, ClientNotification, ConstString, ErrorData, JsonRpcMessage, RequestId,
+        ServerJsonRpcMessage,
+    },
     transport::Transport,
 };
 use sse_stream::{Sse, SseStream};
@@ -253,6 +280,7 @@ fn status_suffix(status: &Option<StatusCode>) -> String {
 /// See the [module docs](self) for how the end of the session is surfaced.
 pub struct LegacySseTransport {
     poster: std::sync::Arc<Poster>,
+    ledger: Arc<Mutex<Ledger>>,
     inbox: Option<mpsc::Receiver<ServerJsonRpcMessage>>,
     /// Cancelled by `close()`, by drop (through `_cancel_on_drop`), and by
     /// the reader task when the stream ends.
@@ -345,9 +373,12 @@ impl LegacySseTransport {
 
         let cancel = CancellationToken::new();
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
-        let reader = tokio::spawn(read_messages(events, inbox_tx, cancel.clone(), poster.endpoint_path.clone()));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let reader =
+            tokio::spawn(read_messages(events, inbox_tx, cancel.clone(), poster.endpoint_path.clone(), ledger.clone()));
         Ok(Self {
             poster,
+            ledger,
             inbox: Some(inbox),
             _cancel_on_drop: cancel.clone().drop_guard(),
             cancel,
@@ -366,31 +397,18 @@ impl Transport<RoleClient> for LegacySseTransport {
     fn send(&mut self, item: ClientJsonRpcMessage) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let poster = self.poster.clone();
         let cancel = self.cancel.clone();
+        let ledger = self.ledger.clone();
+        // Noted before the POST: the answer may arrive before the POST returns.
+        let request = lock(&ledger).sending(&item);
         async move {
-            if cancel.is_cancelled() {
-                return Err(LegacySseError::Closed);
+            let result = post(&poster, &cancel, item).await;
+            if let (Err(_), Some(id)) = (&result, request) {
+                // rmcp fails the request itself; no answer is expected any more.
+                lock(&ledger).answered(&id);
             }
-            // W3C trace context travels in the message's `params._meta` (MCP) and, for HTTP
-            // peers that trace requests, as the `traceparent` header of the POST too.
-            let value = serde_json::to_value(&item).map_err(LegacySseError::Encode)?;
-            let traceparent = value
-                .pointer("/params/_meta/traceparent")
-                .and_then(serde_json::Value::as_str)
-                .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok());
-            let body = serde_json::to_vec(&value).map_err(LegacySseError::Encode)?;
-            tracing::trace!(
-                endpoint = %poster.endpoint_path,
-                rpc = %client_message_label(&item),
-                "posting message"
-            );
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => Err(LegacySseError::Closed),
-                result = poster.post(body, traceparent) => result,
-            }
+            result
         }
     }
-
     async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
         let inbox = self.inbox.as_mut()?;
         let message = inbox.recv().await;
@@ -411,6 +429,191 @@ impl Transport<RoleClient> for LegacySseTransport {
         tracing::debug!(endpoint = %self.poster.endpoint_path, "legacy SSE transport closed");
         Ok(())
     }
+}
+
+/// Posts one client message, unless the transport is closed (or closes meanwhile).
+async fn post(poster: &Poster, cancel: &CancellationToken, item: ClientJsonRpcMessage) -> Result<(), LegacySseError> {
+    if cancel.is_cancelled() {
+        return Err(LegacySseError::Closed);
+    }
+    // W3C trace context travels in the message's `params._meta` (MCP) and, for HTTP
+    // peers that trace requests, as the `traceparent` header of the POST too.
+    let value = serde_json::to_value(&item).map_err(LegacySseError::Encode)?;
+    let traceparent = value
+        .pointer("/params/_meta/traceparent")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok());
+    let body = serde_json::to_vec(&value).map_err(LegacySseError::Encode)?;
+    tracing::trace!(
+        endpoint = %poster.endpoint_path,
+        rpc = %client_message_label(&item),
+        "posting message"
+    );
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(LegacySseError::Closed),
+        result = poster.post(body, traceparent) => result,
+    }
+}
+
+/// The requests in flight, the ids ever sent, and the defects already warned about: what the
+/// reader needs to tell a mangled answer from a late one (see the [module docs](self)).
+#[derive(Debug, Default)]
+struct Ledger {
+    in_flight: HashSet<RequestId>,
+    sent: HashSet<RequestId>,
+    warned: HashSet<Defect>,
+}
+
+/// What a server can get wrong in a message, each warned about once per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Defect {
+    NotJsonRpc,
+    UnknownId,
+    ErrorWithoutId,
+}
+
+/// The ledger, even if a panic elsewhere poisoned it (its sets stay consistent).
+fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Ledger {
+    /// Notes an outgoing message; returns the id of a request (an answer is now expected).
+    fn sending(&mut self, message: &ClientJsonRpcMessage) -> Option<RequestId> {
+        match message {
+            JsonRpcMessage::Request(request) => {
+                self.in_flight.insert(request.id.clone());
+                self.sent.insert(request.id.clone());
+                Some(request.id.clone())
+            }
+            JsonRpcMessage::Notification(notification) => {
+                // The client gave up on a request: its answer no longer matters.
+                if let ClientNotification::CancelledNotification(cancelled) = &notification.notification
+                    && let Some(id) = &cancelled.params.request_id
+                {
+                    self.answered(id);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes `id` out of flight (`"3"` matches `3`, as in rmcp); whether it was in flight.
+    fn answered(&mut self, id: &RequestId) -> bool {
+        if self.in_flight.remove(id) {
+            return true;
+        }
+        match id {
+            RequestId::String(text) => text.parse().is_ok_and(|n| self.in_flight.remove(&RequestId::Number(n))),
+            RequestId::Number(_) => false,
+        }
+    }
+
+    fn was_sent(&self, id: &RequestId) -> bool {
+        self.sent.contains(id)
+            || matches!(id, RequestId::String(text) if text.parse().is_ok_and(|n| self.sent.contains(&RequestId::Number(n))))
+    }
+
+    /// The one request in flight, taken out of flight: the only one an unmatched answer can
+    /// be blamed on.
+    fn only_in_flight(&mut self) -> Option<RequestId> {
+        if self.in_flight.len() != 1 {
+            return None;
+        }
+        let id = self.in_flight.iter().next().cloned()?;
+        self.in_flight.remove(&id);
+        Some(id)
+    }
+
+    /// Checks a well-formed server message. Returns an error answer for the request an
+    /// unmatched answer must have been meant for, when that is clear.
+    fn received(&mut self, message: &ServerJsonRpcMessage, endpoint: &str) -> Option<ServerJsonRpcMessage> {
+        match message {
+            JsonRpcMessage::Response(response) => self.answer(&response.id, endpoint),
+            JsonRpcMessage::Error(error) => match &error.id {
+                Some(id) => self.answer(id, endpoint),
+                None => {
+                    let what = format!(
+                        "the MCP server sent an error response without an id (code {}: {})",
+                        error.error.code.0, error.error.message
+                    );
+                    self.warn(Defect::ErrorWithoutId, &what, endpoint);
+                    let blamed = self.only_in_flight()?;
+                    Some(failure(blamed, format!("{what}; it was the only request in flight")))
+                }
+            },
+            JsonRpcMessage::Request(_) | JsonRpcMessage::Notification(_) => None,
+        }
+    }
+
+    fn answer(&mut self, id: &RequestId, endpoint: &str) -> Option<ServerJsonRpcMessage> {
+        if self.answered(id) || self.was_sent(id) {
+            // Expected, or late (or repeated): rmcp matches it or drops it.
+            return None;
+        }
+        let blamed = self.in_flight.iter().next().cloned();
+        let what = match &blamed {
+            Some(blamed) if self.in_flight.len() == 1 => {
+                format!("the MCP server answered with id {id}, which agentry never sent, instead of {blamed}")
+            }
+            _ => format!("the MCP server answered with id {id}, which agentry never sent"),
+        };
+        self.warn(Defect::UnknownId, &what, endpoint);
+        let blamed = self.only_in_flight()?;
+        Some(failure(blamed, what))
+    }
+
+    /// A `message` event that is not JSON-RPC. Returns an error answer for the request it
+    /// names, if one is in flight.
+    fn malformed(&mut self, data: &str, error: &serde_json::Error, endpoint: &str) -> Option<ServerJsonRpcMessage> {
+        let value = serde_json::from_str::<serde_json::Value>(data).ok();
+        let what =
+            format!("the MCP server sent a message that is not JSON-RPC: {}", malformation(value.as_ref(), error));
+        self.warn(Defect::NotJsonRpc, &what, endpoint);
+        let object = value.as_ref()?.as_object()?;
+        // A malformed request or notification of the server's (its ids are its own) is no answer.
+        if object.contains_key("method") {
+            return None;
+        }
+        let id = serde_json::from_value::<RequestId>(object.get("id")?.clone()).ok()?;
+        self.answered(&id).then(|| failure(id, what))
+    }
+
+    /// Warns the first time a defect shows in this session; later ones go to `debug`.
+    fn warn(&mut self, defect: Defect, what: &str, endpoint: &str) {
+        if self.warned.insert(defect) {
+            tracing::warn!(endpoint, "{what} (later defects of this kind are logged at debug level)");
+        } else {
+            tracing::debug!(endpoint, "{what}");
+        }
+    }
+}
+
+/// What is wrong with a message that is not JSON-RPC, in words.
+fn malformation(value: Option<&serde_json::Value>, error: &serde_json::Error) -> String {
+    let Some(value) = value else {
+        return format!("not JSON ({error})");
+    };
+    let Some(object) = value.as_object() else {
+        return "not a JSON object".to_owned();
+    };
+    if object.get("jsonrpc").and_then(serde_json::Value::as_str) != Some("2.0") {
+        return "`jsonrpc` is not \"2.0\"".to_owned();
+    }
+    match (object.contains_key("method"), object.contains_key("result"), object.contains_key("error")) {
+        (false, false, false) => "a response with neither `result` nor `error`".to_owned(),
+        (false, true, true) => "a response with both `result` and `error`".to_owned(),
+        (false, true, false) => format!("a response whose `result` cannot be read ({error})"),
+        (false, false, true) => format!("an error response whose `error` cannot be read ({error})"),
+        (true, ..) => format!("a request or notification that cannot be read ({error})"),
+    }
+}
+
+/// The error answer that ends request `id` at once.
+fn failure(id: RequestId, what: String) -> ServerJsonRpcMessage {
+    ServerJsonRpcMessage::error(ErrorData::internal_error(what, None), Some(id))
 }
 
 /// What a message `POST` needs; shared by all in-flight sends.
@@ -531,6 +734,7 @@ async fn read_messages(
     inbox: mpsc::Sender<ServerJsonRpcMessage>,
     cancel: CancellationToken,
     endpoint_path: String,
+    ledger: Arc<Mutex<Ledger>>,
 ) {
     let ended = loop {
         let event = tokio::select! {
@@ -563,28 +767,35 @@ async fn read_messages(
             }
         }
         let Some(data) = event.data else { continue };
-        let message = match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::debug!(
-                    endpoint = %endpoint_path,
-                    %error,
-                    "skipping `message` event that is not a JSON-RPC message"
-                );
-                continue;
+        let (message, failed) = match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
+            Ok(message) => {
+                let failed = lock(&ledger).received(&message, &endpoint_path);
+                (Some(message), failed)
             }
+            Err(error) => (None, lock(&ledger).malformed(&data, &error, &endpoint_path)),
         };
-        if tracing::enabled!(tracing::Level::TRACE) {
+        if let Some(message) = &message
+            && tracing::enabled!(tracing::Level::TRACE)
+        {
             tracing::trace!(
                 endpoint = %endpoint_path,
-                rpc = %server_message_label(&message, &data),
+                rpc = %server_message_label(message, &data),
                 "received message"
             );
         }
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => break "transport closed",
-            sent = inbox.send(message) => if sent.is_err() { break "receiver dropped" },
+        let mut stopped = None;
+        for message in message.into_iter().chain(failed) {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => stopped = Some("transport closed"),
+                sent = inbox.send(message) => if sent.is_err() { stopped = Some("receiver dropped") },
+            }
+            if stopped.is_some() {
+                break;
+            }
+        }
+        if let Some(reason) = stopped {
+            break reason;
         }
     };
     tracing::debug!(endpoint = %endpoint_path, reason = ended, "legacy SSE reader stopped");
@@ -850,5 +1061,55 @@ mod tests {
         let raw = r#"{"jsonrpc":"2.0","id":3,"result":{}}"#;
         let message: ServerJsonRpcMessage = serde_json::from_str(raw).expect("response");
         assert_eq!(server_message_label(&message, raw), "response 3");
+    }
+
+    fn call(id: i64) -> ClientJsonRpcMessage {
+        ClientJsonRpcMessage::request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new("echo"))),
+            RequestId::Number(id),
+        )
+    }
+
+    fn server(raw: &str) -> ServerJsonRpcMessage {
+        serde_json::from_str(raw).expect("a JSON-RPC message")
+    }
+
+    #[test]
+    fn an_unknown_id_is_blamed_on_the_one_request_in_flight_only() {
+        let mut ledger = Ledger::default();
+        ledger.sending(&call(1));
+        ledger.sending(&call(2));
+        // Two in flight: nobody can be blamed.
+        assert!(ledger.received(&server(r#"{"jsonrpc":"2.0","id":99,"result":{}}"#), "/m").is_none());
+        assert!(ledger.received(&server(r#"{"jsonrpc":"2.0","id":"1","result":{}}"#), "/m").is_none(), "\"1\" is 1");
+        let blamed = ledger.received(&server(r#"{"jsonrpc":"2.0","id":98,"result":{}}"#), "/m");
+        let Some(JsonRpcMessage::Error(error)) = blamed else { panic!("request 2 is blamed: {blamed:?}") };
+        assert_eq!(error.id, Some(RequestId::Number(2)));
+        assert!(error.error.message.contains("id 98") && error.error.message.contains("instead of 2"));
+        // A late or repeated answer to a request sent is no defect.
+        assert!(ledger.received(&server(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#), "/m").is_none());
+        assert!(ledger.in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_answer_fails_the_request_it_names_and_says_what_is_wrong() {
+        let mut ledger = Ledger::default();
+        ledger.sending(&call(7));
+        let parse = |raw: &str| serde_json::from_str::<ServerJsonRpcMessage>(raw).expect_err("malformed");
+        // The server's own malformed request with a colliding id is not our answer.
+        let theirs = r#"{"jsonrpc":"2.0","id":7,"method":"ping","params":3}"#;
+        assert!(ledger.malformed(theirs, &parse(theirs), "/m").is_none());
+        let garbage = r#"{"jsonrpc":"2.0","id":"#;
+        assert!(ledger.malformed(garbage, &parse(garbage), "/m").is_none(), "no id: no request named");
+        let no_result = r#"{"jsonrpc":"2.0","id":7}"#;
+        let failed = ledger.malformed(no_result, &parse(no_result), "/m");
+        let Some(JsonRpcMessage::Error(error)) = failed else { panic!("request 7 fails: {failed:?}") };
+        assert_eq!(error.id, Some(RequestId::Number(7)));
+        assert!(
+            error.error.message.ends_with("a response with neither `result` nor `error`"),
+            "{}",
+            error.error.message
+        );
+        assert!(ledger.in_flight.is_empty());
     }
 }

@@ -777,3 +777,61 @@ async fn fake_malformed_or_oversized_stream_ends_the_session() {
         assert!(matches!(error, LegacySseError::Closed), "{what}: {error:?}");
     }
 }
+
+// ------------------------------------------------- malformed JSON-RPC
+
+/// How many times a warning containing `needle` was logged.
+fn warnings(logs: &LogCapture, needle: &str) -> usize {
+    logs.text().lines().filter(|line| line.contains("WARN") && line.contains(needle)).count()
+}
+
+#[tokio::test]
+async fn malformed_answers_fail_their_call_at_once_and_are_logged_once_per_session() {
+    use agentry_testkit::hostile_mcp::MalformedSseServer;
+
+    let logs = LogCapture::install();
+    let server = MalformedSseServer::start().await.expect("the malformed server starts");
+    // `bounded` is far longer than any answer here: a call that waits for an answer that can no
+    // longer come fails the test.
+    let transport =
+        bounded("connect", LegacySseTransport::connect(reqwest::Client::new(), sse_config(&server.url(), None)))
+            .await
+            .expect("legacy SSE connect");
+    let client = bounded("initialize", agentry::mcp::client_info().serve(transport)).await.expect("initialize");
+    let peer = client.peer().clone();
+    let ok = bounded("ok", peer.call_tool(tool("ok", json!({})))).await.expect("a proper answer");
+    assert_eq!(text_of(&ok), "ok");
+
+    for _ in 0..2 {
+        let error = bounded("no_result", peer.call_tool(tool("no_result", json!({})))).await.expect_err("no result");
+        let ServiceError::McpError(error) = &error else { panic!("expected the call's own error: {error:?}") };
+        assert!(error.message.contains("neither `result` nor `error`"), "{}", error.message);
+    }
+    let error = bounded("wrong_id", peer.call_tool(tool("wrong_id", json!({})))).await.expect_err("wrong id");
+    let ServiceError::McpError(error) = &error else { panic!("expected the call's own error: {error:?}") };
+    assert!(error.message.contains("answered with id"), "{}", error.message);
+    let error = bounded("no_id_error", peer.call_tool(tool("no_id_error", json!({})))).await.expect_err("no id");
+    let ServiceError::McpError(error) = &error else { panic!("expected the call's own error: {error:?}") };
+    assert!(error.message.contains("Invalid Request"), "the server's words are kept: {}", error.message);
+
+    // Garbage with no id cannot be matched to a call: it is logged, and the session goes on.
+    let garbage = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.call_tool(tool("not_json", json!({}))).await }
+    });
+    bounded("the garbage being logged", async {
+        while warnings(&logs, "not JSON-RPC") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    garbage.abort();
+    let ok = bounded("ok after the garbage", peer.call_tool(tool("ok", json!({})))).await.expect("the session lives");
+    assert_eq!(text_of(&ok), "ok");
+
+    assert_eq!(warnings(&logs, "not JSON-RPC"), 1, "once per session:\n{}", logs.text());
+    assert_eq!(warnings(&logs, "answered with id"), 1, "{}", logs.text());
+    assert_eq!(warnings(&logs, "without an id"), 1, "{}", logs.text());
+    bounded("close", client.cancel()).await.expect("close");
+    server.shutdown().await;
+}
