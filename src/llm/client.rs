@@ -3,7 +3,7 @@
 //! bodies that cannot be read; never on 400, 401, 403 or 404. The request body is serialised
 //! once and reused for every attempt.
 //!
-//! The response body is read chunk by chunk: past [`MAX_RESPONSE_BYTES`] reading stops, and a
+//! The response body is read chunk by chunk: past 16 MiB reading stops, and a
 //! body that sends nothing for the idle timeout is given up (the request timeout still bounds
 //! the whole exchange). Text from the server that ends up in an error (an error message, the
 //! first bytes of a body that cannot be read) goes through the [`Redactor`] first.
@@ -63,7 +63,7 @@ pub struct ChatClient {
 }
 
 /// Reading a response stops past this many bytes.
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The longest gap between two pieces of a response body, unless the request timeout is shorter.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,6 +12,11 @@
 //! researcher ([`ScriptedResearcher`]), a FIFO of canned
 //! replies ([`Queue`]) for tests, or any closure ([`FnBehaviour`]).
 //!
+//! Besides the real API's answers, a [`Reply`] can be hostile: an error that quotes
+//! the bearer key ([`Reply::EchoKey`]), an HTML page ([`Reply::Raw`]), a body cut
+//! short ([`Reply::CutShort`]), one that stalls ([`Reply::Stall`]) or never ends
+//! ([`Reply::EndlessBody`]), a dropped connection ([`Reply::Disconnect`]).
+//!
 //! Every chat-completion request is recorded ([`ModelServer::requests`]) and
 //! concurrency is measured ([`ModelServer::peak_in_flight`]), so integration
 //! tests can assert on exactly what the agent sent and how. Request validation
@@ -147,7 +152,8 @@ pub enum Reply {
         status: u16,
     },
     /// The inner reply's headers (with the `Content-Length` of its whole body) and only the
-    /// first `after` bytes of its body; then the connection drops.
+    /// first `after` bytes of its body; then the connection drops. A `Delay` inside it is not
+    /// waited for.
     CutShort {
         /// The reply that is cut.
         reply: Box<Reply>,
