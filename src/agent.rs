@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::actors::model_router::ModelRouterHandle;
 use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
 use crate::actors::tool_executor::{SAVE_RESEARCH, ToolExecutorHandle};
@@ -104,6 +106,10 @@ pub async fn answer(context: &AgentContext, question: &str, transcript: &mut Tra
 
 async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
     let settings = &context.settings;
+    // Everything this question starts ends with it: when this future is dropped (its deadline,
+    // a shutdown) or returns, the guard cancels the requests still in flight.
+    let cancel = CancellationToken::new();
+    let _ends_with_the_question = cancel.clone().drop_guard();
     let question_id = research::question_id(question);
     let trace_id = crate::telemetry::trace_id(&tracing::Span::current());
     // What a research file saved this turn records: the question, and how it is being answered.
@@ -123,7 +129,7 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
     let tools = context.tools.definitions().await;
     for _ in 0..settings.max_turns {
         transcript.turns += 1;
-        let outcome = context.model.chat(messages.clone(), tools.clone()).await?;
+        let outcome = context.model.chat(messages.clone(), tools.clone(), &cancel).await?;
         let route = format!("{}{}", outcome.route, context.route_label);
         transcript.route = Some(route.clone());
         transcript.model = Some(outcome.model.clone());

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
@@ -100,6 +101,8 @@ pub(crate) enum ModelRouterMsg {
         messages: Arc<Vec<Message>>,
         /// Tools offered.
         tools: Arc<[ToolDefinition]>,
+        /// Cancelled when the question ends: the request is dropped (its connection closed).
+        cancel: CancellationToken,
         /// Where the answer goes.
         reply: RpcReplyPort<Result<ChatOutcome, LlmError>>,
     },
@@ -197,8 +200,8 @@ impl Actor for ModelRouter {
         message: ModelRouterMsg,
         state: &mut ModelRouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let (messages, tools, reply) = match message {
-            ModelRouterMsg::Chat { messages, tools, reply } => (messages, tools, reply),
+        let (messages, tools, cancel, reply) = match message {
+            ModelRouterMsg::Chat { messages, tools, cancel, reply } => (messages, tools, cancel, reply),
             ModelRouterMsg::Rejected(fingerprint) => {
                 if state.rejected != Some(fingerprint) {
                     tracing::error!(secret = %state.args.secret_name, %fingerprint, fallback = ?state.args.fallback,
@@ -235,7 +238,15 @@ impl Actor for ModelRouter {
         tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let result = send(&args, &myself, decision, &messages, &tools).await;
+                // A question that ended takes its request with it: dropping the send closes the
+                // connection. Nobody waits for the reply any more.
+                let result = tokio::select! {
+                    result = send(&args, &myself, decision, &messages, &tools) => result,
+                    () = cancel.cancelled() => {
+                        tracing::debug!("the question ended: its model request is dropped");
+                        return;
+                    }
+                };
                 let route = result.as_ref().map_or(route, |outcome| outcome.route);
                 record_chat(&tracing::Span::current(), (&model, route), &result, started.elapsed(), &messages);
                 drop(messages);
@@ -402,14 +413,21 @@ impl ModelRouterHandle {
         Self { slot, deadline }
     }
 
-    /// Sends one chat request.
+    /// Sends one chat request; `cancel` (the question's) drops it when the question ends.
     pub async fn chat(
         &self,
         messages: Arc<Vec<Message>>,
         tools: Arc<[ToolDefinition]>,
+        cancel: &CancellationToken,
     ) -> Result<ChatOutcome, LlmError> {
+        let cancel = cancel.child_token();
         self.slot
-            .call("model-router", RESTART_WAIT, self.deadline, |reply| ModelRouterMsg::Chat { messages, tools, reply })
+            .call("model-router", RESTART_WAIT, self.deadline, |reply| ModelRouterMsg::Chat {
+                messages,
+                tools,
+                cancel,
+                reply,
+            })
             .await
             .map_err(|unreachable: Unreachable| LlmError::Unavailable { reason: unreachable.to_string() })?
     }

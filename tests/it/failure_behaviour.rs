@@ -225,3 +225,119 @@ async fn concurrency_beyond_the_open_file_limit_is_clamped() {
     assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 150);
     assert!(model.peak_in_flight() < 128, "in flight at most what the limit carries: {}", model.peak_in_flight());
 }
+
+/// The fault mix: a model that misbehaves on many requests (5xx, dropped connections, cut-off
+/// and non-JSON bodies on a first attempt; bad tool arguments, unknown tools, hostile topics,
+/// repeated saves, no save at all) still ends with every question answered exactly once, one file
+/// each, and a report that matches the directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misbehaving_model_still_gives_one_file_per_question_and_a_true_report() {
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use std::sync::Mutex;
+
+    let attempts: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(move |request| {
+        // A retry sends the same body again: fault on first attempts only, as a real flaky
+        // server does (the next request most likely succeeds).
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        request.body()["messages"].to_string().hash(&mut hasher);
+        let key = hasher.finish();
+        let attempt = {
+            let mut seen = attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let n = seen.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempt == 1 {
+            match key % 6 {
+                0 => return Reply::server_error(),
+                1 => return Reply::Disconnect,
+                2 => return Reply::malformed("{\"id\": \"chatcmpl-cut"),
+                _ => {}
+            }
+        }
+        let question = request.last_user_text().unwrap_or_default();
+        let k: usize = question.trim_start_matches("Question ").parse().unwrap_or(0);
+        let turn = request.messages().iter().filter(|m| m["role"] == "assistant").count();
+        match (k % 5, turn) {
+            // No save at all: a bad call, then a plain answer (the runtime saves it).
+            (0, 0) => Reply::tool_calls(vec![ScriptedToolCall::raw("save_research", "{oops")]),
+            (0, _) => Reply::text(format!("Final answer {k}")),
+            // An unknown tool, then a save.
+            (1, 0) => Reply::tool_calls(vec![ScriptedToolCall::new("no_such_tool", &json!({}))]),
+            (1, 1) => Reply::tool_calls(vec![save(&format!("Topic {k}"), &format!("research {k}"))]),
+            // Repeated saves with a hostile topic, in one turn and the next.
+            (2, 0) => Reply::tool_calls(vec![
+                save(&format!("../../etc/passwd {k}"), "first"),
+                save(&format!("../../etc/passwd {k}"), "second"),
+            ]),
+            (2, 1) => Reply::tool_calls(vec![save(&format!(".hidden/.. {k}"), &format!("last {k}"))]),
+            // A topic with a NUL and 300 characters.
+            (3, 0) => Reply::tool_calls(vec![save(&format!("{k}\0{}", "z".repeat(300)), &format!("research {k}"))]),
+            // A plain save.
+            (4, 0) => Reply::tool_calls(vec![save(&format!("Topic {k}"), &format!("research {k}"))]),
+            _ => Reply::text("Done."),
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let questions: Vec<String> = (0..30).map(|n| format!("Question {n}")).collect();
+    let extra = format!("[batch]\nconcurrency = 6\nquestions = {questions:?}\noutput_dir = \"out\"\n");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+
+    let files = agentry.research_files("out");
+    assert_eq!(files.len(), 30, "one file per question: {files:?}");
+    let report = agentry.report("out/report.json");
+    assert_eq!(report["totals"]["ok"], 30, "{report}");
+    let mut referenced = Vec::new();
+    for row in report["questions"].as_array().expect("rows") {
+        let file = agentry.dir().join(row["file"].as_str().expect("every row has its file"));
+        let text = std::fs::read_to_string(&file).expect("the row's file exists");
+        let id = agentry::research::read_question_id(&text);
+        assert_eq!(id.as_deref(), row["question_id"].as_str(), "the file answers its row's question: {row}");
+        referenced.push(file);
+    }
+    referenced.sort();
+    assert_eq!(referenced, files, "every file belongs to exactly one row");
+}
+
+/// One cancellation per question: when a question ends (here, its deadline), its model request
+/// is dropped at once (the connection closed), not left running to its own timeout while the
+/// batch goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_that_times_out_closes_its_model_request() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.last_user_text().is_some_and(|q| q.contains("slow")) {
+            Reply::text("too late").delayed(std::time::Duration::from_secs(60))
+        } else {
+            Reply::text("in time").delayed(std::time::Duration::from_millis(1500))
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let extra = "[agent]\nquestion_timeout = \"2s\"\n[batch]\nconcurrency = 1\n\
+                 questions = [\"The slow one\", \"The next one\"]\noutput_dir = \"out\"\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
+    let child = agentry.spawn(&["run", "-c", path.to_str().expect("utf-8")]);
+    // The next question starts only after the slow one timed out (concurrency 1). While its
+    // request is in flight, the slow one's must not be.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let requests = model.requests();
+            if requests.len() == 2 && requests[1].status.is_none() && model.in_flight() == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let run = Agentry::finish(child).await;
+    assert!(closed.is_ok(), "the timed-out question's request stayed in flight beside the next one");
+    run.expect_code(1);
+    assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 1);
+}
