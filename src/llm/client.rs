@@ -166,7 +166,8 @@ impl ChatClient {
         let malformed = |problem: String| LlmError::Malformed {
             url: shown.clone(),
             status: status.as_u16(),
-            content_type: content_type.clone(),
+            // A header is server text too.
+            content_type: content_type.as_deref().map(|value| scrub(value).chars().take(HEAD_CHARS).collect()),
             problem: scrub(&problem),
             head: head(&read.bytes, &scrub),
         };
