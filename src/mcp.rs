@@ -6,6 +6,11 @@
 //!   Every step is bounded by the connect timeout.
 //! - [`tool_definition`] turns an MCP tool (JSON Schema input) into an OpenAI function tool;
 //!   [`result_text`] turns a `CallToolResult` into the text the model reads.
+//! - Malformed JSON-RPC: rmcp drops, without a word, an answer it cannot match to a request,
+//!   so the call would wait for its timeout. Both HTTP transports check answers where they can
+//!   be seen (legacy SSE: the transport itself; Streamable HTTP: each request's POST reply, by
+//!   `CheckedHttp`), warn once per session per kind of defect, and turn an answer that can no
+//!   longer come into an error for its call, at once.
 //!
 //! The session's lifecycle (restarts, the tool list over time) belongs to the `McpSession`
 //! actor; nothing here keeps state.
@@ -20,16 +25,21 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use rmcp::ClientHandler;
 use rmcp::model::{
     CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, Implementation, ProtocolVersion, Tool,
 };
+use rmcp::model::{ErrorData, JsonRpcMessage, RequestId, ServerJsonRpcMessage};
 use rmcp::service::NotificationContext;
 use rmcp::service::{
     ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService, ServiceExt,
 };
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_client::{
+    SseError, StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
+    StreamableHttpPostResponse, StreamableHttpResponseLimits,
+};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
@@ -150,7 +160,8 @@ pub async fn connect(
                     .max_concurrent_requests(spec.max_concurrent_calls);
                 config.auth_header = token.map(|t| t.expose().to_owned());
                 let attempt = |lifecycle: ClientLifecycleMode| {
-                    let transport = StreamableHttpClientTransport::with_client(http.clone(), config.clone());
+                    let checked = CheckedHttp::new(http.clone(), url.path());
+                    let transport = StreamableHttpClientTransport::with_client(checked, config.clone());
                     client.clone().serve_with_lifecycle(transport, lifecycle)
                 };
                 // Newest protocol first (`server/discover`); rmcp falls back to `initialize` when
@@ -288,4 +299,248 @@ pub fn result_text(result: &CallToolResult) -> String {
         parts.push(structured.to_string());
     }
     parts.join("\n")
+}
+
+// ---- malformed JSON-RPC -----------------------------------------------------------------
+
+/// What a server can get wrong in a message; each is warned about once per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Defect {
+    /// Not a JSON-RPC message at all.
+    NotJsonRpc,
+    /// A response under an id that was not the request's.
+    UnknownId,
+    /// An error response without an id.
+    ErrorWithoutId,
+}
+
+/// The defects a session has warned about.
+#[derive(Debug, Default)]
+pub(crate) struct Defects(std::collections::HashSet<Defect>);
+
+impl Defects {
+    /// Warns the first time a defect shows in this session; later ones go to `debug`.
+    pub(crate) fn warn(&mut self, defect: Defect, what: &str, endpoint: &str) {
+        if self.0.insert(defect) {
+            tracing::warn!(endpoint, "{what} (later defects of this kind are logged at debug level)");
+        } else {
+            tracing::debug!(endpoint, "{what}");
+        }
+    }
+}
+
+/// What is wrong with a message that is not JSON-RPC, in words (`value`: its JSON, if it is).
+pub(crate) fn malformation(value: Option<&Value>, error: &serde_json::Error) -> String {
+    let Some(value) = value else {
+        return format!("not JSON ({error})");
+    };
+    let Some(object) = value.as_object() else {
+        return "not a JSON object".to_owned();
+    };
+    if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return "`jsonrpc` is not \"2.0\"".to_owned();
+    }
+    match (object.contains_key("method"), object.contains_key("result"), object.contains_key("error")) {
+        (false, false, false) => "a response with neither `result` nor `error`".to_owned(),
+        (false, true, true) => "a response with both `result` and `error`".to_owned(),
+        (false, true, false) => format!("a response whose `result` cannot be read ({error})"),
+        (false, false, true) => format!("an error response whose `error` cannot be read ({error})"),
+        (true, ..) => format!("a request or notification that cannot be read ({error})"),
+    }
+}
+
+/// The error answer that ends request `id` at once, saying `what` went wrong.
+pub(crate) fn failure(id: RequestId, what: String) -> ServerJsonRpcMessage {
+    ServerJsonRpcMessage::error(ErrorData::internal_error(what, None), Some(id))
+}
+
+/// Whether `answer` is the id of `request` (`"3"` answers `3`, as rmcp allows).
+fn same_id(answer: &RequestId, request: &RequestId) -> bool {
+    answer == request
+        || matches!((answer, request), (RequestId::String(text), RequestId::Number(n)) if text.parse() == Ok(*n))
+}
+
+/// rmcp's reqwest client for Streamable HTTP, checking the reply to each request's POST (a
+/// JSON body, or the request's own event stream): an answer under another id, an error
+/// without an id, or an unreadable message naming the request becomes an error answer for
+/// that request. Unchecked, rmcp drops the first two (the call waits for its timeout) and
+/// ends the stream of the third as if the connection were lost.
+#[derive(Clone)]
+struct CheckedHttp {
+    http: reqwest::Client,
+    /// The MCP endpoint's path, for logs.
+    endpoint: Arc<str>,
+    defects: Arc<std::sync::Mutex<Defects>>,
+}
+
+impl CheckedHttp {
+    fn new(http: reqwest::Client, endpoint: &str) -> Self {
+        Self { http, endpoint: endpoint.into(), defects: Arc::default() }
+    }
+
+    fn warn(&self, defect: Defect, what: &str) {
+        self.defects.lock().unwrap_or_else(std::sync::PoisonError::into_inner).warn(defect, what, &self.endpoint);
+    }
+
+    /// The reply to request `id`'s POST, checked.
+    fn checked(&self, id: RequestId, reply: StreamableHttpPostResponse) -> StreamableHttpPostResponse {
+        match reply {
+            StreamableHttpPostResponse::Json(message, session) => {
+                let message = self.mismatch(&id, &message).unwrap_or(message);
+                StreamableHttpPostResponse::Json(message, session)
+            }
+            StreamableHttpPostResponse::Sse(events, session) => {
+                let this = self.clone();
+                let events = events.map(move |event| event.map(|event| this.checked_event(&id, event)));
+                StreamableHttpPostResponse::Sse(events.boxed(), session)
+            }
+            other => other,
+        }
+    }
+
+    /// For an answer received for request `id` that answers something else: the error that
+    /// ends `id` instead.
+    fn mismatch(&self, id: &RequestId, message: &ServerJsonRpcMessage) -> Option<ServerJsonRpcMessage> {
+        let (what, defect) = match message {
+            JsonRpcMessage::Response(response) if !same_id(&response.id, id) => {
+                (format!("the MCP server answered request {id} with id {}", response.id), Defect::UnknownId)
+            }
+            JsonRpcMessage::Error(error) => match &error.id {
+                Some(other) if !same_id(other, id) => (
+                    format!(
+                        "the MCP server answered request {id} with an error for id {other}: {}",
+                        error.error.message
+                    ),
+                    Defect::UnknownId,
+                ),
+                None => (
+                    format!(
+                        "the MCP server answered request {id} with an error without an id (code {}: {})",
+                        error.error.code.0, error.error.message
+                    ),
+                    Defect::ErrorWithoutId,
+                ),
+                Some(_) => return None,
+            },
+            _ => return None,
+        };
+        self.warn(defect, &what);
+        Some(failure(id.clone(), what))
+    }
+
+    /// An event on request `id`'s stream, checked like a JSON reply; unreadable data that
+    /// names `id` ends it too. Other events pass unchanged.
+    fn checked_event(&self, id: &RequestId, mut event: sse_stream::Sse) -> sse_stream::Sse {
+        let is_message = matches!(event.event.as_deref(), None | Some("" | "message"));
+        let Some(data) = event.data.as_deref().filter(|d| is_message && !d.trim().is_empty()) else {
+            return event;
+        };
+        let replacement = match serde_json::from_str::<ServerJsonRpcMessage>(data) {
+            Ok(message) => self.mismatch(id, &message),
+            Err(error) => {
+                let value = serde_json::from_str::<Value>(data).ok();
+                let what = format!(
+                    "the MCP server sent a message that is not JSON-RPC: {}",
+                    malformation(value.as_ref(), &error)
+                );
+                self.warn(Defect::NotJsonRpc, &what);
+                let names_id = value
+                    .as_ref()
+                    .and_then(Value::as_object)
+                    .filter(|object| !object.contains_key("method"))
+                    .and_then(|object| serde_json::from_value::<RequestId>(object.get("id")?.clone()).ok())
+                    .is_some_and(|answer| same_id(&answer, id));
+                names_id.then(|| failure(id.clone(), what))
+            }
+        };
+        if let Some(text) = replacement.and_then(|message| serde_json::to_string(&message).ok()) {
+            event.data = Some(text);
+        }
+        event
+    }
+}
+
+type HttpResult<T> = Result<T, StreamableHttpError<reqwest::Error>>;
+
+impl StreamableHttpClient for CheckedHttp {
+    type Error = reqwest::Error;
+
+    fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: rmcp::model::ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<reqwest::header::HeaderName, HeaderValue>,
+    ) -> impl Future<Output = HttpResult<StreamableHttpPostResponse>> + Send + '_ {
+        let limits = StreamableHttpResponseLimits::default();
+        self.post_message_with_response_limits(uri, message, session_id, auth_header, custom_headers, limits)
+    }
+
+    fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: rmcp::model::ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<reqwest::header::HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> impl Future<Output = HttpResult<StreamableHttpPostResponse>> + Send + '_ {
+        let request = match &message {
+            JsonRpcMessage::Request(request) => Some(request.id.clone()),
+            _ => None,
+        };
+        async move {
+            let reply = self
+                .http
+                .post_message_with_response_limits(uri, message, session_id, auth_header, custom_headers, limits)
+                .await?;
+            Ok(match request {
+                Some(id) => self.checked(id, reply),
+                None => reply,
+            })
+        }
+    }
+
+    fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<reqwest::header::HeaderName, HeaderValue>,
+    ) -> impl Future<Output = HttpResult<()>> + Send + '_ {
+        self.http.delete_session(uri, session_id, auth_header, custom_headers)
+    }
+
+    fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<reqwest::header::HeaderName, HeaderValue>,
+    ) -> impl Future<Output = HttpResult<futures::stream::BoxStream<'static, Result<sse_stream::Sse, SseError>>>> + Send + '_
+    {
+        self.http.get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+    }
+
+    fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<reqwest::header::HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> impl Future<Output = HttpResult<futures::stream::BoxStream<'static, Result<sse_stream::Sse, SseError>>>> + Send + '_
+    {
+        self.http.get_stream_with_max_sse_event_size(
+            uri,
+            session_id,
+            last_event_id,
+            auth_header,
+            custom_headers,
+            max_sse_event_size,
+        )
+    }
 }

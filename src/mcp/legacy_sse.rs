@@ -106,16 +106,15 @@ use reqwest::{
 };
 use rmcp::{
     RoleClient,
-    model::{
-        ClientJsonRpcMessage, ClientNotification, ConstString, ErrorData, JsonRpcMessage, RequestId,
-        ServerJsonRpcMessage,
-    },
+    model::{ClientJsonRpcMessage, ClientNotification, ConstString, JsonRpcMessage, RequestId, ServerJsonRpcMessage},
     transport::Transport,
 };
 use sse_stream::{Sse, SseStream};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use url::Url;
+
+use super::{Defect, Defects, failure, malformation};
 
 /// Largest single SSE event accepted from the server (the same bound rmcp
 /// uses for its own SSE streams); a larger one ends the session.
@@ -462,15 +461,7 @@ async fn post(poster: &Poster, cancel: &CancellationToken, item: ClientJsonRpcMe
 struct Ledger {
     in_flight: HashSet<RequestId>,
     sent: HashSet<RequestId>,
-    warned: HashSet<Defect>,
-}
-
-/// What a server can get wrong in a message, each warned about once per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Defect {
-    NotJsonRpc,
-    UnknownId,
-    ErrorWithoutId,
+    warned: Defects,
 }
 
 /// The ledger, even if a panic elsewhere poisoned it (its sets stay consistent).
@@ -539,7 +530,7 @@ impl Ledger {
                         "the MCP server sent an error response without an id (code {}: {})",
                         error.error.code.0, error.error.message
                     );
-                    self.warn(Defect::ErrorWithoutId, &what, endpoint);
+                    self.warned.warn(Defect::ErrorWithoutId, &what, endpoint);
                     let blamed = self.only_in_flight()?;
                     Some(failure(blamed, format!("{what}; it was the only request in flight")))
                 }
@@ -560,7 +551,7 @@ impl Ledger {
             }
             _ => format!("the MCP server answered with id {id}, which agentry never sent"),
         };
-        self.warn(Defect::UnknownId, &what, endpoint);
+        self.warned.warn(Defect::UnknownId, &what, endpoint);
         let blamed = self.only_in_flight()?;
         Some(failure(blamed, what))
     }
@@ -571,7 +562,7 @@ impl Ledger {
         let value = serde_json::from_str::<serde_json::Value>(data).ok();
         let what =
             format!("the MCP server sent a message that is not JSON-RPC: {}", malformation(value.as_ref(), error));
-        self.warn(Defect::NotJsonRpc, &what, endpoint);
+        self.warned.warn(Defect::NotJsonRpc, &what, endpoint);
         let object = value.as_ref()?.as_object()?;
         // A malformed request or notification of the server's (its ids are its own) is no answer.
         if object.contains_key("method") {
@@ -580,40 +571,6 @@ impl Ledger {
         let id = serde_json::from_value::<RequestId>(object.get("id")?.clone()).ok()?;
         self.answered(&id).then(|| failure(id, what))
     }
-
-    /// Warns the first time a defect shows in this session; later ones go to `debug`.
-    fn warn(&mut self, defect: Defect, what: &str, endpoint: &str) {
-        if self.warned.insert(defect) {
-            tracing::warn!(endpoint, "{what} (later defects of this kind are logged at debug level)");
-        } else {
-            tracing::debug!(endpoint, "{what}");
-        }
-    }
-}
-
-/// What is wrong with a message that is not JSON-RPC, in words.
-fn malformation(value: Option<&serde_json::Value>, error: &serde_json::Error) -> String {
-    let Some(value) = value else {
-        return format!("not JSON ({error})");
-    };
-    let Some(object) = value.as_object() else {
-        return "not a JSON object".to_owned();
-    };
-    if object.get("jsonrpc").and_then(serde_json::Value::as_str) != Some("2.0") {
-        return "`jsonrpc` is not \"2.0\"".to_owned();
-    }
-    match (object.contains_key("method"), object.contains_key("result"), object.contains_key("error")) {
-        (false, false, false) => "a response with neither `result` nor `error`".to_owned(),
-        (false, true, true) => "a response with both `result` and `error`".to_owned(),
-        (false, true, false) => format!("a response whose `result` cannot be read ({error})"),
-        (false, false, true) => format!("an error response whose `error` cannot be read ({error})"),
-        (true, ..) => format!("a request or notification that cannot be read ({error})"),
-    }
-}
-
-/// The error answer that ends request `id` at once.
-fn failure(id: RequestId, what: String) -> ServerJsonRpcMessage {
-    ServerJsonRpcMessage::error(ErrorData::internal_error(what, None), Some(id))
 }
 
 /// What a message `POST` needs; shared by all in-flight sends.

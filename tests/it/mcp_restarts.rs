@@ -266,3 +266,51 @@ async fn a_tool_list_change_reaches_the_next_question() {
     assert!(offered(&second.body).contains(&"freshly_added".to_owned()), "{:?}", offered(&second.body));
     assert!(run.stderr.contains("tool list changed"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_streamable_http_answers_fail_their_call_at_once_and_the_session_goes_on() {
+    use agentry::mcp::{ServerSpec, connect};
+    use agentry_testkit::hostile_mcp::MalformedHttpServer;
+    use rmcp::ServiceError;
+    use rmcp::model::CallToolRequestParams;
+
+    // Far longer than any answer here: a call that waits for an answer that can no longer come
+    // fails the test.
+    const BOUND: Duration = Duration::from_secs(60);
+    let server = MalformedHttpServer::start().await.expect("the malformed server starts");
+    let spec = ServerSpec {
+        name: "malformed".into(),
+        endpoint: McpEndpoint::http(&server.url()).expect("url"),
+        allow: Vec::new(),
+        retry_tools: Vec::new(),
+        max_concurrent_calls: 4,
+        token_secret: None,
+    };
+    let session = connect(&spec, &reqwest::Client::new(), None, Duration::from_secs(20), None).await.expect("connects");
+    let call = |name: &'static str| {
+        let peer = session.peer().clone();
+        async move {
+            tokio::time::timeout(BOUND, peer.call_tool(CallToolRequestParams::new(name)))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no answer within {BOUND:?}"))
+        }
+    };
+    let error_text = |name: &str, outcome: Result<rmcp::model::CallToolResult, ServiceError>| match outcome {
+        Err(ServiceError::McpError(error)) => error.message.to_string(),
+        other => panic!("{name}: expected the call's own error, got {other:?}"),
+    };
+
+    assert_eq!(agentry::mcp::result_text(&call("ok").await.expect("ok")), "ok");
+    let text = error_text("wrong_id_json", call("wrong_id_json").await);
+    assert!(text.contains("with id"), "{text}");
+    let text = error_text("wrong_id_sse", call("wrong_id_sse").await);
+    assert!(text.contains("with id"), "{text}");
+    let text = error_text("no_result_sse", call("no_result_sse").await);
+    assert!(text.contains("neither `result` nor `error`"), "{text}");
+    let text = error_text("no_id_error", call("no_id_error").await);
+    assert!(text.contains("Invalid Request"), "the server's words are kept: {text}");
+    // Malformed answers end their calls, not the session.
+    assert_eq!(agentry::mcp::result_text(&call("ok").await.expect("ok after them")), "ok");
+    let _ = session.cancel().await;
+    server.shutdown().await;
+}

@@ -6,6 +6,8 @@
 //! - [`MalformedSseServer`] (legacy HTTP+SSE, by hand): answers tool calls with what no SDK
 //!   server sends: a response with neither `result` nor `error`, a response under another id,
 //!   an error without an id, an event that is not JSON.
+//! - [`MalformedHttpServer`] (Streamable HTTP, by hand): the same kinds of answers, as the
+//!   JSON body of a tool call's POST or on its own event stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -208,4 +210,104 @@ async fn receive(State(events): State<Events>, body: String) -> StatusCode {
 
 fn result(id: &Value, result: Value) -> String {
     json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+}
+
+/// The tools [`MalformedHttpServer`] offers and what each call's POST gets back:
+/// - `ok`: a proper JSON result, the text `ok`;
+/// - `wrong_id_json`: a JSON result under the id `id + 1000000`;
+/// - `wrong_id_sse`: the same, as the one event of the request's stream;
+/// - `no_result_sse`: `{"jsonrpc":"2.0","id":id}` on the request's stream;
+/// - `no_id_error`: a JSON error response with `"id": null`.
+pub const MALFORMED_HTTP_TOOLS: [&str; 5] = ["ok", "wrong_id_json", "wrong_id_sse", "no_result_sse", "no_id_error"];
+
+/// A Streamable HTTP MCP server (`/mcp`, JSON replies, no server-to-client stream) whose tool
+/// calls answer with malformed JSON-RPC; see [`MALFORMED_HTTP_TOOLS`]. Stops on
+/// [`shutdown`](Self::shutdown) or drop.
+#[derive(Debug)]
+pub struct MalformedHttpServer {
+    server: Loopback,
+}
+
+impl MalformedHttpServer {
+    /// Serves on `127.0.0.1`, any free port.
+    pub async fn start() -> std::io::Result<Self> {
+        let server = Loopback::start_local("malformed Streamable HTTP MCP server", |_| {
+            axum::Router::new().route(
+                "/mcp",
+                axum::routing::post(answer_post)
+                    .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                    .delete(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+            )
+        })
+        .await?;
+        Ok(Self { server })
+    }
+
+    /// The MCP endpoint, `http://127.0.0.1:PORT/mcp`.
+    pub fn url(&self) -> String {
+        mcp_url(self.server.addr())
+    }
+
+    /// Stops the server.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+async fn answer_post(body: String) -> Response {
+    let Ok(message) = serde_json::from_str::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let (Some(id), Some(method)) = (message.get("id").cloned(), message.get("method").and_then(Value::as_str)) else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let json_reply = |text: String| {
+        ([(header::CONTENT_TYPE, "application/json"), (header::HeaderName::from_static("mcp-session-id"), "s1")], text)
+            .into_response()
+    };
+    let sse_reply = |text: String| {
+        let body = format!("event: message\ndata: {text}\n\n");
+        ([(header::CONTENT_TYPE, "text/event-stream"), (header::HeaderName::from_static("mcp-session-id"), "s1")], body)
+            .into_response()
+    };
+    match method {
+        "initialize" => json_reply(result(
+            &id,
+            json!({
+                "protocolVersion": "2025-03-26",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "malformed", "version": "0"}
+            }),
+        )),
+        "ping" => json_reply(result(&id, json!({}))),
+        "tools/list" => {
+            let tools: Vec<Value> = MALFORMED_HTTP_TOOLS
+                .iter()
+                .map(|name| json!({"name": name, "inputSchema": {"type": "object", "properties": {}}}))
+                .collect();
+            json_reply(result(&id, json!({"tools": tools})))
+        }
+        "tools/call" => {
+            let text = |t: &str| json!({"content": [{"type": "text", "text": t}]});
+            let wrong = json!(id.as_i64().unwrap_or_default() + 1_000_000);
+            match message.pointer("/params/name").and_then(Value::as_str).unwrap_or_default() {
+                "ok" => json_reply(result(&id, text("ok"))),
+                "wrong_id_json" => json_reply(result(&wrong, text("for someone else"))),
+                "wrong_id_sse" => sse_reply(result(&wrong, text("for someone else"))),
+                "no_result_sse" => sse_reply(json!({"jsonrpc": "2.0", "id": id}).to_string()),
+                "no_id_error" => json_reply(
+                    json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "Invalid Request"}})
+                        .to_string(),
+                ),
+                other => json_reply(
+                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": format!("no tool {other}")}})
+                        .to_string(),
+                ),
+            }
+        }
+        // `server/discover` included: the server speaks only the `initialize` handshake.
+        _ => json_reply(
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found"}}).to_string(),
+        ),
+    }
 }
