@@ -16,6 +16,7 @@ use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
 use crate::actors::tool_executor::{SAVE_RESEARCH, ToolExecutorHandle};
 use crate::config::AgentSettings;
 use crate::llm::LlmError;
+use crate::llm::client::CallLog;
 use crate::llm::wire::Message;
 use crate::research::{self, Provenance, ResearchDoc};
 
@@ -89,8 +90,10 @@ pub struct Transcript {
     /// The final answer (not in the report: the research file has it).
     #[serde(skip)]
     pub answer: Option<String>,
-    /// Model call retries.
+    /// Model requests sent again after a transient failure.
     pub retries: u32,
+    /// Model requests refused with 429.
+    pub rate_limited: u32,
 }
 
 /// Answers one question, recording what happens in `transcript` as it goes, so whoever gives
@@ -100,11 +103,21 @@ pub struct Transcript {
 /// A question whose model saved its research is answered by that file whatever happens after:
 /// the caller turns a later error into a warning (the report, the directory and a rerun then
 /// agree).
-pub async fn answer(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
-    run(context, question, transcript).await
+pub async fn answer(
+    context: &AgentContext,
+    question: &str,
+    transcript: &mut Transcript,
+    log: &Arc<CallLog>,
+) -> Result<(), AgentError> {
+    run(context, question, transcript, log).await
 }
 
-async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript) -> Result<(), AgentError> {
+async fn run(
+    context: &AgentContext,
+    question: &str,
+    transcript: &mut Transcript,
+    log: &Arc<CallLog>,
+) -> Result<(), AgentError> {
     let settings = &context.settings;
     // Everything this question starts ends with it: when this future is dropped (its deadline,
     // a shutdown) or returns, the guard cancels the requests still in flight.
@@ -129,11 +142,10 @@ async fn run(context: &AgentContext, question: &str, transcript: &mut Transcript
     let tools = context.tools.definitions().await;
     for _ in 0..settings.max_turns {
         transcript.turns += 1;
-        let outcome = context.model.chat(messages.clone(), tools.clone(), &cancel).await?;
+        let outcome = context.model.chat(messages.clone(), tools.clone(), &cancel, log).await?;
         let route = format!("{}{}", outcome.route, context.route_label);
         transcript.route = Some(route.clone());
         transcript.model = Some(outcome.model.clone());
-        transcript.retries += outcome.completion.attempts.saturating_sub(1);
         let response = outcome.completion.response;
         if let Some(usage) = response.usage {
             transcript.input_tokens += usage.prompt_tokens;

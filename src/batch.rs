@@ -15,6 +15,7 @@ pub mod shard;
 use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::research_writer::write_file_atomically;
 use crate::agent::{self, AgentContext, Transcript};
 use crate::config::BatchSettings;
+use crate::llm::client::CallLog;
 use crate::research;
 
 /// One question to answer or skip.
@@ -431,7 +433,9 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
     let question = item.question.clone();
     let mut row = Row::empty(&item, Status::Failed);
     let started = std::time::Instant::now();
-    let work = tokio::time::timeout(options.question_timeout, agent::answer(context, &question, &mut row.transcript));
+    let log = Arc::new(CallLog::default());
+    let work =
+        tokio::time::timeout(options.question_timeout, agent::answer(context, &question, &mut row.transcript, &log));
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(options.shutdown_grace).await;
@@ -442,8 +446,9 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err((error.kind(), error.to_string())),
             Err(_) => Err(("timeout", format!(
-                "no answer within agent.question_timeout ({})",
-                humantime::format_duration(options.question_timeout)
+                "no answer within agent.question_timeout ({}){}",
+                humantime::format_duration(options.question_timeout),
+                log.last_failure().map(|failure| format!("; the model call was retrying after: {failure}")).unwrap_or_default()
             ))),
         },
         () = grace => {
@@ -452,6 +457,8 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
         }
     };
     row.duration_s = started.elapsed().as_secs_f64();
+    row.transcript.retries = log.retries();
+    row.transcript.rate_limited = log.rate_limited();
     match ended {
         Ok(()) => row.status = Status::Ok,
         // The research file is the answer: what went wrong after it was saved is a warning.

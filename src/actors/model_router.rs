@@ -28,7 +28,7 @@ use super::secret_keeper::{SecretKeeperHandle, SecretState};
 use super::{RESTART_WAIT, Slot, Unreachable};
 use crate::config::Fallback;
 use crate::llm::LlmError;
-use crate::llm::client::{ChatClient, Completion, Endpoint};
+use crate::llm::client::{CallLog, ChatClient, Completion, Endpoint};
 use crate::llm::wire::{ChatRequest, Message, ToolDefinition};
 use crate::secrets::{Credential, Fingerprint};
 
@@ -103,6 +103,8 @@ pub(crate) enum ModelRouterMsg {
         tools: Arc<[ToolDefinition]>,
         /// Cancelled when the question ends: the request is dropped (its connection closed).
         cancel: CancellationToken,
+        /// The question's count of retries and 429s.
+        log: Arc<CallLog>,
         /// Where the answer goes.
         reply: RpcReplyPort<Result<ChatOutcome, LlmError>>,
     },
@@ -200,8 +202,8 @@ impl Actor for ModelRouter {
         message: ModelRouterMsg,
         state: &mut ModelRouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let (messages, tools, cancel, reply) = match message {
-            ModelRouterMsg::Chat { messages, tools, cancel, reply } => (messages, tools, cancel, reply),
+        let (messages, tools, cancel, log, reply) = match message {
+            ModelRouterMsg::Chat { messages, tools, cancel, log, reply } => (messages, tools, cancel, log, reply),
             ModelRouterMsg::Rejected(fingerprint) => {
                 if state.rejected != Some(fingerprint) {
                     tracing::error!(secret = %state.args.secret_name, %fingerprint, fallback = ?state.args.fallback,
@@ -241,7 +243,7 @@ impl Actor for ModelRouter {
                 // A question that ended takes its request with it: dropping the send closes the
                 // connection. Nobody waits for the reply any more.
                 let result = tokio::select! {
-                    result = send(&args, &myself, decision, &messages, &tools) => result,
+                    result = send(&args, &myself, decision, &messages, &tools, &log) => result,
                     () = cancel.cancelled() => {
                         tracing::debug!("the question ended: its model request is dropped");
                         return;
@@ -366,9 +368,10 @@ async fn send(
     decision: Decision,
     messages: &[Message],
     tools: &[ToolDefinition],
+    log: &CallLog,
 ) -> Result<ChatOutcome, LlmError> {
     let Decision { route, mut endpoint } = decision;
-    let mut result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools)).await;
+    let mut result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log).await;
     if route == Route::Cloud && matches!(result, Err(LlmError::Auth { .. })) {
         let used = endpoint.credential.as_ref().map(Credential::fingerprint);
         let reloaded = args.secrets.reload(&args.secret_name).await;
@@ -377,7 +380,7 @@ async fn send(
             Some(credential) if Some(credential.fingerprint()) != used => {
                 tracing::info!(secret = %args.secret_name, fingerprint = %credential.fingerprint(), "retrying with the reloaded key");
                 endpoint.credential = Some(credential);
-                result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools)).await;
+                result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log).await;
             }
             _ => tracing::debug!(?reloaded, "reload found no new key"),
         }
@@ -390,7 +393,7 @@ async fn send(
                 Fallback::Local => {
                     let local = args.local_endpoint();
                     let completion =
-                        args.client.complete(&local, &request(args, &local.model, messages, tools)).await?;
+                        args.client.complete(&local, &request(args, &local.model, messages, tools), log).await?;
                     Ok(ChatOutcome { completion, route: Route::Local, model: local.model })
                 }
                 Fallback::None => Err(args.key_rejected(fingerprint)),
@@ -413,19 +416,22 @@ impl ModelRouterHandle {
         Self { slot, deadline }
     }
 
-    /// Sends one chat request; `cancel` (the question's) drops it when the question ends.
+    /// Sends one chat request; `cancel` (the question's) drops it when the question ends, and
+    /// its retries and 429s are counted in `log` (the question's) as they happen.
     pub async fn chat(
         &self,
         messages: Arc<Vec<Message>>,
         tools: Arc<[ToolDefinition]>,
         cancel: &CancellationToken,
+        log: &Arc<CallLog>,
     ) -> Result<ChatOutcome, LlmError> {
-        let cancel = cancel.child_token();
+        let (cancel, log) = (cancel.child_token(), log.clone());
         self.slot
             .call("model-router", RESTART_WAIT, self.deadline, |reply| ModelRouterMsg::Chat {
                 messages,
                 tools,
                 cancel,
+                log,
                 reply,
             })
             .await

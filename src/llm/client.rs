@@ -8,6 +8,7 @@
 //! the whole exchange). Text from the server that ends up in an error (an error message, the
 //! first bytes of a body that cannot be read) goes through the [`Redactor`] first.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -49,8 +50,43 @@ pub struct ClientPolicy {
 pub struct Completion {
     /// The response.
     pub response: ChatResponse,
-    /// How many attempts it took (1 = no retry).
-    pub attempts: u32,
+}
+
+/// What a question's model calls went through, counted as it happens: shared with whoever
+/// reports the question, so the counts survive a call that fails and a question that is given
+/// up on mid-retry.
+#[derive(Debug, Default)]
+pub struct CallLog {
+    retries: AtomicU32,
+    rate_limited: AtomicU32,
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl CallLog {
+    /// Requests sent again after a transient failure (timeouts, resets, 5xx, unreadable bodies).
+    pub fn retries(&self) -> u32 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused with 429.
+    pub fn rate_limited(&self) -> u32 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// The last failure a call was retrying after, in words (already scrubbed).
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn failed(&self, error: &LlmError) {
+        let counter = if matches!(error, LlmError::RateLimited { .. }) { &self.rate_limited } else { &self.retries };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let what = match error {
+            LlmError::RateLimited { .. } => "rate limited (HTTP 429)".to_owned(),
+            other => other.to_string(),
+        };
+        *self.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(what);
+    }
 }
 
 /// Sends chat requests; cheap to clone (one connection pool).
@@ -104,8 +140,13 @@ impl ChatClient {
         self
     }
 
-    /// Sends `request` to `endpoint`, retrying transient failures.
-    pub async fn complete(&self, endpoint: &Endpoint, request: &ChatRequest<'_>) -> Result<Completion, LlmError> {
+    /// Sends `request` to `endpoint`, retrying transient failures; counts them in `log`.
+    pub async fn complete(
+        &self,
+        endpoint: &Endpoint,
+        request: &ChatRequest<'_>,
+        log: &CallLog,
+    ) -> Result<Completion, LlmError> {
         let url = super::chat_completions_url(&endpoint.base_url);
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| LlmError::Protocol {
             url: url.to_string(),
@@ -115,7 +156,6 @@ impl ChatClient {
         if let Some(traceparent) = crate::telemetry::traceparent().and_then(|t| HeaderValue::from_str(&t).ok()) {
             headers.insert("traceparent", traceparent);
         }
-        let mut attempts = 0u32;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.policy.min_delay)
             .with_max_delay(self.policy.max_delay)
@@ -123,18 +163,16 @@ impl ChatClient {
             .with_jitter();
         let max_delay = self.policy.max_delay;
         let credential = endpoint.credential.as_ref();
-        let response = (|| {
-            attempts += 1;
-            self.attempt(&url, &headers, body.clone(), credential)
-        })
-        .retry(backoff)
-        .when(LlmError::is_retryable)
-        .adjust(|error, delay| delay.map(|delay| error.retry_after().map_or(delay, |asked| asked.min(max_delay))))
-        .notify(|error, delay| {
-            tracing::warn!(error.type = error.kind(), %error, retry_in = ?delay, "model call failed; retrying");
-        })
-        .await?;
-        Ok(Completion { response, attempts })
+        let response = (|| self.attempt(&url, &headers, body.clone(), credential))
+            .retry(backoff)
+            .when(LlmError::is_retryable)
+            .adjust(|error, delay| delay.map(|delay| error.retry_after().map_or(delay, |asked| asked.min(max_delay))))
+            .notify(|error, delay| {
+                log.failed(error);
+                tracing::warn!(error.type = error.kind(), %error, retry_in = ?delay, "model call failed; retrying");
+            })
+            .await?;
+        Ok(Completion { response })
     }
 
     async fn attempt(

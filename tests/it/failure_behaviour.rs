@@ -341,3 +341,52 @@ async fn a_question_that_times_out_closes_its_model_request() {
     run.expect_code(1);
     assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 1);
 }
+
+/// Case 16: rows count what happened. A question whose model calls failed after every retry
+/// says how many retries it made; 429s are counted apart; a question that ran out of time while
+/// rate limited says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_count_retries_and_rate_limits_even_when_the_question_fails() {
+    let throttled = std::sync::atomic::AtomicU32::new(0);
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(move |request| {
+        let question = request.last_user_text().unwrap_or_default();
+        if question.contains("broken") {
+            Reply::server_error()
+        } else if question.contains("throttled") {
+            // Two 429s, then an answer.
+            match throttled.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Reply::rate_limited(std::time::Duration::from_millis(50)),
+                _ => Reply::text("ok"),
+            }
+        } else {
+            Reply::rate_limited(std::time::Duration::from_secs(60))
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    for (question, expect_ok) in [("The broken one", false), ("The throttled one", true), ("The starved one", false)] {
+        let extra =
+            format!("[agent]\nquestion_timeout = \"3s\"\n[batch]\nquestions = [{question:?}]\noutput_dir = \"out\"\n");
+        let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+        let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8"), "--force"]).await;
+        let row = agentry.report("out/report.json")["questions"][0].clone();
+        assert_eq!(row["status"] == "ok", expect_ok, "{question}: {row}\n{}", run.output());
+        match question {
+            "The broken one" => {
+                // max_retries = 4 (the default): five attempts, four retries, no 429.
+                assert_eq!(row["retries"], 4, "{row}");
+                assert_eq!(row["rate_limited"], 0, "{row}");
+            }
+            "The throttled one" => {
+                assert_eq!(row["rate_limited"], 2, "{row}");
+                assert_eq!(row["retries"], 0, "429s are not retries: {row}");
+            }
+            _ => {
+                let error = row["error"].as_str().unwrap_or_default();
+                assert!(error.contains("rate limit"), "a question starved by 429s says so: {row}");
+                assert!(row["rate_limited"].as_u64().unwrap_or(0) >= 1, "{row}");
+            }
+        }
+    }
+}

@@ -196,7 +196,9 @@ impl Fixture {
 
     async fn chat(&self) -> Result<ChatOutcome, LlmError> {
         let messages = Arc::new(vec![Message::User { content: "Define machine learning".into() }]);
-        self.router.chat(messages, Arc::from(Vec::<ToolDefinition>::new()), &CancellationToken::new()).await
+        self.router
+            .chat(messages, Arc::from(Vec::<ToolDefinition>::new()), &CancellationToken::new(), &Arc::default())
+            .await
     }
 
     /// Replaces the secret file (rename over it, as a secret manager does).
