@@ -403,6 +403,12 @@ fn spawn_call(
                     // Servers paste credentials into error messages: scrubbed before anyone sees it.
                     Err(McpError::Call { server, tool: tool.clone(), message: redactor.scrub(&error.message) })
                 }
+                Ok(Err(ServiceError::UnexpectedResponse)) => {
+                    // Well-formed JSON-RPC but not a `tools/call` result: the server's fault, not the
+                    // connection's, and sending it again would get the same.
+                    let message = "the server's answer is not a tools/call result".to_owned();
+                    Err(McpError::Call { server, tool: tool.clone(), message })
+                }
                 Ok(Err(error)) if mcp::is_auth_failure(&error) => {
                     let _ = myself.cast(McpSessionMsg::AuthRejected(generation));
                     Err(McpError::Auth { server, location, secret })

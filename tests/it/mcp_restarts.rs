@@ -314,3 +314,33 @@ async fn malformed_streamable_http_answers_fail_their_call_at_once_and_the_sessi
     let _ = session.cancel().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_of_the_wrong_shape_is_the_calls_error_not_a_lost_connection() {
+    use agentry_testkit::hostile_mcp::MalformedHttpServer;
+
+    let mcp = MalformedHttpServer::start().await.expect("the malformed server starts");
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.messages().iter().any(|m| m["role"] == "tool") {
+            Reply::text("Answered.")
+        } else {
+            Reply::tool_calls(vec![ScriptedToolCall::new("wrong_shape", &json!({}))])
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let path = agentry
+        .file("c.toml", &config(&model.base_url(), Some(&mcp.url()), "[batch]\nquestions = [\"Define Rust\"]\n"));
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+
+    let results = tool_results(&model.requests()[1].body);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        results[0].contains("tool wrong_shape failed") && results[0].contains("not a tools/call result"),
+        "{}",
+        results[0]
+    );
+    assert!(!results[0].contains("connection lost"), "{}", results[0]);
+    mcp.shutdown().await;
+}

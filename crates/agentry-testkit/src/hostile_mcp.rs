@@ -217,8 +217,10 @@ fn result(id: &Value, result: Value) -> String {
 /// - `wrong_id_json`: a JSON result under the id `id + 1000000`;
 /// - `wrong_id_sse`: the same, as the one event of the request's stream;
 /// - `no_result_sse`: `{"jsonrpc":"2.0","id":id}` on the request's stream;
-/// - `no_id_error`: a JSON error response with `"id": null`.
-pub const MALFORMED_HTTP_TOOLS: [&str; 5] = ["ok", "wrong_id_json", "wrong_id_sse", "no_result_sse", "no_id_error"];
+/// - `no_id_error`: a JSON error response with `"id": null`;
+/// - `wrong_shape`: well-formed JSON-RPC, but the result is a tool list, not a call's result.
+pub const MALFORMED_HTTP_TOOLS: [&str; 6] =
+    ["ok", "wrong_id_json", "wrong_id_sse", "no_result_sse", "no_id_error", "wrong_shape"];
 
 /// A Streamable HTTP MCP server (`/mcp`, JSON replies, no server-to-client stream) whose tool
 /// calls answer with malformed JSON-RPC; see [`MALFORMED_HTTP_TOOLS`]. Stops on
@@ -295,6 +297,7 @@ async fn answer_post(body: String) -> Response {
                 "wrong_id_json" => json_reply(result(&wrong, text("for someone else"))),
                 "wrong_id_sse" => sse_reply(result(&wrong, text("for someone else"))),
                 "no_result_sse" => sse_reply(json!({"jsonrpc": "2.0", "id": id}).to_string()),
+                "wrong_shape" => json_reply(result(&id, json!({"tools": []}))),
                 "no_id_error" => json_reply(
                     json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "Invalid Request"}})
                         .to_string(),
