@@ -70,7 +70,8 @@ pub(crate) enum ToolExecutorMsg {
     /// The tools to offer.
     Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
     /// Run one turn's tool calls.
-    Execute(Vec<ToolCall>, Arc<Provenance>, RpcReplyPort<Vec<ToolOutcome>>),
+    /// Run one turn's calls, each within `Duration` (the turn's budget).
+    Execute(Vec<ToolCall>, Arc<Provenance>, Duration, RpcReplyPort<Vec<ToolOutcome>>),
 }
 
 pub(crate) struct ToolExecutorState {
@@ -221,7 +222,7 @@ impl Actor for ToolExecutor {
             ToolExecutorMsg::Definitions(reply) => {
                 let _ = reply.send(state.definitions.clone());
             }
-            ToolExecutorMsg::Execute(calls, context, reply) => {
+            ToolExecutorMsg::Execute(calls, context, budget, reply) => {
                 let resolved: Vec<(ToolCall, Option<Target>)> = calls
                     .into_iter()
                     .map(|call| {
@@ -236,7 +237,24 @@ impl Actor for ToolExecutor {
                     async move {
                         let dispatch =
                             Dispatch { servers: &servers, writer: &writer, context: &context, available: &available };
-                        let runs = resolved.into_iter().map(|(call, target)| run_one(call, target, &dispatch));
+                        // Each call within the turn's budget: one that outlasts it fails alone and
+                        // the turn's other results stand.
+                        let runs = resolved.into_iter().map(|(call, target)| {
+                            let (call_id, name) = (call.id.clone(), call.function.name.clone());
+                            let run = tokio::time::timeout(budget, run_one(call, target, &dispatch));
+                            async move {
+                                run.await.unwrap_or_else(|_| ToolOutcome {
+                                    call_id,
+                                    content: format!(
+                                        "Error: `{name}` did not finish within this turn's {}",
+                                        humantime::format_duration(budget)
+                                    ),
+                                    name,
+                                    is_error: true,
+                                    saved: None,
+                                })
+                            }
+                        });
                         let _ = reply.send(futures::future::join_all(runs).await);
                     }
                     .in_current_span(),
@@ -391,6 +409,9 @@ fn save_research_definition() -> ToolDefinition {
     )
 }
 
+/// What a turn's budget leaves for its answer to reach the caller before the handle's deadline.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
 /// What callers hold.
 #[derive(Clone)]
 pub struct ToolExecutorHandle {
@@ -412,12 +433,16 @@ impl ToolExecutorHandle {
             .unwrap_or_else(|_| Arc::new([save_research_definition()]))
     }
 
-    /// Runs one turn's calls; every call gets an outcome, in order.
+    /// Runs one turn's calls; every call gets an outcome, in order. Each call has the turn's
+    /// budget (this handle's deadline, less the time the answer takes to come back).
     pub async fn execute(&self, calls: Vec<ToolCall>, context: Arc<Provenance>) -> Vec<ToolOutcome> {
         let fallback: Vec<(String, String)> = calls.iter().map(|c| (c.id.clone(), c.function.name.clone())).collect();
+        let budget = self.deadline.saturating_sub(ANSWER_MARGIN);
         match self
             .slot
-            .call("tool-executor", RESTART_WAIT, self.deadline, |reply| ToolExecutorMsg::Execute(calls, context, reply))
+            .call("tool-executor", RESTART_WAIT, self.deadline, |reply| {
+                ToolExecutorMsg::Execute(calls, context, budget, reply)
+            })
             .await
         {
             Ok(outcomes) => outcomes,

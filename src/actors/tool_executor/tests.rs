@@ -535,3 +535,29 @@ mod allowlist {
         stop.cancel();
     }
 }
+
+/// A call that outlasts the turn's budget fails alone: the other calls of the turn keep their
+/// results (the executor answers before the handle's deadline, each late call with its own
+/// error), instead of every outcome of the turn becoming "did not answer".
+#[tokio::test(start_paused = true)]
+async fn a_call_that_outlasts_the_turn_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (quick, _) = fake_server("quick", &["search"], Behaviour::Answer, &tx).await;
+    let (stuck, _) = fake_server("stuck", &["archive"], Behaviour::Hang, &tx).await;
+    let writer = writer_over(dir.path()).await;
+    let slot = Slot::default();
+    let (actor, _) = Actor::spawn(None, ToolExecutor, ToolExecutorArgs { servers: vec![quick, stuck], writer })
+        .await
+        .expect("the executor starts");
+    slot.publish(actor);
+    // A turn's budget shorter than the sessions' own call timeout (30 s).
+    let tools = ToolExecutorHandle::new(slot, Duration::from_secs(10));
+
+    let outcomes =
+        tools.execute(vec![call("c1", "search", r#"{"query":"rust"}"#), call("c2", "archive", "{}")], context()).await;
+    assert_eq!(outcomes[0].content, r#"quick ran search with {"query":"rust"}"#, "the quick call's result stands");
+    assert!(!outcomes[0].is_error);
+    assert!(outcomes[1].is_error);
+    assert!(outcomes[1].content.contains("archive"), "the late call's error names it: {}", outcomes[1].content);
+}
