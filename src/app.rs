@@ -173,7 +173,7 @@ impl Runtime {
             Arc::new(Leaf::new(
                 "tool-executor",
                 || ToolExecutor,
-                ToolExecutorArgs { servers: servers.clone(), writer: writer.clone() },
+                ToolExecutorArgs { servers: servers.clone(), writer: writer.clone(), redactor: secrets.redactor() },
                 tools_slot,
                 RestartPolicy::Immediate,
             )),

@@ -31,6 +31,7 @@ use super::{RESTART_WAIT, Slot};
 use crate::llm::wire::{ToolCall, ToolDefinition};
 use crate::mcp;
 use crate::research::{Provenance, ResearchDoc};
+use crate::secrets::Redactor;
 
 /// The local tool's name.
 pub const SAVE_RESEARCH: &str = "save_research";
@@ -64,6 +65,8 @@ pub(crate) struct ToolExecutorArgs {
     pub servers: Vec<McpSessionHandle>,
     /// For `save_research`.
     pub writer: ResearchWriterHandle,
+    /// Scrubs secrets out of what servers answer before the model reads it.
+    pub redactor: Redactor,
 }
 
 pub(crate) enum ToolExecutorMsg {
@@ -232,11 +235,17 @@ impl Actor for ToolExecutor {
                     .collect();
                 let servers = state.args.servers.clone();
                 let writer = state.args.writer.clone();
+                let redactor = state.args.redactor.clone();
                 let available: Vec<String> = state.definitions.iter().map(|d| d.function.name.clone()).collect();
                 tokio::spawn(
                     async move {
-                        let dispatch =
-                            Dispatch { servers: &servers, writer: &writer, context: &context, available: &available };
+                        let dispatch = Dispatch {
+                            servers: &servers,
+                            writer: &writer,
+                            context: &context,
+                            available: &available,
+                            redactor: &redactor,
+                        };
                         // Each call within the turn's budget: one that outlasts it fails alone and
                         // the turn's other results stand.
                         let runs = resolved.into_iter().map(|(call, target)| {
@@ -271,6 +280,7 @@ struct Dispatch<'a> {
     writer: &'a ResearchWriterHandle,
     context: &'a Provenance,
     available: &'a [String],
+    redactor: &'a Redactor,
 }
 
 /// Runs one call inside its `execute_tool {tool}` span and counts it.
@@ -305,7 +315,7 @@ async fn run_one(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>
 }
 
 async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>) -> ToolOutcome {
-    let Dispatch { servers, writer, context, available } = *dispatch;
+    let Dispatch { servers, writer, context, available, redactor } = *dispatch;
     let name = call.function.name.clone();
     let outcome = |content: String, is_error: bool, saved: Option<PathBuf>| ToolOutcome {
         call_id: call.id.clone(),
@@ -340,7 +350,7 @@ async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispat
         },
         Target::Mcp { server, tool } => match servers[server].call_tool(&tool, arguments).await {
             Ok(result) => {
-                let text = mcp::result_text(&result);
+                let text = redactor.scrub(&mcp::result_text(&result));
                 if result.is_error == Some(true) {
                     let text = if text.is_empty() { "the tool reported an error".into() } else { text };
                     outcome(format!("Error: {text}"), true, None)

@@ -90,6 +90,9 @@ impl Actor for FakeSession {
                 return Ok(());
             }
             (Behaviour::Answer, "fails") => Ok(CallToolResult::error(vec![ContentBlock::text("no results for that")])),
+            (Behaviour::Answer, "leaks") => Ok(CallToolResult::error(vec![ContentBlock::text(
+                "upstream refused Authorization: Bearer sk-live-0123456789abcdefghij",
+            )])),
             (Behaviour::Answer, "broken") => {
                 Err(McpError::Call { server: server.clone(), tool, message: "Internal error".into() })
             }
@@ -151,7 +154,9 @@ async fn writer_over(dir: &std::path::Path) -> ResearchWriterHandle {
 async fn executor(servers: Vec<McpSessionHandle>, writer: ResearchWriterHandle) -> ToolExecutorHandle {
     let slot = Slot::default();
     let (actor, _) =
-        Actor::spawn(None, ToolExecutor, ToolExecutorArgs { servers, writer }).await.expect("the executor starts");
+        Actor::spawn(None, ToolExecutor, ToolExecutorArgs { servers, writer, redactor: Redactor::default() })
+            .await
+            .expect("the executor starts");
     slot.publish(actor);
     ToolExecutorHandle::new(slot, TURN_DEADLINE)
 }
@@ -547,9 +552,13 @@ async fn a_call_that_outlasts_the_turn_fails_alone() {
     let (stuck, _) = fake_server("stuck", &["archive"], Behaviour::Hang, &tx).await;
     let writer = writer_over(dir.path()).await;
     let slot = Slot::default();
-    let (actor, _) = Actor::spawn(None, ToolExecutor, ToolExecutorArgs { servers: vec![quick, stuck], writer })
-        .await
-        .expect("the executor starts");
+    let (actor, _) = Actor::spawn(
+        None,
+        ToolExecutor,
+        ToolExecutorArgs { servers: vec![quick, stuck], writer, redactor: Redactor::default() },
+    )
+    .await
+    .expect("the executor starts");
     slot.publish(actor);
     // A turn's budget shorter than the sessions' own call timeout (30 s).
     let tools = ToolExecutorHandle::new(slot, Duration::from_secs(10));
@@ -560,4 +569,17 @@ async fn a_call_that_outlasts_the_turn_fails_alone() {
     assert!(!outcomes[0].is_error);
     assert!(outcomes[1].is_error);
     assert!(outcomes[1].content.contains("archive"), "the late call's error names it: {}", outcomes[1].content);
+}
+
+/// Errors never carry secrets: a tool's result that quotes a key reaches the model scrubbed.
+#[tokio::test]
+async fn a_tool_result_quoting_a_key_reaches_the_model_scrubbed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (alpha, _) = fake_server("alpha", &["leaks"], Behaviour::Answer, &tx).await;
+    let tools = executor(vec![alpha], writer_over(dir.path()).await).await;
+    let outcomes = tools.execute(vec![call("c1", "leaks", "{}")], context()).await;
+    assert!(outcomes[0].is_error);
+    assert!(!outcomes[0].content.contains("sk-live-0123456789abcdefghij"), "{}", outcomes[0].content);
+    assert!(outcomes[0].content.contains("upstream refused"), "the rest of the text stays: {}", outcomes[0].content);
 }
