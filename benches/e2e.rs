@@ -1,6 +1,7 @@
 //! The end-to-end benchmark: agentry (its own process) against the test kit's model server and
-//! the demo's MCP search server, each with a fixed latency, served by this harness on a runtime
-//! of its own, so only agentry's own cost is measured (its CPU is the waited child's).
+//! the demo's search server, each with a fixed latency and each its own process (this harness
+//! started again with `--peer`), so only agentry's own cost is measured (its CPU is the waited
+//! child's).
 //!
 //! ```text
 //! cargo bench --bench e2e                       # S1–S4, 3 runs each
@@ -14,11 +15,12 @@
 //! wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
 //! with every run, to `<out>/bench.json` and `<out>/bench.md`.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry_testkit::model_server::ModelServer;
@@ -84,34 +86,84 @@ struct Measured {
     first_request_ms: f64,
 }
 
-/// The peers, served on a runtime of their own (two worker threads, as when they were
-/// separate processes on this 2-core machine).
-struct Peers {
-    _runtime: tokio::runtime::Runtime,
-    model: Arc<ModelServer>,
-    model_url: String,
-    search_url: String,
-    _search: SlowSearchServer,
+/// One peer (the test kit's model server, or the demo's search server with a latency) in its
+/// own process: this harness started again with `--peer`, so the peers' CPU is neither counted
+/// as agentry's nor taken from the harness. It prints `READY <url>`, then answers `reset` and
+/// `first` (the first request's Unix time in ms since the last reset, 0 for none) on stdin.
+struct Peer {
+    child: Child,
+    url: String,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
 }
 
-impl Peers {
-    fn start(model_latency: Duration, tool_latency: Duration) -> Peers {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("peer runtime");
-        let local = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (model, search) = runtime.block_on(async {
-            let model = ModelServer::start_on(local, Arc::new(ScriptedResearcher)).await.expect("model server");
-            let search = SlowSearchServer::start_on(local, tool_latency).await.expect("search server");
-            (model.with_latency(model_latency), search)
-        });
-        Peers {
-            model_url: model.base_url(),
-            search_url: search.url(),
-            model: Arc::new(model),
-            _search: search,
-            _runtime: runtime,
-        }
+impl Peer {
+    fn start(kind: &str, latency: Duration) -> Peer {
+        let mut child = Command::new(std::env::current_exe().expect("the harness's own path"))
+            .args(["--peer", kind, "--latency-ms", &latency.as_millis().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the peer starts");
+        let input = child.stdin.take().expect("stdin");
+        let mut output = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        output.read_line(&mut line).expect("READY line");
+        let url =
+            line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("{kind}: unexpected {line:?}")).to_owned();
+        Peer { child, url, input, output }
     }
+
+    fn ask(&mut self, command: &str) -> String {
+        writeln!(self.input, "{command}").expect("the peer reads");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("the peer answers");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--peer model|search --latency-ms N`: serve one peer until stdin closes.
+fn serve_peer(kind: &str, latency: Duration) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("peer runtime");
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    runtime.block_on(async {
+        let model = match kind {
+            "model" => Some(
+                ModelServer::start_on(local, Arc::new(ScriptedResearcher)).await.expect("model").with_latency(latency),
+            ),
+            _ => None,
+        };
+        let search = match kind {
+            "search" => Some(SlowSearchServer::start_on(local, latency).await.expect("search")),
+            _ => None,
+        };
+        let url = model.as_ref().map(ModelServer::base_url).or_else(|| search.as_ref().map(SlowSearchServer::url));
+        println!("READY {}", url.expect("a known peer kind"));
+        let started = Instant::now();
+        let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis();
+        let mut lines = BufReader::new(std::io::stdin()).lines();
+        while let Some(Ok(command)) = tokio::task::block_in_place(|| lines.next()) {
+            let answer = match (command.as_str(), &model) {
+                ("reset", Some(model)) => {
+                    model.reset();
+                    "ok".to_owned()
+                }
+                ("first", Some(model)) => {
+                    model.first_request_at().map_or(0, |at| started_unix_ms + (at - started).as_millis()).to_string()
+                }
+                _ => "ok".to_owned(),
+            };
+            println!("{answer}");
+        }
+    });
 }
 
 fn cpu_seconds() -> f64 {
@@ -128,12 +180,13 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn run_once(scenario: &Scenario, dir: &Path, run: usize, peers: &Peers) -> Measured {
+fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Measured {
     // A fresh directory each run: deleting thousands of files just before would make the file
     // system's inode allocator (and so agentry's measured CPU) pay for the harness's clean-up.
     let out = dir.join(format!("out-{run}"));
-    peers.model.reset();
+    model.ask("reset");
     let cpu_before = cpu_seconds();
+    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
         .args([
@@ -177,7 +230,8 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, peers: &Peers) -> Measu
     assert_eq!(files, scenario.questions, "{}: research files", scenario.name);
     assert_eq!(report["totals"]["ok"], scenario.questions, "{}: ok rows", scenario.name);
 
-    let first_request = peers.model.first_request_at().map_or(f64::NAN, |at| (at - started).as_secs_f64() * 1000.0);
+    let first: f64 = model.ask("first").parse().unwrap_or(0.0);
+    let first_request = if first > 0.0 { first - started_unix_ms } else { f64::NAN };
     let waves = scenario.questions.div_ceil(scenario.concurrency) as f64;
     let ideal =
         waves * (MODEL_CALLS_PER_QUESTION * scenario.model_latency.as_secs_f64() + scenario.tool_latency.as_secs_f64());
@@ -208,6 +262,10 @@ fn cell(values: impl Iterator<Item = f64>, digits: usize) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    if let Some(kind) = flag("--peer") {
+        let latency = Duration::from_millis(flag("--latency-ms").and_then(|ms| ms.parse().ok()).unwrap_or(0));
+        return serve_peer(&kind, latency);
+    }
     let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
     let wanted: Vec<String> =
         flag("--scenarios").map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
@@ -218,7 +276,8 @@ fn main() {
     let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms |\n|---|---|---|---|---|---|---|---|---|---|\n".to_string();
     let mut all = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
-        let peers = Peers::start(scenario.model_latency, scenario.tool_latency);
+        let mut model = Peer::start("model", scenario.model_latency);
+        let search = Peer::start("search", scenario.tool_latency);
         let dir = tempfile::tempdir().expect("tempdir");
         let questions: String =
             (0..scenario.questions).map(|n| format!("Define benchmark topic number {n}\n")).collect();
@@ -232,14 +291,14 @@ fn main() {
                  [[mcp.servers]]\nname = \"search\"\nurl = \"{search}\"\ntools = [\"search\"]\n",
                 c = scenario.concurrency,
                 secrets = dir.path().join("no-secrets").display(),
-                model = peers.model_url,
-                search = peers.search_url,
+                model = model.url,
+                search = search.url,
             ),
         )
         .expect("config");
         let mut measured = Vec::new();
         for run in 1..=runs {
-            let m = run_once(scenario, dir.path(), run, &peers);
+            let m = run_once(scenario, dir.path(), run, &mut model);
             eprintln!("{} run {run}/{runs}: {m:?}", scenario.name);
             measured.push(m);
         }
