@@ -16,7 +16,7 @@
 //! | [`batch`] | planning, bounded concurrency, the report |
 //! | [`llm`] | OpenAI Chat Completions wire types, base URLs, HTTP client with retries, [`llm::LlmError`] |
 //! | [`mcp`] | MCP transports (rmcp; legacy SSE of our own), tool conversion, [`mcp::McpError`] |
-//! | [`secrets`] | secret values that never print; sources and fingerprints |
+//! | [`secrets`] | secret values that never print; sources and fingerprints; the redactor that scrubs them from server text |
 //! | [`research`] | research file names, provenance and format |
 //! | [`telemetry`] | logging, OTLP traces and metrics; span and metric names |
 //! | [`demo`] | `agentry demo`: the scripted model and the search server on loopback |
