@@ -216,11 +216,10 @@ async fn a_name_another_process_takes_first_is_not_overwritten_and_drain_says_wh
 }
 
 /// Two saves for one question in quick succession (a model calling `save_research` twice in
-/// one turn: ToolExecutor runs the calls concurrently) race on the blocking pool: when the
-/// second (replacing) write lands first, the first (creating) write finds the name taken,
-/// goes to `-2`, and the question ends with two files, its own holding the older text.
+/// one turn: ToolExecutor runs the calls concurrently) land in order: one file, the second text.
+/// (Before the writes of one question were chained, the replacing write could land first and
+/// push the creating one to `-2`: two files, the question's own holding the older text.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the writes of one question are not ordered (reported with issue 10)"]
 async fn two_saves_for_one_question_in_quick_succession_leave_one_file_with_the_second_text() {
     for _ in 0..50 {
         let dir = tempfile::tempdir().expect("tempdir");
