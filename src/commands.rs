@@ -12,6 +12,13 @@ macro_rules! outln {
     };
 }
 
+/// `print!` for a command's output, quiet on a closed pipe like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::commands::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod ask;
 mod batch;
 mod config_check;

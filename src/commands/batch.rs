@@ -93,21 +93,21 @@ pub(super) async fn run_batch(
         let row = &report.questions[0];
         match (&row.transcript.answer, &row.error) {
             (Some(answer), None) => {
-                println!("{answer}");
+                outln!("{answer}");
                 if let Some(file) = &row.transcript.file {
-                    println!("\nResearch saved to {}", file.display());
+                    outln!("\nResearch saved to {}", file.display());
                 }
             }
-            _ => print!("{}", report.summary()),
+            _ => out!("{}", report.summary()),
         }
     } else {
         if mode == Mode::Demo {
-            println!("agentry DEMO (scripted model, embedded corpus):");
+            outln!("agentry DEMO (scripted model, embedded corpus):");
         }
-        print!("{}", report.summary());
+        out!("{}", report.summary());
     }
     if let Some(path) = written {
-        println!("Report: {}", path.display());
+        outln!("Report: {}", path.display());
     }
     let unfinished = i32::from(shutdown.is_cancelled() || report_failed);
     Ok(exit(unfinished.max(report.exit_code())))

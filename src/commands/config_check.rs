@@ -15,14 +15,14 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
     let settings = settings(common, Overrides::default())?;
     let mut problems = Vec::new();
     match toml::to_string_pretty(&settings) {
-        Ok(text) => println!(
+        Ok(text) => outln!(
             "# resolved settings (defaults, {}, environment)\n{text}",
             common.config.as_ref().map_or("no config file".into(), |p| p.display().to_string())
         ),
         Err(error) => problems.push(format!("cannot print the settings: {error}")),
     }
     let api_key = print_secrets(&settings, &mut problems);
-    println!("\n# route");
+    outln!("\n# route");
     let route = match (&api_key, settings.model.fallback) {
         (SecretState::Present(_), _) => {
             format!("cloud: {} at {}", settings.model.cloud.model, settings.model.cloud.base_url)
@@ -35,8 +35,8 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
             "none".into()
         }
     };
-    println!("{route}");
-    println!("\n# MCP servers");
+    outln!("{route}");
+    outln!("\n# MCP servers");
     for server in &settings.mcp.servers {
         let target = match &server.endpoint {
             McpEndpoint::LegacySse(url) => format!("legacy SSE {url}"),
@@ -44,19 +44,19 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
             McpEndpoint::Stdio { command, env } => format!("stdio {command:?}, passing {env:?}"),
         };
         let tools = if server.tools.is_empty() { "all tools".to_owned() } else { format!("tools {:?}", server.tools) };
-        println!("{}: {target}, {tools}", server.name);
+        outln!("{}: {target}, {tools}", server.name);
     }
-    println!("\n# questions");
+    outln!("\n# questions");
     match batch::plan(&settings.batch, false, None) {
         Ok(planned) => {
             let done = planned.iter().filter(|p| p.done.is_some()).count();
             let dir = settings.batch.output_dir.display();
-            println!("{} questions ({done} already answered in {dir})", planned.len());
+            outln!("{} questions ({done} already answered in {dir})", planned.len());
         }
         Err(error) => problems.push(error.to_string()),
     }
     if problems.is_empty() {
-        println!("\nconfiguration OK");
+        outln!("\nconfiguration OK");
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &problems {
@@ -67,13 +67,13 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
 
 /// Prints each secret's source and fingerprint; returns the API key's state.
 fn print_secrets(settings: &Settings, problems: &mut Vec<String>) -> SecretState {
-    println!("# secrets (values are never shown)");
+    outln!("# secrets (values are never shown)");
     let lookup = |name: &str| std::env::var(name).ok();
     let mut api_key = SecretState::Absent;
     for (index, spec) in settings.secret_specs().iter().enumerate() {
         let state = match secrets::load(spec, &settings.secrets.dir, &lookup) {
             Ok(Some(credential)) => {
-                println!("{} = {} from {}", spec.name, credential.fingerprint(), credential.source());
+                outln!("{} = {} from {}", spec.name, credential.fingerprint(), credential.source());
                 // What every request does with it: a value no header can carry fails them all.
                 if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", credential.expose())).is_err() {
                     problems.push(format!(
@@ -89,7 +89,7 @@ fn print_secrets(settings: &Settings, problems: &mut Vec<String>) -> SecretState
             Ok(None) => {
                 let file = settings.secrets.dir.join(&spec.name);
                 let variable = spec.variable();
-                println!(
+                outln!(
                     "{} = absent (or a placeholder) in {}, ${variable}_FILE, ${variable}",
                     spec.name,
                     file.display()
@@ -98,7 +98,7 @@ fn print_secrets(settings: &Settings, problems: &mut Vec<String>) -> SecretState
             }
             Err(error) => {
                 let key = if index == 0 { "model.cloud.api_key_secret" } else { "mcp.servers.token_secret" };
-                println!("{} = unusable ({key})", spec.name);
+                outln!("{} = unusable ({key})", spec.name);
                 problems.push(error.to_string());
                 SecretState::Invalid(error.to_string().into())
             }

@@ -10,8 +10,8 @@ pub(super) fn merge(inputs: &[PathBuf], output: &Path) -> Result<ExitCode, CliEr
     let reports = inputs.iter().map(|path| read(path)).collect::<Result<Vec<_>, _>>()?;
     let merged = batch::merge(reports);
     merged.write(output).map_err(|source| CliError::Write { path: output.to_path_buf(), source })?;
-    print!("{}", merged.summary());
-    println!("Merged {} reports into {}", inputs.len(), output.display());
+    out!("{}", merged.summary());
+    outln!("Merged {} reports into {}", inputs.len(), output.display());
     Ok(exit(merged.exit_code()))
 }
 

@@ -390,3 +390,25 @@ async fn rows_count_retries_and_rate_limits_even_when_the_question_fails() {
         }
     }
 }
+
+/// Case 15, for every command: a reader that goes away (`agentry run | head -c 1`) ends the
+/// output quietly; the run's own outcome decides the exit code, not a panic on a closed pipe.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_pipe_ends_the_output_quietly() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("An answer.")))).await.expect("model");
+    let agentry = Agentry::new();
+    // A summary far longer than a pipe's buffer.
+    let questions: Vec<String> =
+        (0..1500).map(|n| format!("A question long enough to fill the table, number {n}")).collect();
+    let extra = format!("[batch]\nconcurrency = 32\nquestions = {questions:?}\noutput_dir = \"out\"\n");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, &extra));
+    let command = format!(
+        "set -o pipefail; {} run -c {} | head -c 1 > /dev/null; echo \"exit ${{PIPESTATUS[0]}}\" >&2",
+        env!("CARGO_BIN_EXE_agentry"),
+        path.display()
+    );
+    let run = agentry.run_bash(&command).await;
+    assert!(run.stderr.contains("exit 0"), "the run's own exit code: {}", run.stderr);
+    assert!(!run.stderr.contains("panicked") && !run.stderr.contains("Broken pipe"), "{}", run.stderr);
+    assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 1500);
+}

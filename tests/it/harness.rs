@@ -72,7 +72,16 @@ impl Agentry {
 
     /// Runs a shell command line in the working directory (e.g. to lower `ulimit` first).
     pub async fn run_shell(&self, command: &str) -> Run {
-        let child = tokio::process::Command::new("sh")
+        self.run_in("sh", command).await
+    }
+
+    /// Runs a bash command line (for `pipefail` and `PIPESTATUS`) in the working directory.
+    pub async fn run_bash(&self, command: &str) -> Run {
+        self.run_in("bash", command).await
+    }
+
+    async fn run_in(&self, shell: &str, command: &str) -> Run {
+        let child = tokio::process::Command::new(shell)
             .args(["-c", command])
             .current_dir(self.dir.path())
             .env_clear()
@@ -82,7 +91,7 @@ impl Agentry {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("sh starts");
+            .expect("the shell starts");
         Self::finish(child).await
     }
 
