@@ -58,9 +58,13 @@ impl ServerTools {
 }
 
 /// Publishes a failure, keeping the tools known so far.
-fn publish_failure(tools: &watch::Sender<ServerTools>, cause: &McpError) {
-    let last = tools.borrow().known().cloned();
-    tools.send_replace(ServerTools::Failed { cause: cause.to_string().into(), last });
+/// Publishes a failure (scrubbed: a server may quote our credentials in its error), keeping the
+/// tools known so far, and returns the same text as the actor's failure for its supervisor's log.
+fn publish_failure(args: &McpSessionArgs, cause: &McpError) -> ActorProcessingErr {
+    let text = args.secrets.redactor().scrub(&cause.to_string());
+    let last = args.tools.borrow().known().cloned();
+    args.tools.send_replace(ServerTools::Failed { cause: text.clone().into(), last });
+    text.into()
 }
 
 /// Start-up arguments (cloned on every restart).
@@ -149,12 +153,14 @@ fn start_relist(myself: &ActorRef<McpSessionMsg>, state: &mut McpSessionState, g
     };
     state.relist = Relist { in_flight: Some(generation), queued: false };
     let (peer, server, timeout) = (peer.clone(), state.args.server.clone(), state.args.connect_timeout);
+    let redactor = state.args.secrets.redactor();
     let myself = myself.clone();
     tokio::spawn(
         async move {
             let listed = match tokio::time::timeout(timeout, peer.list_all_tools()).await {
                 Ok(Ok(tools)) => Some(tools.into_iter().filter(|t| server.allows(&t.name)).collect()),
                 Ok(Err(error)) => {
+                    let error = redactor.scrub(&error.to_string());
                     tracing::warn!(server = %server.name, %error, "re-listing tools failed");
                     None
                 }
@@ -281,13 +287,11 @@ impl Actor for McpSession {
                 }
             }
             McpSessionMsg::ConnectFailed(_, error) => {
-                publish_failure(&state.args.tools, &error);
-                return Err(error.into());
+                return Err(publish_failure(&state.args, &error));
             }
             McpSessionMsg::ConnectionLost(_, cause) => {
                 let error = McpError::ConnectionLost { server: state.args.server.name.clone(), cause };
-                publish_failure(&state.args.tools, &error);
-                return Err(error.into());
+                return Err(publish_failure(&state.args, &error));
             }
         }
         Ok(())

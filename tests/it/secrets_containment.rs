@@ -227,6 +227,19 @@ async fn model_errors_that_quote_the_key_in_400_403_429_and_500_bodies_never_sho
 #[derive(Clone)]
 struct EchoingMcpServer {
     echo: std::sync::Arc<str>,
+    /// Refuse `tools/list` too, quoting the credentials (the session then never connects).
+    refuse_listing: bool,
+}
+
+/// The `Authorization` header a request came with.
+fn authorization(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> String {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.headers.get(axum::http::header::AUTHORIZATION))
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("none")
+        .to_owned()
 }
 
 impl rmcp::ServerHandler for EchoingMcpServer {
@@ -239,6 +252,11 @@ impl rmcp::ServerHandler for EchoingMcpServer {
         request: Option<rmcp::model::PaginatedRequestParams>,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        if self.refuse_listing {
+            let message =
+                format!("cannot list tools for Authorization: {}; key {}", authorization(&context), self.echo);
+            return Err(rmcp::ErrorData::internal_error(message, None));
+        }
         agentry::demo::search_server::DemoSearchHandler.list_tools(request, context).await
     }
 
@@ -247,13 +265,7 @@ impl rmcp::ServerHandler for EchoingMcpServer {
         request: rmcp::model::CallToolRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
-        let authorization = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.headers.get(axum::http::header::AUTHORIZATION))
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("none")
-            .to_owned();
+        let authorization = authorization(&context);
         let token = authorization.strip_prefix("Bearer ").unwrap_or_default().to_owned();
         Err(rmcp::ErrorData::internal_error(
             format!(
@@ -282,7 +294,7 @@ async fn an_mcp_error_quoting_the_token_and_the_key_never_shows_them() {
     let token = unshaped_canary("gateway");
     let server = agentry::demo::search_server::serve_mcp(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        EchoingMcpServer { echo: api_key.as_str().into() },
+        EchoingMcpServer { echo: api_key.as_str().into(), refuse_listing: false },
     )
     .await
     .expect("MCP server");
@@ -323,5 +335,36 @@ async fn an_mcp_error_quoting_the_token_and_the_key_never_shows_them() {
     let written = everything_written(&agentry, &run);
     assert_absent(&written, &token, "output, report and files");
     assert_absent(&written, &api_key, "output, report and files");
+    server.shutdown().await;
+}
+
+/// A server that refuses to connect with a message quoting the credentials: what `agentry
+/// tools` and the logs say about it is scrubbed too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_server_refusing_to_connect_with_the_token_in_its_message_never_shows_it() {
+    let api_key = unshaped_canary("plain-key");
+    let token = unshaped_canary("gateway");
+    let server = agentry::demo::search_server::serve_mcp(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        EchoingMcpServer { echo: api_key.as_str().into(), refuse_listing: true },
+    )
+    .await
+    .expect("MCP server");
+    let url = agentry::demo::search_server::mcp_url(server.addr());
+    let agentry = Agentry::new();
+    agentry.file("secrets/openai_api_key", &format!("{api_key}\n"));
+    agentry.file("secrets/mcp_gateway_auth_token", &format!("{token}\n"));
+    let agentry = agentry.env("RUST_LOG", "debug");
+    let text = format!(
+        "[mcp]\nconnect_timeout = \"5s\"\n[[mcp.servers]]\nname = \"echoing\"\nurl = \"{url}\"\n\
+         token_secret = \"mcp_gateway_auth_token\"\n"
+    );
+    let path = agentry.file("c.toml", &text);
+    let run = agentry.run(&["tools", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(1);
+    assert!(run.stdout.contains("unavailable"), "{}", run.output());
+    assert!(run.stdout.contains("cannot list tools"), "the server's words stay readable: {}", run.output());
+    assert_absent(&run.output(), &token, "agentry tools");
+    assert_absent(&run.output(), &api_key, "agentry tools");
     server.shutdown().await;
 }
