@@ -177,7 +177,7 @@ async fn run(
             }
         }
         let saves_with = Arc::new(provenance(outcome.model, route, transcript));
-        for result in context.tools.execute(calls, saves_with).await {
+        for result in context.tools.execute_until(calls, saves_with, &cancel).await {
             if result.is_error {
                 transcript.tool_errors += 1;
                 tracing::debug!(tool = %result.name, "tool call returned an error to the model");

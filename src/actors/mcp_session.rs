@@ -22,6 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
 use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceError};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::secret_keeper::{Reloaded, SecretKeeperHandle, SecretState};
@@ -97,6 +98,9 @@ pub(crate) enum McpSessionMsg {
         arguments: Option<JsonObject>,
         /// Where the result goes.
         reply: CallReply,
+        /// Cancelled when the question that made the call ends: the call is dropped, which
+        /// sends the server `notifications/cancelled`.
+        cancel: CancellationToken,
     },
     /// The connect task finished.
     Connected {
@@ -124,7 +128,7 @@ pub(crate) enum McpSessionMsg {
 }
 
 enum Phase {
-    Connecting { pending: Vec<(String, Option<JsonObject>, CallReply)> },
+    Connecting { pending: Vec<Call> },
     Ready { peer: Peer<RoleClient> },
 }
 
@@ -211,12 +215,13 @@ impl Actor for McpSession {
         state: &mut McpSessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            McpSessionMsg::CallTool { tool, arguments, reply } => match &mut state.phase {
-                Phase::Connecting { pending } => pending.push((tool, arguments, reply)),
-                Phase::Ready { peer } => {
-                    spawn_call(&myself, &state.args, state.generation, peer.clone(), tool, arguments, reply)
+            McpSessionMsg::CallTool { tool, arguments, reply, cancel } => {
+                let call = Call { tool, arguments, reply, cancel };
+                match &mut state.phase {
+                    Phase::Connecting { pending } => pending.push(call),
+                    Phase::Ready { peer } => spawn_call(&myself, &state.args, state.generation, peer.clone(), call),
                 }
-            },
+            }
             McpSessionMsg::Connected { generation, cancel, .. } if generation != state.generation => cancel.cancel(),
             McpSessionMsg::ConnectFailed(generation, _)
             | McpSessionMsg::ConnectionLost(generation, _)
@@ -281,8 +286,8 @@ impl Actor for McpSession {
                 }
                 let previous = std::mem::replace(&mut state.phase, Phase::Ready { peer: peer.clone() });
                 if let Phase::Connecting { pending } = previous {
-                    for (tool, arguments, reply) in pending {
-                        spawn_call(&myself, &state.args, state.generation, peer.clone(), tool, arguments, reply);
+                    for call in pending {
+                        spawn_call(&myself, &state.args, state.generation, peer.clone(), call);
                     }
                 }
             }
@@ -373,15 +378,22 @@ fn connect_error(server: &ServerSpec, cause: ConnectError) -> McpError {
     McpError::Connect { server: server.name.clone(), location: server.location(), cause }
 }
 
+/// A tool call as the session holds it until it runs.
+struct Call {
+    tool: String,
+    arguments: Option<JsonObject>,
+    reply: CallReply,
+    cancel: CancellationToken,
+}
+
 fn spawn_call(
     myself: &ActorRef<McpSessionMsg>,
     args: &McpSessionArgs,
     generation: u64,
     peer: Peer<RoleClient>,
-    tool: String,
-    arguments: Option<JsonObject>,
-    reply: CallReply,
+    call: Call,
 ) {
+    let Call { tool, arguments, reply, cancel } = call;
     let server = args.server.name.clone();
     let location = args.server.location();
     let secret = args.server.token_secret.clone();
@@ -400,7 +412,15 @@ fn spawn_call(
                 meta.set_traceparent(traceparent);
                 params.meta = Some(meta.into());
             }
-            let result = match tokio::time::timeout(timeout, peer.call_tool(params)).await {
+            let call = tokio::time::timeout(timeout, peer.call_tool(params));
+            let answered = tokio::select! {
+                answered = call => answered,
+                () = cancel.cancelled() => {
+                    tracing::debug!(%server, %tool, "the question ended: its tool call is cancelled");
+                    return;
+                }
+            };
+            let result = match answered {
                 Err(_) => Err(McpError::Timeout { server, tool: tool.clone(), timeout }),
                 Ok(Ok(result)) => Ok(result),
                 Ok(Err(ServiceError::McpError(error))) => {
@@ -533,12 +553,22 @@ impl McpSessionHandle {
     /// marked `readOnlyHint`/`idempotentHint` or listed in `retry_tools`; otherwise the model
     /// gets the error. A server marked down answers at once.
     pub async fn call_tool(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, McpError> {
+        self.call_tool_until(tool, arguments, &CancellationToken::new()).await
+    }
+
+    /// [`Self::call_tool`], cancelled (on the server too) when `cancel` is: its question ended.
+    pub async fn call_tool_until(
+        &self,
+        tool: &str,
+        arguments: Option<JsonObject>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, McpError> {
         let retry_safe = self.retry_safe(tool);
         let give_up = tokio::time::Instant::now() + self.restart_wait;
         let mut cut_off_once = false;
         loop {
             let tried = self.slot.running_id();
-            let error = match self.call_once(tool, arguments.clone()).await {
+            let error = match self.call_once(tool, arguments.clone(), cancel).await {
                 Ok(result) => return Ok(result),
                 Err(Failure::Final(error)) => return Err(error),
                 Err(Failure::CutOff(error)) if !retry_safe || cut_off_once => return Err(error),
@@ -560,8 +590,13 @@ impl McpSessionHandle {
         }
     }
 
-    async fn call_once(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, Failure> {
-        let tool_name = tool.to_owned();
+    async fn call_once(
+        &self,
+        tool: &str,
+        arguments: Option<JsonObject>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, Failure> {
+        let (tool_name, cancel) = (tool.to_owned(), cancel.child_token());
         // The actor answers every call; the extra second covers its own timeout firing first.
         let deadline = self.call_timeout + self.restart_wait + Duration::from_secs(1);
         let outcome = self
@@ -570,6 +605,7 @@ impl McpSessionHandle {
                 tool: tool_name,
                 arguments,
                 reply,
+                cancel,
             })
             .await;
         let unavailable = |cause: Unreachable| McpError::Unavailable { server: self.server.name.clone(), cause };

@@ -23,6 +23,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rmcp::model::JsonObject;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::mcp_session::McpSessionHandle;
@@ -74,7 +75,8 @@ pub(crate) enum ToolExecutorMsg {
     Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
     /// Run one turn's tool calls.
     /// Run one turn's calls, each within `Duration` (the turn's budget).
-    Execute(Vec<ToolCall>, Arc<Provenance>, Duration, RpcReplyPort<Vec<ToolOutcome>>),
+    /// The token is the question's: its end cancels the calls.
+    Execute(Vec<ToolCall>, Arc<Provenance>, Duration, CancellationToken, RpcReplyPort<Vec<ToolOutcome>>),
 }
 
 pub(crate) struct ToolExecutorState {
@@ -225,7 +227,7 @@ impl Actor for ToolExecutor {
             ToolExecutorMsg::Definitions(reply) => {
                 let _ = reply.send(state.definitions.clone());
             }
-            ToolExecutorMsg::Execute(calls, context, budget, reply) => {
+            ToolExecutorMsg::Execute(calls, context, budget, cancel, reply) => {
                 let resolved: Vec<(ToolCall, Option<Target>)> = calls
                     .into_iter()
                     .map(|call| {
@@ -245,6 +247,7 @@ impl Actor for ToolExecutor {
                             context: &context,
                             available: &available,
                             redactor: &redactor,
+                            cancel: &cancel,
                         };
                         // Each call within the turn's budget: one that outlasts it fails alone and
                         // the turn's other results stand.
@@ -281,6 +284,7 @@ struct Dispatch<'a> {
     context: &'a Provenance,
     available: &'a [String],
     redactor: &'a Redactor,
+    cancel: &'a CancellationToken,
 }
 
 /// Runs one call inside its `execute_tool {tool}` span and counts it.
@@ -315,7 +319,7 @@ async fn run_one(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>
 }
 
 async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>) -> ToolOutcome {
-    let Dispatch { servers, writer, context, available, redactor } = *dispatch;
+    let Dispatch { servers, writer, context, available, redactor, cancel } = *dispatch;
     let name = call.function.name.clone();
     let outcome = |content: String, is_error: bool, saved: Option<PathBuf>| ToolOutcome {
         call_id: call.id.clone(),
@@ -348,7 +352,7 @@ async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispat
             Ok(path) => outcome(format!("Research saved to {}", path.display()), false, Some(path)),
             Err(message) => outcome(format!("Error: {message}"), true, None),
         },
-        Target::Mcp { server, tool } => match servers[server].call_tool(&tool, arguments).await {
+        Target::Mcp { server, tool } => match servers[server].call_tool_until(&tool, arguments, cancel).await {
             Ok(result) => {
                 let text = redactor.scrub(&mcp::result_text(&result));
                 if result.is_error == Some(true) {
@@ -446,12 +450,24 @@ impl ToolExecutorHandle {
     /// Runs one turn's calls; every call gets an outcome, in order. Each call has the turn's
     /// budget (this handle's deadline, less the time the answer takes to come back).
     pub async fn execute(&self, calls: Vec<ToolCall>, context: Arc<Provenance>) -> Vec<ToolOutcome> {
+        self.execute_until(calls, context, &CancellationToken::new()).await
+    }
+
+    /// [`Self::execute`], the calls cancelled (on their servers too) when `cancel` is: the
+    /// question ended.
+    pub async fn execute_until(
+        &self,
+        calls: Vec<ToolCall>,
+        context: Arc<Provenance>,
+        cancel: &CancellationToken,
+    ) -> Vec<ToolOutcome> {
+        let cancel = cancel.child_token();
         let fallback: Vec<(String, String)> = calls.iter().map(|c| (c.id.clone(), c.function.name.clone())).collect();
         let budget = self.deadline.saturating_sub(ANSWER_MARGIN);
         match self
             .slot
             .call("tool-executor", RESTART_WAIT, self.deadline, |reply| {
-                ToolExecutorMsg::Execute(calls, context, budget, reply)
+                ToolExecutorMsg::Execute(calls, context, budget, cancel, reply)
             })
             .await
         {

@@ -344,3 +344,40 @@ async fn an_answer_of_the_wrong_shape_is_the_calls_error_not_a_lost_connection()
     assert!(!results[0].contains("connection lost"), "{}", results[0]);
     mcp.shutdown().await;
 }
+
+/// One cancellation per question: a question that ends (here, its deadline) while its tool call
+/// hangs cancels that call on the server at once, not at the session's call timeout, while the
+/// batch goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_that_ends_cancels_its_tool_call_on_the_server() {
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.last_user_text().is_some_and(|q| q.contains("slow")) {
+            Reply::tool_calls(vec![ScriptedToolCall::new("slow", &json!({"seconds": 120}))])
+        } else {
+            Reply::text("Waited.").delayed(Duration::from_millis(1000))
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new().env("AGENTRY__MCP__CALL_TIMEOUT", "120s");
+    let extra = "[agent]\nquestion_timeout = \"2s\"\n[batch]\nconcurrency = 1\n\
+                 questions = [\"Be slow\", \"Then wait\", \"And wait again\"]\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), Some(&mcp.url()), extra));
+    let child = agentry.spawn(&["run", "-c", path.to_str().expect("utf-8")]);
+    // The server hears it while the next questions are still being answered.
+    let heard = tokio::time::timeout(Duration::from_secs(30), async {
+        while !mcp.stderr().contains("CANCELLED slow") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let requests = model.requests();
+        (requests.len(), requests.iter().filter(|r| r.status.is_none()).count())
+    })
+    .await;
+    let run = Agentry::finish(child).await;
+    let (asked, in_flight) =
+        heard.unwrap_or_else(|_| panic!("no cancellation reached the server:\n{}\n{}", mcp.stderr(), run.output()));
+    // Three questions, one model request each: heard before the last was answered.
+    assert!(asked < 3 || in_flight > 0, "heard only when the batch ended:\n{}", run.output());
+    assert_eq!(agentry.report("definitions/report.json")["totals"]["ok"], 2, "{}", run.output());
+}

@@ -78,7 +78,7 @@ impl Actor for FakeSession {
         message: McpSessionMsg,
         state: &mut FakeState,
     ) -> Result<(), ActorProcessingErr> {
-        let McpSessionMsg::CallTool { tool, arguments, reply } = message else {
+        let McpSessionMsg::CallTool { tool, arguments, reply, .. } = message else {
             return Ok(());
         };
         let server = state.args.server.clone();
