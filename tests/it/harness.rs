@@ -81,23 +81,17 @@ impl Agentry {
     }
 
     async fn run_in(&self, shell: &str, command: &str) -> Run {
-        let child = tokio::process::Command::new(shell)
-            .args(["-c", command])
-            .current_dir(self.dir.path())
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the shell starts");
-        Self::finish(child).await
+        Self::finish(self.start(shell, &["-c", command])).await
     }
 
     /// Starts `agentry <args>` without waiting.
     pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
+        self.start(env!("CARGO_BIN_EXE_agentry"), args)
+    }
+
+    /// Starts `program` in the working directory with only this harness's environment.
+    fn start(&self, program: &str, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(program)
             .args(args)
             .current_dir(self.dir.path())
             .env_clear()
@@ -107,7 +101,7 @@ impl Agentry {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("agentry starts")
+            .unwrap_or_else(|error| panic!("{program} starts: {error}"))
     }
 
     /// Waits for a spawned run (bounded: a hang fails the test).
