@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
+use agentry_testkit::model_server::ModelServer;
 
 use crate::harness::{Agentry, config};
 use crate::peers::PythonMcpServer;

@@ -9,9 +9,9 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
-use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry::demo::search_server::SearchServer;
+use agentry_testkit::model_server::ModelServer;
 
 fn tool(name: &str, properties: Value) -> Value {
     json!({"type": "function", "function": {

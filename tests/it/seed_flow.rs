@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
+use agentry_testkit::model_server::ModelServer;
 
 use crate::harness::Agentry;
 use crate::peers::PythonMcpServer;

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use agentry::batch::shard::Shard;
-use agentry_testkit::model_server::ModelServer;
 use agentry::demo::scripted::ScriptedResearcher;
+use agentry_testkit::model_server::ModelServer;
 
 use crate::harness::{Agentry, config};
 
