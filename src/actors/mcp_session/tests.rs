@@ -2,20 +2,18 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::*;
+use crate::config::McpEndpoint;
+use crate::demo::loopback::Loopback;
+use crate::demo::search_server::{mcp_url, serve_mcp};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ContentBlock, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
     ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-
-use super::*;
-use crate::config::McpEndpoint;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,18 +53,12 @@ impl ServerHandler for Lister {
     }
 }
 
-/// Serves `handler` over Streamable HTTP on loopback; returns the MCP URL.
-async fn serve<H: ServerHandler + Clone>(handler: H, stop: &CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config =
-        StreamableHttpServerConfig::default().with_sse_keep_alive(None).with_cancellation_token(stop.child_token());
-    let service: StreamableHttpService<H, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(handler.clone()), Default::default(), config);
-    let router = axum::Router::new().route_service("/mcp", service);
-    let stopped = stop.clone().cancelled_owned();
-    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await });
-    format!("http://{addr}/mcp")
+/// Serves `handler` over Streamable HTTP on loopback (the demo's server lifecycle); the server
+/// stops when the returned value is dropped.
+async fn serve<H: ServerHandler + Clone + Send + Sync + 'static>(handler: H) -> (Loopback, String) {
+    let server = serve_mcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), handler).await.expect("bind");
+    let url = mcp_url(server.addr());
+    (server, url)
 }
 
 /// A running McpSession for `url`, its handle and its actor.
@@ -103,9 +95,8 @@ fn tool_names(tools: &ServerTools) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_list_changed_notifications_causes_one_relist_in_flight_and_one_queued() {
-    let stop = CancellationToken::new();
     let lister = Lister { listings: Arc::new(AtomicUsize::new(0)), gate: Arc::new(Semaphore::new(0)) };
-    let url = serve(lister.clone(), &stop).await;
+    let (server, url) = serve(lister.clone()).await;
     let (handle, actor) = session(&url).await;
     let ready = handle.settled(Duration::from_secs(10)).await;
     assert_eq!(tool_names(&ready), ["listing_1"], "the first listing");
@@ -138,5 +129,5 @@ async fn a_flood_of_list_changed_notifications_causes_one_relist_in_flight_and_o
     assert_eq!(lister.listings.load(Ordering::SeqCst), 3, "the first listing, one re-list, one queued re-list");
 
     actor.stop(None);
-    stop.cancel();
+    server.shutdown().await;
 }

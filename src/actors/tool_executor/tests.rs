@@ -445,10 +445,7 @@ mod allowlist {
         ServerConfig,
     };
     use rmcp::service::RequestContext;
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
     use rmcp::{ErrorData, RoleServer, ServerHandler};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
@@ -481,25 +478,14 @@ mod allowlist {
         }
     }
 
-    /// Serves `shop` over Streamable HTTP on loopback; returns the MCP URL.
-    async fn serve(shop: Shop, stop: &CancellationToken) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let config =
-            StreamableHttpServerConfig::default().with_sse_keep_alive(None).with_cancellation_token(stop.child_token());
-        let service: StreamableHttpService<Shop, LocalSessionManager> =
-            StreamableHttpService::new(move || Ok(shop.clone()), Default::default(), config);
-        let router = axum::Router::new().route_service("/mcp", service);
-        let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await });
-        format!("http://{addr}/mcp")
-    }
-
     #[tokio::test]
     async fn a_tool_outside_the_allowlist_is_neither_offered_nor_callable() {
-        let stop = CancellationToken::new();
         let shop = Shop::default();
-        let url = serve(shop.clone(), &stop).await;
+        let server_on_loopback =
+            crate::demo::search_server::serve_mcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), shop.clone())
+                .await
+                .expect("bind");
+        let url = crate::demo::search_server::mcp_url(server_on_loopback.addr());
         let server = spec("shop", &["search"], &url);
         let (session, slot, published) = McpSessionHandle::new(server.clone(), RESTART_WAIT_TEST, CALL_TIMEOUT);
         let secrets_dir = tempfile::tempdir().expect("tempdir");
@@ -537,7 +523,7 @@ mod allowlist {
         assert_eq!(*shop.calls.lock().expect("calls"), ["search"], "the server never saw the refused call");
 
         actor.stop(None);
-        stop.cancel();
+        server_on_loopback.shutdown().await;
     }
 }
 
