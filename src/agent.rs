@@ -9,12 +9,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::actors::model_router::ModelRouterHandle;
 use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
 use crate::actors::tool_executor::{SAVE_RESEARCH, ToolExecutorHandle};
 use crate::config::AgentSettings;
+use crate::deadline::Deadline;
 use crate::llm::LlmError;
 use crate::llm::client::CallLog;
 use crate::llm::wire::Message;
@@ -96,9 +95,9 @@ pub struct Transcript {
     pub rate_limited: u32,
 }
 
-/// Answers one question, recording what happens in `transcript` as it goes, so whoever gives
-/// up on it (a deadline, a shutdown) still has the counts and the file. Never panics on bad
-/// model output.
+/// Answers one question within `deadline`, recording what happens in `transcript` as it goes,
+/// so whoever gives up on it (the deadline, a shutdown) still has the counts and the file.
+/// Never panics on bad model output.
 ///
 /// A question whose model saved its research is answered by that file whatever happens after:
 /// the caller turns a later error into a warning (the report, the directory and a rerun then
@@ -106,23 +105,24 @@ pub struct Transcript {
 pub async fn answer(
     context: &AgentContext,
     question: &str,
+    deadline: &Deadline,
     transcript: &mut Transcript,
     log: &Arc<CallLog>,
 ) -> Result<(), AgentError> {
-    run(context, question, transcript, log).await
+    run(context, question, deadline, transcript, log).await
 }
 
 async fn run(
     context: &AgentContext,
     question: &str,
+    deadline: &Deadline,
     transcript: &mut Transcript,
     log: &Arc<CallLog>,
 ) -> Result<(), AgentError> {
     let settings = &context.settings;
     // Everything this question starts ends with it: when this future is dropped (its deadline,
     // a shutdown) or returns, the guard cancels the requests still in flight.
-    let cancel = CancellationToken::new();
-    let _ends_with_the_question = cancel.clone().drop_guard();
+    let _ends_with_the_question = deadline.drop_guard();
     let question_id = research::question_id(question);
     let trace_id = crate::telemetry::trace_id(&tracing::Span::current());
     // What a research file saved this turn records: the question, and how it is being answered.
@@ -142,7 +142,7 @@ async fn run(
     let tools = context.tools.definitions().await;
     for _ in 0..settings.max_turns {
         transcript.turns += 1;
-        let outcome = context.model.chat(messages.clone(), tools.clone(), &cancel, log).await?;
+        let outcome = context.model.chat(messages.clone(), tools.clone(), deadline, log).await?;
         let route = format!("{}{}", outcome.route, context.route_label);
         transcript.route = Some(route.clone());
         transcript.model = Some(outcome.model.clone());
@@ -177,7 +177,7 @@ async fn run(
             }
         }
         let saves_with = Arc::new(provenance(outcome.model, route, transcript));
-        for result in context.tools.execute_until(calls, saves_with, &cancel).await {
+        for result in context.tools.execute_within(calls, saves_with, deadline).await {
             if result.is_error {
                 transcript.tool_errors += 1;
                 tracing::debug!(tool = %result.name, "tool call returned an error to the model");

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::research_writer::write_file_atomically;
 use crate::agent::{self, AgentContext, Transcript};
 use crate::config::BatchSettings;
+use crate::deadline::Deadline;
 use crate::llm::client::CallLog;
 use crate::research;
 
@@ -434,10 +435,15 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
     let mut row = Row::empty(&item, Status::Failed);
     let started = std::time::Instant::now();
     let log = Arc::new(CallLog::default());
-    let work =
-        tokio::time::timeout(options.question_timeout, agent::answer(context, &question, &mut row.transcript, &log));
+    // The question's one deadline: every request and call it starts takes what is left of it.
+    let deadline = Deadline::after(options.question_timeout);
+    let work = tokio::time::timeout(
+        options.question_timeout,
+        agent::answer(context, &question, &deadline, &mut row.transcript, &log),
+    );
     let grace = async {
         shutdown.cancelled().await;
+        deadline.shorten(options.shutdown_grace);
         tokio::time::sleep(options.shutdown_grace).await;
     };
     // Why the question ended, if not with an answer.

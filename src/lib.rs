@@ -13,6 +13,7 @@
 //! | [`app`] | wiring: starts the supervision tree, hands out handles, stops in order |
 //! | [`actors`] | SecretKeeper, ModelRouter, McpSession, ToolExecutor, ResearchWriter, supervisors; each with its handle and handle-level tests |
 //! | [`agent`] | the per-question tool-calling loop (a task, not an actor) |
+//! | [`deadline`] | one deadline and one cancellation per question, passed down to every request and call it starts |
 //! | [`batch`] | planning, bounded concurrency, the report |
 //! | [`llm`] | OpenAI Chat Completions wire types, base URLs, HTTP client with retries, [`llm::LlmError`] |
 //! | [`mcp`] | MCP transports (rmcp; legacy SSE of our own), tool conversion, [`mcp::McpError`] |
@@ -45,6 +46,7 @@ pub mod batch;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod llm;
 pub mod mcp;

@@ -22,11 +22,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
 use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceError};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::secret_keeper::{Reloaded, SecretKeeperHandle, SecretState};
 use super::{Slot, Unreachable};
+use crate::deadline::Deadline;
 use crate::mcp::{self, ConnectError, McpError, ServerSpec, SessionEnded};
 
 /// A server's tools as the registry sees them.
@@ -99,8 +99,8 @@ pub(crate) enum McpSessionMsg {
         /// Where the result goes.
         reply: CallReply,
         /// Cancelled when the question that made the call ends: the call is dropped, which
-        /// sends the server `notifications/cancelled`.
-        cancel: CancellationToken,
+        /// sends the server `notifications/cancelled`. The call takes at most what is left.
+        deadline: Deadline,
     },
     /// The connect task finished.
     Connected {
@@ -215,8 +215,8 @@ impl Actor for McpSession {
         state: &mut McpSessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            McpSessionMsg::CallTool { tool, arguments, reply, cancel } => {
-                let call = Call { tool, arguments, reply, cancel };
+            McpSessionMsg::CallTool { tool, arguments, reply, deadline } => {
+                let call = Call { tool, arguments, reply, deadline };
                 match &mut state.phase {
                     Phase::Connecting { pending } => pending.push(call),
                     Phase::Ready { peer } => spawn_call(&myself, &state.args, state.generation, peer.clone(), call),
@@ -383,7 +383,7 @@ struct Call {
     tool: String,
     arguments: Option<JsonObject>,
     reply: CallReply,
-    cancel: CancellationToken,
+    deadline: Deadline,
 }
 
 fn spawn_call(
@@ -393,12 +393,12 @@ fn spawn_call(
     peer: Peer<RoleClient>,
     call: Call,
 ) {
-    let Call { tool, arguments, reply, cancel } = call;
+    let Call { tool, arguments, reply, deadline } = call;
     let server = args.server.name.clone();
     let location = args.server.location();
     let secret = args.server.token_secret.clone();
     let redactor = args.secrets.redactor();
-    let timeout = args.call_timeout;
+    let timeout = deadline.cap(args.call_timeout);
     let myself = myself.clone();
     let span = tools_call_span(&args.server, &peer, &tool);
     tokio::spawn(
@@ -415,7 +415,7 @@ fn spawn_call(
             let call = tokio::time::timeout(timeout, peer.call_tool(params));
             let answered = tokio::select! {
                 answered = call => answered,
-                () = cancel.cancelled() => {
+                () = deadline.cancelled() => {
                     tracing::debug!(%server, %tool, "the question ended: its tool call is cancelled");
                     return;
                 }
@@ -553,22 +553,24 @@ impl McpSessionHandle {
     /// marked `readOnlyHint`/`idempotentHint` or listed in `retry_tools`; otherwise the model
     /// gets the error. A server marked down answers at once.
     pub async fn call_tool(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, McpError> {
-        self.call_tool_until(tool, arguments, &CancellationToken::new()).await
+        self.call_tool_within(tool, arguments, &Deadline::none()).await
     }
 
-    /// [`Self::call_tool`], cancelled (on the server too) when `cancel` is: its question ended.
-    pub async fn call_tool_until(
+    /// [`Self::call_tool`] within the question's `deadline`: the call and the wait for a restart
+    /// take at most what is left, and the call is cancelled (on the server too) when the question
+    /// ends.
+    pub async fn call_tool_within(
         &self,
         tool: &str,
         arguments: Option<JsonObject>,
-        cancel: &CancellationToken,
+        deadline: &Deadline,
     ) -> Result<CallToolResult, McpError> {
         let retry_safe = self.retry_safe(tool);
-        let give_up = tokio::time::Instant::now() + self.restart_wait;
+        let give_up = tokio::time::Instant::now() + deadline.cap(self.restart_wait);
         let mut cut_off_once = false;
         loop {
             let tried = self.slot.running_id();
-            let error = match self.call_once(tool, arguments.clone(), cancel).await {
+            let error = match self.call_once(tool, arguments.clone(), deadline).await {
                 Ok(result) => return Ok(result),
                 Err(Failure::Final(error)) => return Err(error),
                 Err(Failure::CutOff(error)) if !retry_safe || cut_off_once => return Err(error),
@@ -576,7 +578,10 @@ impl McpSessionHandle {
                     cut_off_once = true;
                     error
                 }
-                Err(Failure::NotSent(error)) if tokio::time::Instant::now() >= give_up => return Err(error),
+                // A call cancelled with its question is not sent again.
+                Err(Failure::NotSent(error)) if deadline.is_cancelled() || tokio::time::Instant::now() >= give_up => {
+                    return Err(error);
+                }
                 // The message reached an actor that was already dying: wait for the supervisor
                 // to replace it (not a spin), then try the next one.
                 Err(Failure::NotSent(error)) => {
@@ -594,18 +599,18 @@ impl McpSessionHandle {
         &self,
         tool: &str,
         arguments: Option<JsonObject>,
-        cancel: &CancellationToken,
+        deadline: &Deadline,
     ) -> Result<CallToolResult, Failure> {
-        let (tool_name, cancel) = (tool.to_owned(), cancel.child_token());
         // The actor answers every call; the extra second covers its own timeout firing first.
-        let deadline = self.call_timeout + self.restart_wait + Duration::from_secs(1);
+        let answer_within = self.call_timeout.min(deadline.left()) + self.restart_wait + Duration::from_secs(1);
+        let (tool_name, wait, deadline) = (tool.to_owned(), deadline.cap(self.restart_wait), deadline.child());
         let outcome = self
             .slot
-            .call(&self.server.name, self.restart_wait, deadline, |reply| McpSessionMsg::CallTool {
+            .call(&self.server.name, wait, answer_within, |reply| McpSessionMsg::CallTool {
                 tool: tool_name,
                 arguments,
                 reply,
-                cancel,
+                deadline,
             })
             .await;
         let unavailable = |cause: Unreachable| McpError::Unavailable { server: self.server.name.clone(), cause };

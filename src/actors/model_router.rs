@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
 use super::secret_keeper::{SecretKeeperHandle, SecretState};
 use super::{RESTART_WAIT, Slot, Unreachable};
 use crate::config::Fallback;
+use crate::deadline::Deadline;
 use crate::llm::LlmError;
 use crate::llm::client::{CallLog, ChatClient, Completion, Endpoint};
 use crate::llm::wire::{ChatRequest, Message, ToolDefinition};
@@ -101,8 +101,9 @@ pub(crate) enum ModelRouterMsg {
         messages: Arc<Vec<Message>>,
         /// Tools offered.
         tools: Arc<[ToolDefinition]>,
-        /// Cancelled when the question ends: the request is dropped (its connection closed).
-        cancel: CancellationToken,
+        /// The question's: the request takes what is left of it, and is dropped (its
+        /// connection closed) when the question ends.
+        deadline: Deadline,
         /// The question's count of retries and 429s.
         log: Arc<CallLog>,
         /// Where the answer goes.
@@ -202,8 +203,8 @@ impl Actor for ModelRouter {
         message: ModelRouterMsg,
         state: &mut ModelRouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let (messages, tools, cancel, log, reply) = match message {
-            ModelRouterMsg::Chat { messages, tools, cancel, log, reply } => (messages, tools, cancel, log, reply),
+        let (messages, tools, deadline, log, reply) = match message {
+            ModelRouterMsg::Chat { messages, tools, deadline, log, reply } => (messages, tools, deadline, log, reply),
             ModelRouterMsg::Rejected(fingerprint) => {
                 if state.rejected != Some(fingerprint) {
                     tracing::error!(secret = %state.args.secret_name, %fingerprint, fallback = ?state.args.fallback,
@@ -243,8 +244,8 @@ impl Actor for ModelRouter {
                 // A question that ended takes its request with it: dropping the send closes the
                 // connection. Nobody waits for the reply any more.
                 let result = tokio::select! {
-                    result = send(&args, &myself, decision, &messages, &tools, &log) => result,
-                    () = cancel.cancelled() => {
+                    result = send(&args, &myself, decision, (&messages, &tools), &log, &deadline) => result,
+                    () = deadline.cancelled() => {
                         tracing::debug!("the question ended: its model request is dropped");
                         return;
                     }
@@ -366,12 +367,13 @@ async fn send(
     args: &ModelRouterArgs,
     myself: &ActorRef<ModelRouterMsg>,
     decision: Decision,
-    messages: &[Message],
-    tools: &[ToolDefinition],
+    (messages, tools): (&[Message], &[ToolDefinition]),
     log: &CallLog,
+    deadline: &Deadline,
 ) -> Result<ChatOutcome, LlmError> {
     let Decision { route, mut endpoint } = decision;
-    let mut result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log).await;
+    let mut result =
+        args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log, deadline).await;
     if route == Route::Cloud && matches!(result, Err(LlmError::Auth { .. })) {
         let used = endpoint.credential.as_ref().map(Credential::fingerprint);
         let reloaded = args.secrets.reload(&args.secret_name).await;
@@ -380,7 +382,10 @@ async fn send(
             Some(credential) if Some(credential.fingerprint()) != used => {
                 tracing::info!(secret = %args.secret_name, fingerprint = %credential.fingerprint(), "retrying with the reloaded key");
                 endpoint.credential = Some(credential);
-                result = args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log).await;
+                result = args
+                    .client
+                    .complete(&endpoint, &request(args, &endpoint.model, messages, tools), log, deadline)
+                    .await;
             }
             _ => tracing::debug!(?reloaded, "reload found no new key"),
         }
@@ -392,8 +397,10 @@ async fn send(
             return match args.fallback {
                 Fallback::Local => {
                     let local = args.local_endpoint();
-                    let completion =
-                        args.client.complete(&local, &request(args, &local.model, messages, tools), log).await?;
+                    let completion = args
+                        .client
+                        .complete(&local, &request(args, &local.model, messages, tools), log, deadline)
+                        .await?;
                     Ok(ChatOutcome { completion, route: Route::Local, model: local.model })
                 }
                 Fallback::None => Err(args.key_rejected(fingerprint)),
@@ -416,21 +423,23 @@ impl ModelRouterHandle {
         Self { slot, deadline }
     }
 
-    /// Sends one chat request; `cancel` (the question's) drops it when the question ends, and
-    /// its retries and 429s are counted in `log` (the question's) as they happen.
+    /// Sends one chat request within the question's `deadline` (the request, its retries and
+    /// backoffs take what is left of it; it is dropped when the question ends); its retries and
+    /// 429s are counted in `log` (the question's) as they happen.
     pub async fn chat(
         &self,
         messages: Arc<Vec<Message>>,
         tools: Arc<[ToolDefinition]>,
-        cancel: &CancellationToken,
+        deadline: &Deadline,
         log: &Arc<CallLog>,
     ) -> Result<ChatOutcome, LlmError> {
-        let (cancel, log) = (cancel.child_token(), log.clone());
+        let (wait, answer_within) = (deadline.cap(RESTART_WAIT), deadline.cap(self.deadline));
+        let (deadline, log) = (deadline.child(), log.clone());
         self.slot
-            .call("model-router", RESTART_WAIT, self.deadline, |reply| ModelRouterMsg::Chat {
+            .call("model-router", wait, answer_within, |reply| ModelRouterMsg::Chat {
                 messages,
                 tools,
-                cancel,
+                deadline,
                 log,
                 reply,
             })

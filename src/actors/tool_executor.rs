@@ -23,12 +23,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rmcp::model::JsonObject;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::mcp_session::McpSessionHandle;
 use super::research_writer::ResearchWriterHandle;
 use super::{RESTART_WAIT, Slot};
+use crate::deadline::Deadline;
 use crate::llm::wire::{ToolCall, ToolDefinition};
 use crate::mcp;
 use crate::research::{Provenance, ResearchDoc};
@@ -75,8 +75,8 @@ pub(crate) enum ToolExecutorMsg {
     Definitions(RpcReplyPort<Arc<[ToolDefinition]>>),
     /// Run one turn's tool calls.
     /// Run one turn's calls, each within `Duration` (the turn's budget).
-    /// The token is the question's: its end cancels the calls.
-    Execute(Vec<ToolCall>, Arc<Provenance>, Duration, CancellationToken, RpcReplyPort<Vec<ToolOutcome>>),
+    /// The turn's budget, and the question's deadline (its end cancels the calls).
+    Execute(Vec<ToolCall>, Arc<Provenance>, Duration, Deadline, RpcReplyPort<Vec<ToolOutcome>>),
 }
 
 pub(crate) struct ToolExecutorState {
@@ -227,7 +227,7 @@ impl Actor for ToolExecutor {
             ToolExecutorMsg::Definitions(reply) => {
                 let _ = reply.send(state.definitions.clone());
             }
-            ToolExecutorMsg::Execute(calls, context, budget, cancel, reply) => {
+            ToolExecutorMsg::Execute(calls, context, budget, deadline, reply) => {
                 let resolved: Vec<(ToolCall, Option<Target>)> = calls
                     .into_iter()
                     .map(|call| {
@@ -247,7 +247,7 @@ impl Actor for ToolExecutor {
                             context: &context,
                             available: &available,
                             redactor: &redactor,
-                            cancel: &cancel,
+                            deadline: &deadline,
                         };
                         // Each call within the turn's budget: one that outlasts it fails alone and
                         // the turn's other results stand.
@@ -267,7 +267,13 @@ impl Actor for ToolExecutor {
                                 })
                             }
                         });
-                        let _ = reply.send(futures::future::join_all(runs).await);
+                        // A question that ended takes its calls with it (nobody waits for them).
+                        tokio::select! {
+                            outcomes = futures::future::join_all(runs) => {
+                                let _ = reply.send(outcomes);
+                            }
+                            () = deadline.cancelled() => {}
+                        }
                     }
                     .in_current_span(),
                 );
@@ -284,7 +290,7 @@ struct Dispatch<'a> {
     context: &'a Provenance,
     available: &'a [String],
     redactor: &'a Redactor,
-    cancel: &'a CancellationToken,
+    deadline: &'a Deadline,
 }
 
 /// Runs one call inside its `execute_tool {tool}` span and counts it.
@@ -319,7 +325,7 @@ async fn run_one(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>
 }
 
 async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispatch<'_>) -> ToolOutcome {
-    let Dispatch { servers, writer, context, available, redactor, cancel } = *dispatch;
+    let Dispatch { servers, writer, context, available, redactor, deadline } = *dispatch;
     let name = call.function.name.clone();
     let outcome = |content: String, is_error: bool, saved: Option<PathBuf>| ToolOutcome {
         call_id: call.id.clone(),
@@ -352,7 +358,7 @@ async fn run_one_inner(call: ToolCall, target: Option<Target>, dispatch: &Dispat
             Ok(path) => outcome(format!("Research saved to {}", path.display()), false, Some(path)),
             Err(message) => outcome(format!("Error: {message}"), true, None),
         },
-        Target::Mcp { server, tool } => match servers[server].call_tool_until(&tool, arguments, cancel).await {
+        Target::Mcp { server, tool } => match servers[server].call_tool_within(&tool, arguments, deadline).await {
             Ok(result) => {
                 let text = redactor.scrub(&mcp::result_text(&result));
                 if result.is_error == Some(true) {
@@ -450,24 +456,26 @@ impl ToolExecutorHandle {
     /// Runs one turn's calls; every call gets an outcome, in order. Each call has the turn's
     /// budget (this handle's deadline, less the time the answer takes to come back).
     pub async fn execute(&self, calls: Vec<ToolCall>, context: Arc<Provenance>) -> Vec<ToolOutcome> {
-        self.execute_until(calls, context, &CancellationToken::new()).await
+        self.execute_within(calls, context, &Deadline::none()).await
     }
 
-    /// [`Self::execute`], the calls cancelled (on their servers too) when `cancel` is: the
-    /// question ended.
-    pub async fn execute_until(
+    /// [`Self::execute`] within the question's `deadline`: the turn's budget is at most what is
+    /// left of it (less the time the answer takes to come back), and the calls are cancelled (on
+    /// their servers too) when the question ends.
+    pub async fn execute_within(
         &self,
         calls: Vec<ToolCall>,
         context: Arc<Provenance>,
-        cancel: &CancellationToken,
+        deadline: &Deadline,
     ) -> Vec<ToolOutcome> {
-        let cancel = cancel.child_token();
         let fallback: Vec<(String, String)> = calls.iter().map(|c| (c.id.clone(), c.function.name.clone())).collect();
-        let budget = self.deadline.saturating_sub(ANSWER_MARGIN);
+        let turn = deadline.cap(self.deadline);
+        let budget = turn.saturating_sub(ANSWER_MARGIN);
+        let deadline = deadline.child();
         match self
             .slot
-            .call("tool-executor", RESTART_WAIT, self.deadline, |reply| {
-                ToolExecutorMsg::Execute(calls, context, budget, cancel, reply)
+            .call("tool-executor", turn.min(RESTART_WAIT), turn, |reply| {
+                ToolExecutorMsg::Execute(calls, context, budget, deadline, reply)
             })
             .await
         {

@@ -19,6 +19,7 @@ use url::Url;
 
 use super::LlmError;
 use super::wire::{ChatRequest, ChatResponse, ErrorBody};
+use crate::deadline::Deadline;
 use crate::secrets::{Credential, Redactor};
 
 /// Where a request goes: base URL, model and (for the cloud) the key.
@@ -78,14 +79,24 @@ impl CallLog {
         self.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// An attempt failed: 429s are counted (whether or not they are tried again), and the
+    /// failure is kept for a question that runs out of time.
     fn failed(&self, error: &LlmError) {
-        let counter = if matches!(error, LlmError::RateLimited { .. }) { &self.rate_limited } else { &self.retries };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, LlmError::RateLimited { .. }) {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
         let what = match error {
             LlmError::RateLimited { .. } => "rate limited (HTTP 429)".to_owned(),
             other => other.to_string(),
         };
         *self.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(what);
+    }
+
+    /// A request is sent again after `error` (a 429 is back-pressure, not a retry).
+    fn retrying(&self, error: &LlmError) {
+        if !matches!(error, LlmError::RateLimited { .. }) {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -140,12 +151,15 @@ impl ChatClient {
         self
     }
 
-    /// Sends `request` to `endpoint`, retrying transient failures; counts them in `log`.
+    /// Sends `request` to `endpoint`, retrying transient failures while `deadline` allows (each
+    /// attempt takes at most what is left; a backoff that would end past it is not waited for);
+    /// counts them in `log`.
     pub async fn complete(
         &self,
         endpoint: &Endpoint,
         request: &ChatRequest<'_>,
         log: &CallLog,
+        deadline: &Deadline,
     ) -> Result<Completion, LlmError> {
         let url = super::chat_completions_url(&endpoint.base_url);
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| LlmError::Protocol {
@@ -163,16 +177,36 @@ impl ChatClient {
             .with_jitter();
         let max_delay = self.policy.max_delay;
         let credential = endpoint.credential.as_ref();
-        let response = (|| self.attempt(&url, &headers, body.clone(), credential))
-            .retry(backoff)
-            .when(LlmError::is_retryable)
-            .adjust(|error, delay| delay.map(|delay| error.retry_after().map_or(delay, |asked| asked.min(max_delay))))
-            .notify(|error, delay| {
+        // Set when the next try would come after the deadline: the error then says so.
+        let out_of_time = std::sync::OnceLock::new();
+        let response = (|| async {
+            let result = self.attempt(&url, &headers, body.clone(), credential, deadline).await;
+            if let Err(error) = &result {
                 log.failed(error);
-                tracing::warn!(error.type = error.kind(), %error, retry_in = ?delay, "model call failed; retrying");
-            })
-            .await?;
-        Ok(Completion { response })
+            }
+            result
+        })
+        .retry(backoff)
+        .when(LlmError::is_retryable)
+        .adjust(|error, delay| {
+            let delay = delay.map(|delay| error.retry_after().map_or(delay, |asked| asked.min(max_delay)))?;
+            let left = deadline.left();
+            if delay >= left {
+                let _ = out_of_time.set(left);
+                return None;
+            }
+            Some(delay)
+        })
+        .notify(|error, delay| {
+            log.retrying(error);
+            tracing::warn!(error.type = error.kind(), %error, retry_in = ?delay, "model call failed; retrying");
+        })
+        .await;
+        match (response, out_of_time.get().copied()) {
+            (Ok(response), _) => Ok(Completion { response }),
+            (Err(last), Some(left)) => Err(LlmError::OutOfTime { last: Box::new(last), left }),
+            (Err(last), None) => Err(last),
+        }
     }
 
     async fn attempt(
@@ -181,10 +215,11 @@ impl ChatClient {
         headers: &HeaderMap,
         body: Bytes,
         credential: Option<&Credential>,
+        deadline: &Deadline,
     ) -> Result<ChatResponse, LlmError> {
         let shown = url.to_string();
         let send = self.http.post(url.clone()).headers(headers.clone()).body(body).send();
-        let timeout = self.policy.request_timeout;
+        let timeout = deadline.cap(self.policy.request_timeout);
         let exchange = async {
             let response = send.await.map_err(|source| classify_transport(&shown, timeout, source))?;
             let status = response.status();

@@ -41,6 +41,14 @@ pub enum LlmError {
         /// The timeout.
         timeout: Duration,
     },
+    /// A transient failure whose next try would come after the question's deadline.
+    #[error("{last}; not tried again: the question's deadline is {} away", humantime::format_duration(Duration::from_millis(left.as_millis() as u64)))]
+    OutOfTime {
+        /// The last failure.
+        last: Box<LlmError>,
+        /// What was left of the deadline.
+        left: Duration,
+    },
     /// 401: the key was rejected. Reload the credential; never retry with the same one.
     #[error("{url} rejected the API key (HTTP 401)")]
     Auth {
@@ -156,6 +164,7 @@ impl LlmError {
     /// The `error.type` telemetry label.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::OutOfTime { last, .. } => last.kind(),
             Self::RateLimited { .. } => "rate_limited",
             Self::Server { .. } => "server_error",
             Self::Connect { .. } => "connect_error",

@@ -3,9 +3,11 @@
 //! directory, limits from the machine, bounded settings.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply, ScriptedToolCall};
+use agentry_testkit::search::SlowSearchServer;
 use serde_json::json;
 
 use crate::harness::{Agentry, config};
@@ -411,4 +413,56 @@ async fn a_closed_pipe_ends_the_output_quietly() {
     assert!(run.stderr.contains("exit 0"), "the run's own exit code: {}", run.stderr);
     assert!(!run.stderr.contains("panicked") && !run.stderr.contains("Broken pipe"), "{}", run.stderr);
     assert_eq!(agentry.report("out/report.json")["totals"]["ok"], 1500);
+}
+
+/// One deadline per question, for tool calls: a tool call slower than what is left of the
+/// question fails alone when the question's time is nearly up (not at `mcp.call_timeout`), and
+/// the model still gets to answer with that error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_takes_only_what_is_left_of_the_question() {
+    let search =
+        SlowSearchServer::start_on(([127, 0, 0, 1], 0).into(), Duration::from_secs(600)).await.expect("search");
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.messages().iter().any(|m| m["role"] == "tool") {
+            Reply::text("The search did not answer in time; this is what I know.")
+        } else {
+            Reply::tool_call("search", &json!({"query": "deadlines"}))
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    // mcp.call_timeout stays at its default (60s): the question's 4s is what bounds the call.
+    let extra =
+        "[agent]\nquestion_timeout = \"4s\"\n[batch]\nquestions = [\"Define deadlines\"]\noutput_dir = \"out\"\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), Some(&search.url()), extra));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    let row = agentry.report("out/report.json")["questions"][0].clone();
+    assert_eq!(row["status"], "ok", "the model answered after the slow call failed: {row}\n{}", run.output());
+    assert_eq!((row["tool_calls"].as_u64(), row["tool_errors"].as_u64()), (Some(1), Some(1)), "{row}");
+    let second = &model.requests()[1];
+    let results = crate::harness::tool_results(&second.body);
+    assert!(results[0].contains("did not finish"), "the model was told why: {results:?}");
+    run.expect_code(0);
+}
+
+/// One deadline per question, for model calls: a retry the provider asks to come later than
+/// the question's deadline is not waited for; the question ends at once, naming the rate limit
+/// and the deadline, instead of sleeping into "no answer within agent.question_timeout".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backoff_past_the_question_deadline_is_not_waited_for() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::rate_limited(Duration::from_secs(30)))))
+        .await
+        .expect("model");
+    let agentry = Agentry::new().env("AGENTRY__MODEL__RETRY_MAX_DELAY", "60s");
+    let extra =
+        "[agent]\nquestion_timeout = \"3s\"\n[batch]\nquestions = [\"Define patience\"]\noutput_dir = \"out\"\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(1);
+    let row = agentry.report("out/report.json")["questions"][0].clone();
+    assert_eq!(row["error_type"], "rate_limited", "{row}");
+    let error = row["error"].as_str().unwrap_or_default();
+    assert!(error.contains("HTTP 429") && error.contains("deadline"), "{row}");
+    assert_eq!((model.request_count(), row["rate_limited"].as_u64()), (1, Some(1)), "{row}");
 }

@@ -207,8 +207,10 @@ async fn a_body_that_stops_sending_fails_at_the_idle_timeout_and_is_retried() {
     let messages = [Message::User { content: "Hello".into() }];
     let request =
         ChatRequest { model: "test-model", messages: &messages, tools: &[], temperature: 0.1, max_tokens: 10 };
-    let error =
-        client.complete(&endpoint, &request, &Default::default()).await.expect_err("a stalled body is no answer");
+    let error = client
+        .complete(&endpoint, &request, &Default::default(), &agentry::deadline::Deadline::none())
+        .await
+        .expect_err("a stalled body is no answer");
     assert!(matches!(error, LlmError::Stalled { .. }), "{error:?}");
     assert!(error.is_retryable());
     assert_eq!(model.request_count(), 2, "a stall is transient: retried");

@@ -63,6 +63,11 @@ async fn serve<H: ServerHandler + Clone + Send + Sync + 'static>(handler: H) -> 
 
 /// A running McpSession for `url`, its handle and its actor.
 async fn session(url: &str) -> (McpSessionHandle, ActorRef<McpSessionMsg>) {
+    session_waiting(url, Duration::from_secs(5)).await
+}
+
+/// [`session`] whose handle waits up to `restart_wait` for a restarting session.
+async fn session_waiting(url: &str, restart_wait: Duration) -> (McpSessionHandle, ActorRef<McpSessionMsg>) {
     let server = Arc::new(ServerSpec {
         name: "lister".into(),
         endpoint: McpEndpoint::StreamableHttp(url.parse().expect("url")),
@@ -71,7 +76,7 @@ async fn session(url: &str) -> (McpSessionHandle, ActorRef<McpSessionMsg>) {
         max_concurrent_calls: 8,
         token_secret: None,
     });
-    let (handle, slot, published) = McpSessionHandle::new(server.clone(), Duration::from_secs(5), CALL_TIMEOUT);
+    let (handle, slot, published) = McpSessionHandle::new(server.clone(), restart_wait, CALL_TIMEOUT);
     let secrets_dir = tempfile::tempdir().expect("tempdir");
     let (secrets, _, _) =
         SecretKeeperHandle::new(Vec::new(), secrets_dir.path().into(), Duration::from_secs(3600), Arc::new(|_| None));
@@ -129,5 +134,52 @@ async fn a_flood_of_list_changed_notifications_causes_one_relist_in_flight_and_o
     assert_eq!(lister.listings.load(Ordering::SeqCst), 3, "the first listing, one re-list, one queued re-list");
 
     actor.stop(None);
+    server.shutdown().await;
+}
+
+/// A server whose calls are counted and never answered.
+#[derive(Clone, Default)]
+struct Hanging {
+    calls: Arc<AtomicUsize>,
+}
+
+impl ServerHandler for Hanging {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn call_tool(
+        &self,
+        _: CallToolRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+/// A call cancelled with its question ends there: the handle does not take it for a call the
+/// session never sent, and does not wait for another session to send it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_cancelled_with_its_question_ends_without_waiting_for_a_restart() {
+    let hanging = Hanging::default();
+    let (server, url) = serve(hanging.clone()).await;
+    // A handle that would wait ten minutes for a restarted session.
+    let (handle, actor) = session_waiting(&url, Duration::from_secs(600)).await;
+    handle.settled(Duration::from_secs(10)).await;
+    let question = Deadline::none();
+    let call = tokio::spawn({
+        let (handle, question) = (handle.clone(), question.clone());
+        async move { handle.call_tool_within("anything", None, &question).await }
+    });
+    while hanging.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    question.cancel();
+    actor.stop(None);
+    let ended = tokio::time::timeout(Duration::from_secs(30), call).await;
+    let error = ended.expect("the cancelled call ended, not waiting for a restart").expect("the call task");
+    assert!(error.is_err(), "a cancelled call has no result");
+    assert_eq!(hanging.calls.load(Ordering::SeqCst), 1);
     server.shutdown().await;
 }

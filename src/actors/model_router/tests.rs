@@ -197,7 +197,12 @@ impl Fixture {
     async fn chat(&self) -> Result<ChatOutcome, LlmError> {
         let messages = Arc::new(vec![Message::User { content: "Define machine learning".into() }]);
         self.router
-            .chat(messages, Arc::from(Vec::<ToolDefinition>::new()), &CancellationToken::new(), &Arc::default())
+            .chat(
+                messages,
+                Arc::from(Vec::<ToolDefinition>::new()),
+                &crate::deadline::Deadline::none(),
+                &Arc::default(),
+            )
             .await
     }
 
