@@ -7,6 +7,7 @@
 
 pub mod client;
 mod error;
+pub mod rate_limit;
 pub mod wire;
 
 pub use error::LlmError;
