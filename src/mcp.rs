@@ -16,7 +16,9 @@
 //! actor; nothing here keeps state.
 
 mod error;
+mod ledger;
 pub mod legacy_sse;
+pub mod stdio;
 
 pub use error::{ConnectError, McpError, SessionEnded};
 
@@ -36,11 +38,11 @@ use rmcp::service::NotificationContext;
 use rmcp::service::{
     ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService, ServiceExt,
 };
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{
     SseError, StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
 use crate::config::McpEndpoint;
@@ -213,11 +215,9 @@ pub async fn connect(
                     return Err(spawn_failed("", empty));
                 };
                 let mut child = tokio::process::Command::new(program);
-                child.args(args).env_clear().envs(passthrough_env(env)).stderr(Stdio::inherit()).kill_on_drop(true);
-                let (transport, _stderr) = TokioChildProcess::builder(child)
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .map_err(|source| spawn_failed(program, source))?;
+                child.args(args).env_clear().envs(passthrough_env(env)).stderr(Stdio::inherit());
+                let transport =
+                    stdio::StdioTransport::spawn(child, program).map_err(|source| spawn_failed(program, source))?;
                 client.clone().serve(transport).await.map_err(handshake)
             }
         }
@@ -312,6 +312,8 @@ pub(crate) enum Defect {
     UnknownId,
     /// An error response without an id.
     ErrorWithoutId,
+    /// A message longer than agentry reads.
+    TooLarge,
 }
 
 /// The defects a session has warned about.

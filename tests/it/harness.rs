@@ -164,6 +164,12 @@ pub fn tool_results(body: &serde_json::Value) -> Vec<String> {
 
 /// Live (not zombie) children of `parent` whose command line contains `needle`.
 pub fn child_pids(parent: u32, needle: &str) -> Vec<u32> {
+    live_pids(needle, Some(parent))
+}
+
+/// Live (not zombie) processes whose command line contains `needle` (children of `parent`
+/// only, if given).
+pub fn live_pids(needle: &str, parent: Option<u32>) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(Result::ok)
@@ -173,9 +179,10 @@ pub fn child_pids(parent: u32, needle: &str) -> Vec<u32> {
             // After the command name (in parentheses, may hold spaces): state, then parent pid.
             let mut fields = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default().split(' ');
             let live = fields.next().is_some_and(|state| state != "Z");
-            let child = fields.next().and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent);
+            let ppid = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            live && child && String::from_utf8_lossy(&cmdline).contains(needle)
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            live && parent.is_none_or(|parent| ppid == Some(parent)) && cmdline.contains(needle)
         })
         .collect()
 }

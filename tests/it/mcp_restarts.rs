@@ -381,3 +381,48 @@ async fn a_question_that_ends_cancels_its_tool_call_on_the_server() {
     assert!(asked < 3 || in_flight > 0, "heard only when the batch ended:\n{}", run.output());
     assert_eq!(agentry.report("definitions/report.json")["totals"]["ok"], 2, "{}", run.output());
 }
+
+/// Issue 11, case 11, over stdio: a server behind a proxy that mangles some answers. An answer
+/// that can be tied to its call (no `result`, the wrong id, an error without an id while it is
+/// the only call) fails that call at once, saying what was wrong; a line that is not JSON-RPC
+/// is logged as such, once; the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_stdio_answers_fail_their_call_at_once_and_are_named() {
+    const MANGLED: [&str; 4] = ["mangle_no_result", "mangle_wrong_id", "mangle_no_id_error", "mangle_garbage"];
+    // One mangled call per turn (one call in flight, so a wrong id can be blamed on it), then an
+    // answer.
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        let done = request.messages().iter().filter(|m| m["role"] == "tool").count();
+        match MANGLED.get(done) {
+            Some(tool) => Reply::tool_calls(vec![ScriptedToolCall::new(*tool, &json!({}))]),
+            None => Reply::text("Answered."),
+        }
+    })))
+    .await
+    .expect("model");
+    let mut command = vec![
+        crate::peers::python().display().to_string(),
+        crate::peers::repo_root().join("tests/peers/mangling_stdio_proxy.py").display().to_string(),
+        "--".to_owned(),
+    ];
+    command.extend(crate::peers::search_server_stdio_command());
+    let agentry = Agentry::new();
+    // The garbage line leaves its call to the call timeout: short here.
+    let extra = format!(
+        "[batch]\nquestions = [\"Define mangling\"]\n[mcp]\ncall_timeout = \"5s\"\n\
+         [[mcp.servers]]\nname = \"mangler\"\ntransport = \"stdio\"\ncommand = {}\ntools = []\n[model]\nretry_min_delay = \"10ms\"\n[model.local]\nbase_url = \"{}\"\nmodel = \"m\"\n",
+        serde_json::to_string(&command).expect("json"),
+        model.base_url()
+    );
+    let path = agentry.file("c.toml", &extra);
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+    let last = model.requests().last().expect("requests").body.clone();
+    let results = tool_results(&last);
+    assert_eq!(results.len(), 4, "{results:?}");
+    assert!(results[0].contains("neither `result` nor `error`"), "{results:?}");
+    assert!(results[1].contains("999999"), "{results:?}");
+    assert!(results[2].contains("Invalid Request"), "the server's words are kept: {results:?}");
+    assert!(results[3].contains("did not answer within 5s"), "garbage names no call: {results:?}");
+    assert_eq!(run.stderr.matches("not JSON-RPC").count(), 1, "garbage is named, once:\n{}", run.stderr);
+}

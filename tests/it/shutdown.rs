@@ -57,3 +57,38 @@ async fn ask_answers_one_question_and_prints_it() {
     assert!(run.stdout.starts_with("You asked: What is an actor?"), "{}", run.stdout);
     assert_eq!(agentry.research_files("definitions").len(), 1);
 }
+
+/// Issue 12, case 4: a stdio server started through a wrapper that leaves a process of its own
+/// running (here `sh -c 'sleep … & exec server'`) leaves nothing behind when agentry exits: the
+/// server leads a process group of its own, and the group is ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stdio_server_started_through_a_wrapper_leaves_no_process_behind() {
+    const LEFTOVER: &str = "sleep 27183";
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("Answered.")))).await.expect("model");
+    let server: Vec<String> =
+        crate::peers::search_server_stdio_command().iter().map(|arg| format!("'{arg}'")).collect();
+    let command = ["sh".to_owned(), "-c".to_owned(), format!("{LEFTOVER} & exec {}", server.join(" "))];
+    let agentry = Agentry::new();
+    let extra = format!(
+        "[batch]\nquestions = [\"Define process groups\"]\n[[mcp.servers]]\nname = \"wrapped\"\ntransport = \"stdio\"\n\
+         command = {}\ntools = []\n[model.local]\nbase_url = \"{}\"\nmodel = \"m\"\n",
+        serde_json::to_string(&command).expect("json"),
+        model.base_url()
+    );
+    let path = agentry.file("c.toml", &extra);
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    // A process sent SIGKILL as agentry exits may take a moment to be gone.
+    let mut left = crate::harness::live_pids(LEFTOVER, None);
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = crate::harness::live_pids(LEFTOVER, None);
+    }
+    for pid in &left {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    run.expect_code(0);
+    assert!(left.is_empty(), "processes the wrapper started outlived agentry: {left:?}");
+}
