@@ -31,6 +31,8 @@ mod seed_flow;
 mod sharding;
 mod shipping;
 mod shutdown;
+mod supervision;
 mod telemetry;
 mod testkit_model_server;
+mod testkit_rate_limited;
 mod tools_and_files;

@@ -4,7 +4,8 @@
 //! - [`model_server`]: an OpenAI-compatible Chat Completions server that behaves like the real
 //!   API (validation, error JSON, 401/429/5xx, `Retry-After`), scriptable per test, recording
 //!   every request and the peak number in flight.
-//!   Its hostile replies (an echoed key, HTML, bodies cut short, stalled or endless) are here too.
+//!   Its hostile replies (an echoed key, HTML, bodies cut short, stalled or endless) are here too,
+//!   and OpenAI-style rate limits in front of any behaviour ([`model_server::rate_limit`]).
 //! - [`search`]: the demo's MCP search server with a fixed latency per call, for benchmarks.
 //! - [`hostile_mcp`]: MCP servers that misbehave on purpose (tool names the model would refuse,
 //!   malformed JSON-RPC over legacy SSE and Streamable HTTP).

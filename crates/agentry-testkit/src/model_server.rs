@@ -17,6 +17,10 @@
 //! short ([`Reply::CutShort`]), one that stalls ([`Reply::Stall`]) or never ends
 //! ([`Reply::EndlessBody`]), a dropped connection ([`Reply::Disconnect`]).
 //!
+//! With [`RateLimits`] ([`ModelServer::with_rate_limits`]) it enforces OpenAI-style
+//! requests and tokens per window in front of the behaviour, with `x-ratelimit-*` headers on
+//! every answer and OpenAI's 429s; see [`rate_limit`].
+//!
 //! Every chat-completion request is recorded ([`ModelServer::requests`]) and
 //! concurrency is measured ([`ModelServer::peak_in_flight`]), so integration
 //! tests can assert on exactly what the agent sent and how. Request validation
@@ -40,6 +44,7 @@
 //! # }
 //! ```
 
+pub mod rate_limit;
 mod validate;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -60,6 +65,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use validate::validate;
+
+pub use rate_limit::{RateLimitCounts, RateLimits};
 
 /// Model name listed by `GET /v1/models` even before any request names one.
 pub const DEMO_MODEL: &str = "agentry-demo";
@@ -471,6 +478,7 @@ struct Shared {
     peak_in_flight: AtomicUsize,
     next_call_id: AtomicU64,
     started: u64,
+    rate_limits: Mutex<Option<rate_limit::Limiter>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -548,6 +556,7 @@ impl ModelServer {
             peak_in_flight: AtomicUsize::new(0),
             next_call_id: AtomicU64::new(1),
             started,
+            rate_limits: Mutex::new(None),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
@@ -569,6 +578,23 @@ impl ModelServer {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.shared.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Enforces `limits` in front of the behaviour (builder form of
+    /// [`set_rate_limits`](Self::set_rate_limits)).
+    pub fn with_rate_limits(self, limits: RateLimits) -> Self {
+        self.set_rate_limits(Some(limits));
+        self
+    }
+
+    /// Enforces `limits` (full buckets from now, counts from zero), or, with `None`, none.
+    pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
+        *lock(&self.shared.rate_limits) = limits.map(rate_limit::Limiter::new);
+    }
+
+    /// What the rate limits did since they were set (zero without limits).
+    pub fn rate_limit_counts(&self) -> RateLimitCounts {
+        lock(&self.shared.rate_limits).as_ref().map(rate_limit::Limiter::counts).unwrap_or_default()
     }
 
     /// Requires `Authorization: Bearer <key>` (builder form of
@@ -619,8 +645,11 @@ impl ModelServer {
         lock(&self.shared.requests).first().map(|request| request.at)
     }
 
-    /// Forgets the requests seen and the in-flight peak (between benchmark runs).
+    /// Forgets the requests seen and the in-flight peak, and refills the rate limits' buckets
+    /// and zeroes their counts (between benchmark runs).
     pub fn reset(&self) {
+        let limits = lock(&self.shared.rate_limits).as_ref().map(rate_limit::Limiter::config);
+        self.set_rate_limits(limits);
         lock(&self.shared.requests).clear();
         self.shared.peak_in_flight.store(self.shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
     }
@@ -749,19 +778,21 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     });
     let _in_flight = InFlight::enter(&shared);
 
-    let (body, mut reply) = match prepare(&shared, number, parsed, bearer.as_deref()) {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            shared.set_status(number, error.status);
-            return error.into_response();
-        }
-    };
+    let Prepared { body, mut reply, rate_limit_headers, refused } =
+        match prepare(&shared, number, parsed, bearer.as_deref()) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                shared.set_status(number, error.status);
+                return error.into_response();
+            }
+        };
 
     let latency = shared.latency_ms.load(Ordering::SeqCst);
-    if latency > 0 {
+    // The real API refuses at once: a 429 does not wait for the model.
+    if latency > 0 && !refused {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let response = loop {
+    let mut response = loop {
         match reply {
             Reply::Delay(delay, inner) => {
                 tokio::time::sleep(delay).await;
@@ -779,6 +810,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
             other => break render(&shared, number, &body, bearer.as_deref(), other),
         }
     };
+    response.headers_mut().extend(rate_limit_headers);
     shared.set_status(number, response.status().as_u16());
     response
 }
@@ -858,13 +890,23 @@ async fn cut_short(whole: Response, after: usize) -> Response {
     Response::from_parts(parts, Body::from_stream(chunks))
 }
 
-/// Auth, JSON parsing, validation, then the behaviour's reply.
+/// A valid request and what to answer it.
+struct Prepared {
+    body: Value,
+    reply: Reply,
+    /// `x-ratelimit-*`, when rate limits are set and said.
+    rate_limit_headers: HeaderMap,
+    /// The rate limits refused it: `reply` is their 429.
+    refused: bool,
+}
+
+/// Auth, JSON parsing, validation, the rate limits, then the behaviour's reply.
 fn prepare(
     shared: &Shared,
     number: u64,
     parsed: Result<Value, serde_json::Error>,
     bearer: Option<&str>,
-) -> Result<(Value, Reply), ApiError> {
+) -> Result<Prepared, ApiError> {
     check_key(shared, bearer)?;
     let body = parsed.map_err(|_| {
         ApiError::invalid(
@@ -880,8 +922,12 @@ fn prepare(
     if let Some(model) = body.get("model").and_then(Value::as_str) {
         lock(&shared.models_seen).insert(model.to_owned());
     }
-    let reply = shared.behaviour.reply(&ChatRequestView::new(&body, bearer, number));
-    Ok((body, reply))
+    let admission = lock(&shared.rate_limits).as_mut().map(|limits| limits.admit(&body));
+    let (rate_limit_headers, refused) = admission.map(|a| (a.headers, a.refused)).unwrap_or_default();
+    let refused_now = refused.is_some();
+    // A refused request never reaches the model: a scripted reply is not used up by it.
+    let reply = refused.unwrap_or_else(|| shared.behaviour.reply(&ChatRequestView::new(&body, bearer, number)));
+    Ok(Prepared { body, reply, rate_limit_headers, refused: refused_now })
 }
 
 fn completion_response(
