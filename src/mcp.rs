@@ -227,6 +227,33 @@ pub async fn connect(
         .map_err(|_| failed(ConnectError::NoAnswer { step: "initialize", timeout }))?
 }
 
+/// Whether a request that could not be delivered says the session is gone, not just this
+/// request: the server cannot be reached (connection refused, DNS, connect timeout) or no longer
+/// knows the session (HTTP 404 on Streamable HTTP). A 5xx from a proxy or a connection reset in
+/// the middle of one request is not: that request fails and the session goes on.
+pub fn is_session_gone(error: &rmcp::service::ServiceError) -> bool {
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_connect)
+            || current
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            || match current.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+                // rmcp does not give the client's error as the source: looked at here.
+                Some(StreamableHttpError::Client(error)) => error.is_connect(),
+                Some(StreamableHttpError::SessionExpired | StreamableHttpError::TransportChannelClosed) => true,
+                _ => false,
+            }
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
 /// Whether a failed request was refused for its credentials (HTTP 401/403), on either HTTP
 /// transport.
 pub fn is_auth_failure(error: &rmcp::service::ServiceError) -> bool {

@@ -12,8 +12,12 @@
 //! - **Failure**: a failed connect or a dead transport makes the actor fail (`Err` from
 //!   `handle`), and McpSupervisor restarts it with backoff and jitter. Calls queued or in
 //!   flight get an error reply (never silence); the tool registry sees the new tool list.
-//! - **Supervisor**: McpSupervisor. **Shutdown**: `post_stop` cancels the session, which
-//!   closes the connection (and kills a stdio child).
+//! - **Supervisor**: McpSupervisor. **Shutdown**: `post_stop` closes the session and waits for
+//!   it (the connection closed, a stdio server's process group ended). A failure closes it too:
+//!   the session is owned by the state ([`LiveSession`]), and dropping the state closes it.
+//! - **What fails the actor**: a failed connect, and a transport that is really gone (the
+//!   session's service loop ended). One request that could not be delivered (a 5xx on a POST, a
+//!   reset) fails that call only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +25,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
 use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceError};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::secret_keeper::{Reloaded, SecretKeeperHandle, SecretState};
@@ -110,6 +114,8 @@ pub(crate) enum McpSessionMsg {
         peer: Peer<RoleClient>,
         /// Closes the session.
         cancel: RunningServiceCancellationToken,
+        /// Completes when the session has ended (its transport closed).
+        ended: oneshot::Receiver<()>,
         /// Allowed tools.
         tools: Arc<[Tool]>,
     },
@@ -135,7 +141,8 @@ enum Phase {
 pub(crate) struct McpSessionState {
     args: McpSessionArgs,
     phase: Phase,
-    cancel: Option<RunningServiceCancellationToken>,
+    /// The current session; closed when replaced or when the state is dropped.
+    session: Option<LiveSession>,
     /// The current connection attempt; reports from older ones are ignored.
     generation: u64,
     /// Re-lists after `notifications/tools/list_changed`.
@@ -179,6 +186,36 @@ fn start_relist(myself: &ActorRef<McpSessionMsg>, state: &mut McpSessionState, g
     );
 }
 
+/// A live rmcp session, closed on every path out of the actor: [`LiveSession::close`] from
+/// `post_stop`, and dropping it otherwise (a handler that returns `Err` makes ractor stop the
+/// actor without `post_stop`, and the state is dropped).
+struct LiveSession {
+    cancel: Option<RunningServiceCancellationToken>,
+    ended: oneshot::Receiver<()>,
+}
+
+/// How long `post_stop` waits for a session to close (a stdio server gets 2 s after its stdin
+/// closes and 2 s after SIGTERM).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+impl LiveSession {
+    /// Closes the session and waits (at most [`CLOSE_WAIT`]) until it has.
+    async fn close(mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel.cancel();
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, &mut self.ended).await;
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel.cancel();
+        }
+    }
+}
+
 pub(crate) struct McpSession;
 
 impl Actor for McpSession {
@@ -195,15 +232,15 @@ impl Actor for McpSession {
         Ok(McpSessionState {
             args,
             phase: Phase::Connecting { pending: Vec::new() },
-            cancel: None,
+            session: None,
             generation: 0,
             relist: Relist::default(),
         })
     }
 
     async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut McpSessionState) -> Result<(), ActorProcessingErr> {
-        if let Some(cancel) = state.cancel.take() {
-            cancel.cancel();
+        if let Some(session) = state.session.take() {
+            session.close().await;
         }
         Ok(())
     }
@@ -272,16 +309,17 @@ impl Actor for McpSession {
                 state.generation += 1;
                 tokio::spawn(connect_and_watch(myself.clone(), state.args.clone(), state.generation).in_current_span());
             }
-            McpSessionMsg::Connected { peer, cancel, tools, .. } => {
+            McpSessionMsg::Connected { peer, cancel, ended, tools, .. } => {
                 let server = &state.args.server;
                 tracing::info!(server = %server.name, transport = server.transport_name(), location = %server.location(),
                     tools = tools.len(), "MCP session ready");
                 state.args.tools.send_replace(ServerTools::Ready(tools));
-                if let Some(retired) = state.cancel.replace(cancel) {
+                let live = LiveSession { cancel: Some(cancel), ended };
+                if let Some(retired) = state.session.replace(live) {
                     let grace = state.args.call_timeout;
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
-                        retired.cancel();
+                        retired.close().await;
                     });
                 }
                 let previous = std::mem::replace(&mut state.phase, Phase::Ready { peer: peer.clone() });
@@ -340,7 +378,8 @@ async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs
         }
     };
     let cancel = session.cancellation_token();
-    if myself.cast(McpSessionMsg::Connected { generation, peer, cancel, tools }).is_err() {
+    let (_ended, ended) = oneshot::channel();
+    if myself.cast(McpSessionMsg::Connected { generation, peer, cancel, ended, tools }).is_err() {
         return;
     }
     let used = token.as_ref().map(|t| t.fingerprint());
@@ -437,6 +476,11 @@ fn spawn_call(
                     let _ = myself.cast(McpSessionMsg::AuthRejected(generation));
                     Err(McpError::Auth { server, location, secret })
                 }
+                // One failed POST (a 5xx, a reset) fails this call; the session is dead when its
+                // transport is closed (the watch task reports that too) or its server is gone.
+                Ok(Err(error @ ServiceError::TransportSend(_))) if !mcp::is_session_gone(&error) => {
+                    Err(McpError::Send { server, tool: tool.clone(), cause: Arc::new(error) })
+                }
                 Ok(Err(error)) => {
                     let dead = matches!(error, ServiceError::TransportClosed | ServiceError::TransportSend(_));
                     let cause = SessionEnded::Transport(Arc::new(error));
@@ -499,7 +543,8 @@ fn record_call(span: &tracing::Span, tool: &str, result: &Result<CallToolResult,
 enum Failure {
     /// The session never sent it: sending it again is always safe.
     NotSent(McpError),
-    /// The session died with the call in flight: it may have run.
+    /// The session died with the call in flight, or its request could not be delivered: it may
+    /// have run.
     CutOff(McpError),
     /// Anything else: the answer stands.
     Final(McpError),
@@ -616,7 +661,7 @@ impl McpSessionHandle {
         let unavailable = |cause: Unreachable| McpError::Unavailable { server: self.server.name.clone(), cause };
         match outcome {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(error @ McpError::ConnectionLost { .. })) => Err(Failure::CutOff(error)),
+            Ok(Err(error @ (McpError::ConnectionLost { .. } | McpError::Send { .. }))) => Err(Failure::CutOff(error)),
             Ok(Err(error)) => Err(Failure::Final(error)),
             Err(dropped @ Unreachable::Dropped { .. }) => Err(Failure::NotSent(unavailable(dropped))),
             Err(other) => Err(Failure::Final(unavailable(other))),

@@ -47,6 +47,19 @@ pub enum McpError {
         #[source]
         cause: SessionEnded,
     },
+    /// The request could not be delivered (one failed POST: a 5xx from a proxy, a reset), while
+    /// the session lives on. It may have reached the server: sent again only under the
+    /// idempotency rule.
+    #[error("MCP server {server}: tool {tool}: {}", service_text(cause))]
+    Send {
+        /// Server name.
+        server: String,
+        /// Tool name.
+        tool: String,
+        /// rmcp's error.
+        #[source]
+        cause: Arc<ServiceError>,
+    },
     /// No result within the call timeout.
     #[error("MCP server {server}: tool {tool} did not answer within {timeout:?}")]
     Timeout {
@@ -85,6 +98,7 @@ impl McpError {
             Self::Connect { .. } => "connect_error",
             Self::Auth { .. } => "auth_rejected",
             Self::ConnectionLost { .. } => "connection_lost",
+            Self::Send { .. } => "send_error",
             Self::Timeout { .. } => "timeout",
             Self::Call { .. } => "tool_error",
             Self::Unavailable { .. } => "unavailable",

@@ -29,7 +29,7 @@ fn searching_model()
     })
 }
 
-const FAST_RESTARTS: &str =
+pub(crate) const FAST_RESTARTS: &str =
     "[mcp]\nrestart_wait = \"30s\"\n[mcp.restart]\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\n";
 
 async fn server_dies_mid_batch_and_comes_back(transport: &str) {
@@ -109,7 +109,7 @@ async fn a_legacy_sse_server_that_restarts_mid_batch_loses_no_question() {
     server_dies_mid_batch_and_comes_back("sse").await;
 }
 
-fn in_process_settings(dir: &std::path::Path, servers: Vec<McpServerSettings>, extra: &str) -> Settings {
+pub(crate) fn in_process_settings(dir: &std::path::Path, servers: Vec<McpServerSettings>, extra: &str) -> Settings {
     let path = dir.join("c.toml");
     std::fs::write(
         &path,
