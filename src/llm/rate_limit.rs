@@ -9,12 +9,20 @@
 //! the bucket cannot cover gets a 429. Every response says where the buckets stand
 //! ([`RateLimitHeaders`]); a 429 also says how long to wait ([`retry_after`], [`retry_hint`]).
 //!
-//! A [`Limiter`] per route mirrors those buckets on the client side. Its limits come from the
-//! configuration ([`LimitConfig`], divided between shards by [`LimitConfig::shard`]) until
-//! headers say otherwise: headers win, and their `remaining` counts reset the levels. While no
-//! limit is known at all, it paces by concurrency instead: the cap on requests in flight halves
-//! on a 429 and grows by one after as many successes as the cap (AIMD), between 1 and the
-//! batch's concurrency.
+//! A [`Limiter`] per route mirrors those buckets on the client side, charging a request when
+//! it admits it (a little before the provider does, so it never counts on more than the
+//! provider has). Its limits come from the configuration ([`LimitConfig`], divided between
+//! shards by [`LimitConfig::shard`]) until headers say otherwise. Headers win: their limits
+//! replace the configured ones (never divided: they are the whole account's), the refill rate
+//! is read off their reset (`(limit - remaining) / reset`, so a window other than a minute is
+//! learned too), and their `remaining` counts, aged from when the request was sent, lower the
+//! levels when another client took some. While a bucket follows the headers, the response's
+//! `usage` corrects nothing: the provider's next `remaining` says what it counted. Without
+//! headers, [`Permit::settle`] refunds or charges the difference between estimate and usage.
+//!
+//! While no limit is known at all, it paces by concurrency instead: the cap on requests in
+//! flight halves on a 429 and grows by one after as many successes as the cap (AIMD), between
+//! 1 and the batch's concurrency. Once a limit is known, the cap is that maximum.
 //!
 //! # One request's way through
 //! ```text

@@ -4,12 +4,17 @@
 //!
 //! Limits are counted over a day where a test needs levels that hold still while it reads
 //! them (a token comes back every few seconds at most), and over seconds where it needs a
-//! refill; what the refill did is asserted in counts, never against the wall clock.
+//! refill; what the refill did is asserted in counts, never against the wall clock. The last
+//! two drive agentry's `Limiter` against the peer by hand, as the client will.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agentry::llm::rate_limit::{RateLimitHeaders, estimate_tokens, parse_go_duration, retry_delay};
+use agentry::deadline::Deadline;
+use agentry::llm::rate_limit::{
+    LimitConfig, Limiter, RateLimitHeaders, estimate_tokens, parse_go_duration, retry_delay,
+};
 use agentry::llm::wire::{ChatRequest, Message, ToolDefinition};
 use agentry_testkit::model_server::{FnBehaviour, ModelServer, Queue, RateLimitCounts, RateLimits, Reply};
 use reqwest::header::HeaderMap;
@@ -308,4 +313,77 @@ async fn limits_sit_in_front_of_any_behaviour_and_a_refusal_uses_up_no_scripted_
     server.set_rate_limits(None);
     assert_eq!(post(&client, &server, &body(10)).await.status, 500, "the script is used up; no limits any more");
     server.shutdown().await;
+}
+
+/// Drives `requests` requests through `limiter` against `server` from `concurrency` tasks, as
+/// agentry's client is to: admit, send, observe the headers, then settle, or on a 429 back off
+/// and go again. Returns the answers and the 429s.
+async fn paced(server: &ModelServer, limiter: &Limiter, requests: usize, concurrency: usize) -> (usize, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = format!("{}/chat/completions", server.base_url());
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (limiter, next, url) = (limiter.clone(), next.clone(), url.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut answered, mut refused) = (0, 0);
+                while next.fetch_add(1, Ordering::SeqCst) < requests {
+                    let sent = body(1000);
+                    loop {
+                        let deadline = Deadline::after(Duration::from_secs(120));
+                        let permit = limiter.admit(cost(&sent), &deadline).await.expect("admitted in time");
+                        let response = client.post(&url).json(&sent).send().await.expect("sent");
+                        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+                        let raw = response.bytes().await.expect("a body");
+                        permit.observe(&RateLimitHeaders::from_headers(&headers));
+                        if status != 429 {
+                            assert_eq!(status, 200);
+                            let answer: Value = serde_json::from_slice(&raw).expect("JSON");
+                            permit.settle(answer["usage"]["total_tokens"].as_u64().expect("usage"));
+                            answered += 1;
+                            break;
+                        }
+                        refused += 1;
+                        permit.rate_limited(retry_delay(&headers, &raw));
+                    }
+                }
+                (answered, refused)
+            })
+        })
+        .collect();
+    let mut totals = (0, 0);
+    for task in tasks {
+        let (answered, refused) = task.await.expect("task");
+        totals = (totals.0 + answered, totals.1 + refused);
+    }
+    totals
+}
+
+#[tokio::test]
+async fn agentrys_limiter_paced_by_the_peers_headers_gets_no_429() {
+    // 20000 tokens per 2 s; 40 requests of 1065 tokens from 16 tasks: twice the bucket. The
+    // first 16 go before any limit is known (17040 tokens: they fit); from the first answer on
+    // the limiter knows the limits and never lets more through than the peer has.
+    let peer = server(RateLimits::per_minute(1000, 20_000).per(Duration::from_secs(2))).await;
+    let limiter = Limiter::new(LimitConfig::default(), 16);
+    assert_eq!(paced(&peer, &limiter, 40, 16).await, (40, 0));
+    let counts = peer.rate_limit_counts();
+    assert_eq!((counts.accepted, counts.refused()), (40, 0));
+    let snapshot = limiter.snapshot();
+    assert_eq!((snapshot.tokens_per_window, snapshot.limits_from_headers), (Some(20_000), true));
+    peer.shutdown().await;
+}
+
+#[tokio::test]
+async fn agentrys_limiter_without_headers_lowers_its_in_flight_cap_and_every_request_is_answered() {
+    // 10000 tokens per 2 s, unsaid: the first 16 requests (17040 tokens, sent together) cannot
+    // all fit, so 429s come, and the in-flight cap comes down.
+    let peer = server(RateLimits::per_minute(1000, 10_000).per(Duration::from_secs(2)).without_headers()).await;
+    let limiter = Limiter::new(LimitConfig::default(), 16);
+    let (answered, refused) = paced(&peer, &limiter, 24, 16).await;
+    assert_eq!(answered, 24);
+    assert!(refused > 0);
+    assert!(limiter.snapshot().in_flight_limit < 16, "{:?}", limiter.snapshot());
+    assert_eq!(peer.rate_limit_counts().refused() as usize, refused);
+    peer.shutdown().await;
 }

@@ -24,12 +24,14 @@ pub(super) struct Reading {
     pub(super) reset: Option<Duration>,
 }
 
-/// When a request was sent, as a bucket saw it: for reading the provider's `remaining`, which
-/// was true when the request arrived, not when its answer came back.
+/// What happened since a request was sent, for reading the provider's `remaining`, which was
+/// true when the request arrived, not when its answer came back.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Sent {
-    pub(super) at: Instant,
-    /// The bucket's running total of charges just after this request was charged.
+pub(super) struct Since {
+    /// When it was sent.
+    pub(super) sent: Instant,
+    /// What was charged for the requests admitted after it (whether or not this bucket was
+    /// known then: the provider counted them all the same).
     pub(super) charged: f64,
 }
 
@@ -41,8 +43,6 @@ pub(super) struct Bucket {
     level: f64,
     /// When `level` was last brought up to date.
     at: Instant,
-    /// Every charge ever made (less refunds), so that a late `remaining` can be aged.
-    charged: f64,
     /// The capacity came from the provider's headers (it is the whole account's: never sharded).
     from_headers: bool,
     /// The rate was read off the headers' reset (the provider's window need not be a minute).
@@ -61,7 +61,6 @@ impl Bucket {
                 rate: capacity / window.as_secs_f64(),
                 level: capacity,
                 at: now,
-                charged: 0.0,
                 from_headers: false,
                 rate_from_headers: false,
                 synced: false,
@@ -104,12 +103,10 @@ impl Bucket {
         super::limiter::later(now, Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
     }
 
-    /// Takes `cost` out; returns the running total for [`Sent::charged`].
-    pub(super) fn charge(&mut self, cost: f64, now: Instant) -> f64 {
+    /// Takes `cost` out.
+    pub(super) fn charge(&mut self, cost: f64, now: Instant) {
         self.refill(now);
         self.level -= cost;
-        self.charged += cost;
-        self.charged
     }
 
     /// Gives `amount` back (or, negative, takes more), unless the provider's `remaining` is
@@ -120,25 +117,30 @@ impl Bucket {
         }
         self.refill(now);
         self.level = (self.level + amount).min(self.capacity);
-        self.charged -= amount;
     }
 
     /// Applies what a response said. The limit replaces the capacity; the rate is read off
     /// the reset when it can be (`(limit - remaining) / reset`, the bucket's own refill),
-    /// else it is the limit per `window`; `remaining` sets the level, aged from when the
-    /// request was sent: refilled since then, less what was charged since.
-    pub(super) fn observe(slot: &mut Option<Bucket>, reading: Reading, sent: Sent, window: Duration, now: Instant) {
+    /// else it is the limit per `window`. `remaining` was true when the request arrived, some
+    /// time between its sending and now; what the provider has now is about that, refilled
+    /// since, less what was admitted after it. For a limit just learned (or changed) that
+    /// reading, without the refill, becomes the level: a cautious start. Otherwise it can only
+    /// lower the level: the local count is exact about our own requests and their timing, and
+    /// the reading, counted from the sending, is a little optimistic; what it adds is what
+    /// others (another process on the account) took.
+    pub(super) fn observe(slot: &mut Option<Bucket>, reading: Reading, since: Since, window: Duration, now: Instant) {
         if reading.limit == Some(0) {
             return;
         }
+        let known = slot.is_some();
         if slot.is_none() {
-            // A bucket first heard of in headers starts full; `remaining` below sets its level.
             *slot = reading.limit.and_then(|limit| Bucket::configured(limit, window, now));
         }
         let Some(bucket) = slot.as_mut() else {
             return;
         };
         bucket.refill(now);
+        let changed = !known || reading.limit.is_some_and(|limit| limit as f64 != bucket.capacity);
         if let Some(limit) = reading.limit {
             bucket.capacity = limit as f64;
             bucket.from_headers = true;
@@ -154,9 +156,13 @@ impl Bucket {
             bucket.rate_from_headers = true;
         }
         if let Some(remaining) = reading.remaining {
-            let refilled = now.saturating_duration_since(sent.at).as_secs_f64() * bucket.rate;
-            let charged_since = (bucket.charged - sent.charged).max(0.0);
-            bucket.level = (remaining as f64 + refilled - charged_since).min(bucket.capacity);
+            let left = remaining as f64 - since.charged;
+            bucket.level = if changed {
+                left
+            } else {
+                let refilled = now.saturating_duration_since(since.sent).as_secs_f64() * bucket.rate;
+                bucket.level.min(left + refilled)
+            };
             bucket.synced = true;
         }
         bucket.level = bucket.level.min(bucket.capacity);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::bucket::{Bucket as TokenBucket, Reading, Sent};
+use super::bucket::{Bucket as TokenBucket, Reading, Since};
 use super::{LimitConfig, RateLimitHeaders};
 use crate::deadline::Deadline;
 
@@ -137,6 +137,9 @@ struct State {
     in_flight: usize,
     max_in_flight: usize,
     adaptive: Adaptive,
+    /// Requests and tokens admitted so far, `[requests, tokens]`, counted even while a limit is
+    /// unknown: a response's `remaining` is aged by what was admitted after its request.
+    admitted: [f64; 2],
     /// Requests in [`Limiter::admit`] (waiting in line or at its head).
     waiting: usize,
     /// What the head waited for last (reported by those behind it).
@@ -193,6 +196,7 @@ impl Limiter {
             window: MINUTE,
             paused_until: None,
             in_flight: 0,
+            admitted: [0.0; 2],
             max_in_flight,
             adaptive: Adaptive { limit: max_in_flight, successes: 0, generation: 0 },
             waiting: 0,
@@ -380,17 +384,19 @@ impl State {
     }
 
     fn admit(&mut self, inner: &Arc<Inner>, tokens: u64, now: Instant, wait: Option<Wait>) -> Permit {
-        let sent = |bucket: &mut Option<TokenBucket>, cost: f64| Sent {
-            at: now,
-            charged: bucket.as_mut().map_or(0.0, |bucket| bucket.charge(cost, now)),
-        };
-        let requests = sent(&mut self.requests, 1.0);
-        let tokens_sent = sent(&mut self.tokens, tokens as f64);
+        let costs = [1.0, tokens as f64];
+        for (bucket, cost) in [&mut self.requests, &mut self.tokens].into_iter().zip(costs) {
+            if let Some(bucket) = bucket {
+                bucket.charge(cost, now);
+            }
+        }
+        self.admitted = [self.admitted[0] + costs[0], self.admitted[1] + costs[1]];
         self.in_flight += 1;
         Permit {
             inner: Arc::clone(inner),
             tokens,
-            sent: [requests, tokens_sent],
+            sent: now,
+            admitted: self.admitted,
             generation: self.adaptive.generation,
             wait,
         }
@@ -428,8 +434,9 @@ impl Drop for Waiting<'_> {
 pub struct Permit {
     inner: Arc<Inner>,
     tokens: u64,
-    /// When it was charged, per bucket: `[requests, tokens]`.
-    sent: [Sent; 2],
+    sent: Instant,
+    /// The limiter's `admitted` just after it was.
+    admitted: [f64; 2],
     generation: u64,
     wait: Option<Wait>,
 }
@@ -452,8 +459,10 @@ impl Permit {
     }
 
     /// Applies the provider's `x-ratelimit-*` headers of this request's response (success or
-    /// error): its limits replace the configured ones, and its `remaining` counts become the
-    /// budgets' levels, aged by the time since this request was sent.
+    /// error; call it before [`settle`](Self::settle) or [`rate_limited`](Self::rate_limited)):
+    /// their limits replace the configured ones, their reset gives the refill rate, and their
+    /// `remaining` counts, aged from when this request was sent, lower the budgets' levels
+    /// (or set them, for a limit just learned). See the [module documentation](super).
     pub fn observe(&self, headers: &RateLimitHeaders) {
         if headers.is_empty() {
             return;
@@ -461,7 +470,8 @@ impl Permit {
         let now = Instant::now();
         let mut state = self.inner.lock();
         let window = state.window;
-        let [requests, tokens] = self.sent;
+        let since = |kind: usize| Since { sent: self.sent, charged: state.admitted[kind] - self.admitted[kind] };
+        let (requests, tokens) = (since(0), since(1));
         let reading = Reading {
             limit: headers.limit_requests,
             remaining: headers.remaining_requests,

@@ -220,15 +220,17 @@ async fn headers_lower_the_level_and_their_reset_gives_the_refill_rate() {
     let permit = limiter.admit(500, &Deadline::none()).await.expect("admitted");
     assert_eq!(secs_since(start), 0.5, "a refill of 1000 per second; no refund: the headers keep the budget");
     assert_eq!(limiter.snapshot().tokens_per_window, Some(1000));
-    // A reset too short to read a rate from keeps the rate learned.
+    // A reset too short to read a rate from keeps the rate learned; a reading of the same
+    // limit never raises the level (the account had 999 when this request arrived, but the
+    // local count knows it took 500 since the bucket was empty).
     permit.observe(&headers(1000, 999, Some(Duration::from_millis(1))));
     drop(permit);
     drop(limiter.admit(1000, &Deadline::none()).await.expect("admitted"));
-    assert_eq!(secs_since(start), 0.5, "999 + 1 ms of refill");
+    assert_eq!(secs_since(start), 1.5, "1000 more at 1000 per second");
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_late_remaining_is_aged_by_the_refill_and_the_charges_since_it_was_sent() {
+async fn a_late_remaining_is_aged_by_the_refill_and_the_charges_since_it_was_sent_and_lowers_the_level() {
     // 6000 tokens per minute, 100 per second.
     let limiter = limiter(0, 6000, 100);
     let slow = limiter.admit(1000, &Deadline::none()).await.expect("fits");
@@ -236,7 +238,8 @@ async fn a_late_remaining_is_aged_by_the_refill_and_the_charges_since_it_was_sen
     drop(limiter.admit(2000, &Deadline::none()).await.expect("fits"));
     tokio::time::advance(Duration::from_secs(5)).await;
     // The slow request's answer: when it arrived, 10 s ago, the account (shared with another
-    // client) had 2000 left. Since then: 1000 refilled, 2000 charged by us.
+    // client) had 2000 left. Since then: 1000 refilled, 2000 charged by us; the local count
+    // (4000) did not know of the other client.
     slow.observe(&headers(6000, 2000, None));
     let start = Instant::now();
     drop(limiter.admit(1000, &Deadline::none()).await.expect("admitted"));
@@ -351,4 +354,37 @@ async fn an_absurd_back_off_is_a_wait_past_any_deadline_not_a_panic() {
     cancelled.cancel();
     let error = limiter.admit(1, &cancelled).await.expect_err("cancelled before it came");
     assert!(matches!(error, WaitError::Cancelled { .. }), "{error:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_first_heard_of_counts_the_requests_sent_before_it_was_known() {
+    // No limit known: four requests of 1000 go at once. The first answer says 6000 a minute,
+    // 5000 left when it arrived, before the three others did.
+    let limiter = limiter(0, 0, 16);
+    let mut permits = Vec::new();
+    for _ in 0..4 {
+        permits.push(limiter.admit(1000, &Deadline::none()).await.expect("admitted"));
+    }
+    permits[0].observe(&headers(6000, 5000, None));
+    drop(permits);
+    let start = Instant::now();
+    drop(limiter.admit(2000, &Deadline::none()).await.expect("admitted"));
+    assert_eq!(secs_since(start), 0.0, "5000 less the three others' 3000");
+    drop(limiter.admit(100, &Deadline::none()).await.expect("admitted"));
+    assert_eq!(secs_since(start), 1.0, "then 100 a second");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reading_of_a_known_limit_never_raises_the_level() {
+    // 6000 a minute; 5000 charged locally. An answer says 6000 remained when its request
+    // arrived: the provider counted less than the estimate (or refunded), or the answer was
+    // optimistic about its timing. The local count stands.
+    let limiter = limiter(0, 6000, 16);
+    let permit = limiter.admit(5000, &Deadline::none()).await.expect("fits");
+    permit.observe(&headers(6000, 6000, None));
+    permit.settle(10);
+    let start = Instant::now();
+    drop(limiter.admit(1000, &Deadline::none()).await.expect("admitted"));
+    drop(limiter.admit(1000, &Deadline::none()).await.expect("admitted"));
+    assert_eq!(secs_since(start), 10.0, "no refund either: the headers keep the budget");
 }
