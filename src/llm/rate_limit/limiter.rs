@@ -145,7 +145,8 @@ struct State {
     /// What the head waited for last (reported by those behind it).
     last_held_by: Bucket,
     /// Whether the head is waiting now.
-    head_waiting: Option<Bucket>,
+    /// What the head waits for now, and until when if that is known.
+    head_waiting: Option<(Bucket, Option<Instant>)>,
 }
 
 /// Additive increase, multiplicative decrease of the in-flight cap, for a provider whose
@@ -170,6 +171,9 @@ pub struct Snapshot {
     pub waiting: usize,
     /// What the head of the line is waiting for, if it is.
     pub paced_by: Option<Bucket>,
+    /// How much longer the head of the line expects to wait, when that is known (not for a
+    /// slot in flight): with `paced_by`, the progress line's `paced: tokens, 1.2s`.
+    pub paced_for: Option<Duration>,
     /// The requests-per-window limit in force, if known.
     pub requests_per_window: Option<u64>,
     /// The tokens-per-window limit in force, if known.
@@ -276,7 +280,7 @@ impl Limiter {
                     }
                     Verdict::Wait { bucket, until } => {
                         state.last_held_by = bucket;
-                        state.head_waiting = Some(bucket);
+                        state.head_waiting = Some((bucket, until));
                         held_by = Some(bucket);
                         (bucket, until)
                     }
@@ -319,7 +323,11 @@ impl Limiter {
             in_flight: state.in_flight,
             in_flight_limit: state.in_flight_limit(),
             waiting: state.waiting,
-            paced_by: state.head_waiting,
+            paced_by: state.head_waiting.map(|(bucket, _)| bucket),
+            paced_for: state
+                .head_waiting
+                .and_then(|(_, until)| until)
+                .map(|until| until.saturating_duration_since(Instant::now())),
             requests_per_window: limit(&state.requests),
             tokens_per_window: limit(&state.tokens),
             limits_from_headers: [&state.requests, &state.tokens]
