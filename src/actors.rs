@@ -5,7 +5,7 @@
 //! ├── SecretKeeper     restart at once; re-reads the sources
 //! ├── ModelRouter      restart at once; re-subscribes to the credential
 //! ├── McpSupervisor
-//! │   └── McpSession(server)   restart with backoff + jitter, at most N in a window, then down
+//! │   └── McpSession(server)   restart with backoff + jitter; down after N failures, then one try per cool-down
 //! ├── ToolExecutor     restart at once
 //! └── ResearchWriter   restart at once
 //! ```
@@ -71,6 +71,28 @@ impl<M> Clone for Slot<M> {
 impl<M> Default for Slot<M> {
     fn default() -> Self {
         Self { state: Arc::new(watch::Sender::new(SlotState::NotRunning(NotRunning::Restarting))) }
+    }
+}
+
+/// When a child became ready to serve (an MCP session: connected and listed), as its supervisor
+/// reads it: a child that fails before it was ever ready has not recovered, however long it ran.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyMark(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl ReadyMark {
+    /// Not ready (a new incarnation starting).
+    pub(crate) fn clear(&self) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Ready from now on, unless already.
+    pub(crate) fn set(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// Since when, if ready.
+    pub(crate) fn since(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::actors::Slot;
 use crate::actors::mcp_session::{McpSession, McpSessionArgs, McpSessionHandle, ServerTools};
 use crate::actors::model_router::{ModelRouter, ModelRouterArgs, ModelRouterHandle, RouteTarget};
 use crate::actors::research_writer::{Outcomes, ResearchWriter, ResearchWriterArgs, ResearchWriterHandle};
@@ -14,6 +13,7 @@ use crate::actors::supervisor::{
     BackoffPolicy, ChildSpec, Leaf, NestedSupervisor, RestartPolicy, SupervisorArgs, SupervisorHandle,
 };
 use crate::actors::tool_executor::{ToolExecutor, ToolExecutorArgs, ToolExecutorHandle};
+use crate::actors::{ReadyMark, Slot};
 use crate::agent::AgentContext;
 use crate::config::Settings;
 use crate::llm::client::{ChatClient, ClientPolicy};
@@ -134,6 +134,7 @@ impl Runtime {
             });
             let (handle, slot, tools) =
                 McpSessionHandle::new(spec.clone(), settings.mcp.restart_wait, settings.mcp.call_timeout);
+            let ready = Arc::new(ReadyMark::default());
             let args = McpSessionArgs {
                 token: spec.token_secret.as_deref().and_then(|name| secrets.subscribe(name)),
                 server: spec,
@@ -142,6 +143,7 @@ impl Runtime {
                 tools,
                 connect_timeout: settings.mcp.connect_timeout,
                 call_timeout: settings.mcp.call_timeout,
+                ready: ready.clone(),
             };
             let name = server.name.clone();
             let leaf = Leaf::new(
@@ -151,6 +153,7 @@ impl Runtime {
                 slot,
                 RestartPolicy::Backoff(mcp_backoff(&settings.mcp.restart)),
             )
+            .ready_when(ready)
             .on_restart(move || {
                 use crate::telemetry::metrics::{kv, metrics};
                 metrics().mcp_restarts.add(1, &[kv(crate::telemetry::names::attr::MCP_SERVER, name.clone())]);

@@ -89,6 +89,8 @@ pub(crate) struct McpSessionArgs {
     pub connect_timeout: Duration,
     /// Per-call deadline.
     pub call_timeout: Duration,
+    /// Set when the session is ready: what the supervisor's restart policy counts from.
+    pub ready: Arc<super::ReadyMark>,
 }
 
 type CallReply = RpcReplyPort<Result<CallToolResult, McpError>>;
@@ -314,6 +316,7 @@ impl Actor for McpSession {
                 tracing::info!(server = %server.name, transport = server.transport_name(), location = %server.location(),
                     tools = tools.len(), "MCP session ready");
                 state.args.tools.send_replace(ServerTools::Ready(tools));
+                state.args.ready.set();
                 let live = LiveSession { cancel: Some(cancel), ended };
                 if let Some(retired) = state.session.replace(live) {
                     let grace = state.args.call_timeout;

@@ -9,9 +9,8 @@
 //!   sent after the delay, so the supervisor keeps answering. Starting a child awaits only its
 //!   `pre_start`, which does no network I/O (connections are made by tasks the child spawns).
 //! - **Policy**: [`RestartPolicy::Immediate`] restarts at once (state is re-read from the
-//!   sources); [`RestartPolicy::Backoff`] waits `initial · 2^n` (capped, with jitter), and
-//!   after `max_restarts` within `window` marks the child down (its handles fail fast with the
-//!   last cause) and tries again after `cool_down`.
+//!   sources). [`RestartPolicy::Backoff`] is for children whose failures come from outside (an
+//!   MCP server): see [`BackoffPolicy`].
 //! - **Shutdown**: `Shutdown` stops the children in reverse start order, each waited for.
 //!
 //! The same actor runs as `RootSupervisor` and as `McpSupervisor`; only the specs differ.
@@ -25,7 +24,7 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use tokio::time::Instant;
 
-use super::NotRunning;
+use super::{NotRunning, ReadyMark};
 
 /// How a child is restarted after a failure.
 #[derive(Debug, Clone)]
@@ -37,17 +36,34 @@ pub(crate) enum RestartPolicy {
 }
 
 /// Backoff settings for a child whose failures come from outside (a server going away).
+///
+/// A failure is counted until the child has been *ready* (an MCP session: connected and
+/// listed, see [`ChildSpec::ready_since`]) for longer than `max`: only then do the backoff and
+/// the count start afresh. How fast a failure comes does not matter: a server whose connects
+/// time out after 20 s counts like one that refuses at once. The child is marked down (its
+/// handles fail fast with the last cause) after `max_restarts` restarts in a row, or more than
+/// `max_restarts` failures within `window` (a server that flaps). After `cool_down` it gets
+/// exactly one attempt: if that fails before the child is ready, it is down again at once.
+///
+/// ```text
+/// max_restarts = 3
+/// fail  ─ 200ms ─ start  fail ─ 400ms ─ start  fail ─ 800ms ─ start  fail ─┐
+///   (attempt 1)          (attempt 2)           (attempt 3)               down (handles fail fast)
+///                                                                           │ cool_down
+/// start (one attempt) ── fails before ready ── down again at once ──────────┘
+///                     └─ ready for > max, then fails: a fresh count, 200ms backoff
+/// ```
 #[derive(Debug, Clone)]
 pub(crate) struct BackoffPolicy {
     /// First delay.
     pub initial: Duration,
     /// Largest delay.
     pub max: Duration,
-    /// Restarts allowed within `window` before the child is marked down.
+    /// Restarts in a row (or failures within `window`) before the child is marked down.
     pub max_restarts: usize,
-    /// The window.
+    /// The window for failures of a child that flaps (is ready only briefly between them).
     pub window: Duration,
-    /// How long a down child stays down before one more attempt.
+    /// How long a down child stays down before its one next attempt.
     pub cool_down: Duration,
 }
 
@@ -73,6 +89,11 @@ pub(crate) trait ChildSpec: Send + Sync + 'static {
     fn mark(&self, state: NotRunning);
     /// Counts a restart (and records it wherever the spec says restarts are counted).
     fn restarted(&self);
+    /// Since when the running incarnation has been ready to serve, if it is; `started` is when
+    /// it was started (ready at once, for a child with no readiness of its own).
+    fn ready_since(&self, started: Instant) -> Option<Instant> {
+        Some(started)
+    }
     /// Restarts so far.
     fn restarts(&self) -> u64;
     /// Stops the running child and waits for it (a nested supervisor stops its own first).
@@ -183,9 +204,6 @@ impl Actor for Supervisor {
                     Ok(cell) => {
                         child.running = Some(cell.get_id());
                         child.started_at = Instant::now();
-                        if std::mem::take(&mut child.down) {
-                            tracing::info!(supervisor = %state.name, child = child.spec.name(), "child is back after being down");
-                        }
                     }
                     Err(error) => state.schedule_restart(&myself, index, error.to_string().into()),
                 }
@@ -245,15 +263,28 @@ impl SupervisorState {
             }
             RestartPolicy::Backoff(policy) => {
                 let now = Instant::now();
-                // A child that stayed up longer than the longest backoff starts its count afresh.
-                if now.duration_since(child.started_at) > policy.max {
+                let ready_for =
+                    child.spec.ready_since(child.started_at).map(|since| now.saturating_duration_since(since));
+                if ready_for.is_some() && std::mem::take(&mut child.down) {
+                    tracing::info!(supervisor = %self.name, child = child.spec.name(), "child had come back after being down");
+                }
+                // Ready for longer than the longest backoff: a fresh count.
+                if ready_for.is_some_and(|ready_for| ready_for > policy.max) {
                     child.attempt = 0;
                 }
                 child.failures.push_back(now);
                 while child.failures.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
                     child.failures.pop_front();
                 }
-                if child.failures.len() > policy.max_restarts {
+                let too_many =
+                    child.attempt as usize >= policy.max_restarts || child.failures.len() > policy.max_restarts;
+                if child.down {
+                    // The one attempt after the cool-down failed before the child was ready.
+                    tracing::error!(supervisor = %self.name, child = child.spec.name(), %cause, cool_down = ?policy.cool_down,
+                        "the attempt after the cool-down failed: down again");
+                    child.spec.mark(NotRunning::Down(cause));
+                    policy.cool_down
+                } else if too_many {
                     child.failures.clear();
                     child.attempt = 0;
                     child.down = true;
@@ -380,6 +411,7 @@ pub(crate) struct Leaf<A: Actor> {
     policy: RestartPolicy,
     restarts: AtomicU64,
     on_restart: Option<Box<dyn Fn() + Send + Sync>>,
+    ready: Option<Arc<ReadyMark>>,
 }
 
 impl<A> Leaf<A>
@@ -395,7 +427,23 @@ where
         slot: super::Slot<A::Msg>,
         policy: RestartPolicy,
     ) -> Self {
-        Self { name: name.into(), actor, args, slot, policy, restarts: AtomicU64::new(0), on_restart: None }
+        Self {
+            name: name.into(),
+            actor,
+            args,
+            slot,
+            policy,
+            restarts: AtomicU64::new(0),
+            on_restart: None,
+            ready: None,
+        }
+    }
+
+    /// Readiness is `mark`, which the child sets when it can serve (cleared at each start);
+    /// without one, a child is ready once started.
+    pub(crate) fn ready_when(mut self, mark: Arc<ReadyMark>) -> Self {
+        self.ready = Some(mark);
+        self
     }
 
     /// Also calls `count` on every restart (a metric of the child's own kind).
@@ -422,6 +470,9 @@ where
         let actor = (self.actor)();
         let args = self.args.clone();
         let slot = self.slot.clone();
+        if let Some(ready) = &self.ready {
+            ready.clear();
+        }
         Box::pin(async move {
             let (actor, _) = Actor::spawn_linked(None, actor, args, supervisor).await?;
             let cell = actor.get_cell();
@@ -443,5 +494,12 @@ where
 
     fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    fn ready_since(&self, started: Instant) -> Option<Instant> {
+        match &self.ready {
+            Some(mark) => mark.since(),
+            None => Some(started),
+        }
     }
 }

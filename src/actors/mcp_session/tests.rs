@@ -88,6 +88,7 @@ async fn session_waiting(url: &str, restart_wait: Duration) -> (McpSessionHandle
         tools: published,
         connect_timeout: Duration::from_secs(10),
         call_timeout: CALL_TIMEOUT,
+        ready: Default::default(),
     };
     let (actor, _) = Actor::spawn(None, McpSession, args).await.expect("the session starts");
     slot.publish(actor.clone());

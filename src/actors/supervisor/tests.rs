@@ -1,5 +1,5 @@
 use super::*;
-use crate::actors::{Slot, SlotState, Unreachable};
+use crate::actors::{ReadyMark, Slot, SlotState, Unreachable};
 
 /// A child that answers `Ping` with its generation and fails on `Crash`.
 struct Probe;
@@ -50,10 +50,21 @@ fn crash(slot: &Slot<ProbeMsg>) {
 }
 
 async fn start(policy: RestartPolicy) -> (SupervisorHandle, Slot<ProbeMsg>, Arc<AtomicU64>, Arc<dyn ChildSpec>) {
+    start_with(policy, None).await
+}
+
+/// [`start`], the child's readiness being `ready` (set by the test) when given.
+async fn start_with(
+    policy: RestartPolicy,
+    ready: Option<Arc<ReadyMark>>,
+) -> (SupervisorHandle, Slot<ProbeMsg>, Arc<AtomicU64>, Arc<dyn ChildSpec>) {
     let starts = Arc::new(AtomicU64::new(0));
     let slot = Slot::default();
-    let leaf: Arc<dyn ChildSpec> =
-        Arc::new(Leaf::new("probe", || Probe, ProbeArgs { starts: starts.clone() }, slot.clone(), policy));
+    let leaf = Leaf::new("probe", || Probe, ProbeArgs { starts: starts.clone() }, slot.clone(), policy);
+    let leaf: Arc<dyn ChildSpec> = Arc::new(match ready {
+        Some(mark) => leaf.ready_when(mark),
+        None => leaf,
+    });
     let (supervisor, _) = SupervisorHandle::spawn(SupervisorArgs { name: "test".into(), children: vec![leaf.clone()] })
         .await
         .expect("supervisor starts");
@@ -137,4 +148,85 @@ fn backoff_delays_double_up_to_the_cap_with_jitter() {
         let delay = policy.delay(attempt);
         assert!(delay >= step / 2 && delay <= step, "attempt {attempt}: {delay:?} vs {step:?}");
     }
+}
+
+/// How long (in virtual time) a test waits for what the policy promises.
+const VIRTUAL_PATIENCE: Duration = Duration::from_secs(4 * 3600);
+
+/// Waits (in virtual time) until the probe runs incarnation `generation`.
+async fn running(slot: &Slot<ProbeMsg>, generation: u64) {
+    let started = async {
+        loop {
+            match ping(slot).await {
+                Ok(current) if current == generation => return,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    };
+    tokio::time::timeout(VIRTUAL_PATIENCE, started)
+        .await
+        .unwrap_or_else(|_| panic!("incarnation {generation} never ran"));
+}
+
+/// Waits (in virtual time) until the probe's handles say it is down.
+async fn down(slot: &Slot<ProbeMsg>) {
+    let marked = async {
+        while !matches!(ping(slot).await, Err(Unreachable::Down { .. })) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(VIRTUAL_PATIENCE, marked).await.expect("the child is marked down");
+}
+
+/// A child that never gets ready (a server whose connects fail).
+fn never_ready() -> Option<Arc<ReadyMark>> {
+    Some(Arc::new(ReadyMark::default()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_the_cool_down_one_attempt_and_down_again_at_once_if_it_fails() {
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+        max_restarts: 1,
+        window: Duration::from_secs(600),
+        cool_down: Duration::from_secs(30),
+    };
+    let (supervisor, slot, starts, _) = start_with(RestartPolicy::Backoff(policy.clone()), never_ready()).await;
+    running(&slot, 1).await;
+    crash(&slot);
+    running(&slot, 2).await;
+    crash(&slot);
+    down(&slot).await;
+    tokio::time::sleep(policy.cool_down).await;
+    running(&slot, 3).await;
+    // The one attempt fails before the child is ready: down again, no new cycle of restarts.
+    crash(&slot);
+    down(&slot).await;
+    tokio::time::sleep(policy.cool_down / 2).await;
+    assert_eq!(starts.load(Ordering::SeqCst), 3, "no restart before the next cool-down");
+    assert!(matches!(ping(&slot).await, Err(Unreachable::Down { .. })));
+    supervisor.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_that_come_slowly_count_like_fast_ones() {
+    // Each incarnation fails 30 s after it started (a connect timing out), longer than the
+    // longest backoff, and never more than two failures fall within the window.
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+        max_restarts: 3,
+        window: Duration::from_secs(60),
+        cool_down: Duration::from_secs(3600),
+    };
+    let (supervisor, slot, starts, _) = start_with(RestartPolicy::Backoff(policy), never_ready()).await;
+    for generation in 1..=4 {
+        running(&slot, generation).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        crash(&slot);
+    }
+    down(&slot).await;
+    assert_eq!(starts.load(Ordering::SeqCst), 4, "three restarts, the fourth failure marks it down");
+    supervisor.shutdown().await;
 }
