@@ -7,7 +7,7 @@
 //! final answer itself.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::actors::model_router::ModelRouterHandle;
 use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
@@ -95,9 +95,25 @@ pub struct Transcript {
     pub rate_limited: u32,
 }
 
+/// A question's transcript as the agent writes it, shared with the batch: whoever gives up on
+/// the question (its deadline, a shutdown, a second signal) still reads what it did so far.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder(Arc<Mutex<Transcript>>);
+
+impl Recorder {
+    /// What the question did so far.
+    pub fn snapshot(&self) -> Transcript {
+        self.update(|transcript| transcript.clone())
+    }
+
+    fn update<R>(&self, change: impl FnOnce(&mut Transcript) -> R) -> R {
+        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// Answers one question within `deadline`, recording what happens in `transcript` as it goes,
-/// so whoever gives up on it (the deadline, a shutdown) still has the counts and the file.
-/// Never panics on bad model output.
+/// so whoever gives up on it (the deadline, a shutdown, a second signal) still has the counts
+/// and the file. Never panics on bad model output.
 ///
 /// A question whose model saved its research is answered by that file whatever happens after:
 /// the caller turns a later error into a warning (the report, the directory and a rerun then
@@ -106,17 +122,7 @@ pub async fn answer(
     context: &AgentContext,
     question: &str,
     deadline: &Deadline,
-    transcript: &mut Transcript,
-    log: &Arc<CallLog>,
-) -> Result<(), AgentError> {
-    run(context, question, deadline, transcript, log).await
-}
-
-async fn run(
-    context: &AgentContext,
-    question: &str,
-    deadline: &Deadline,
-    transcript: &mut Transcript,
+    transcript: &Recorder,
     log: &Arc<CallLog>,
 ) -> Result<(), AgentError> {
     let settings = &context.settings;
@@ -126,13 +132,13 @@ async fn run(
     let question_id = research::question_id(question);
     let trace_id = crate::telemetry::trace_id(&tracing::Span::current());
     // What a research file saved this turn records: the question, and how it is being answered.
-    let provenance = |model: String, route: String, transcript: &Transcript| Provenance {
+    let provenance = |model: String, route: String| Provenance {
         question: question.to_owned(),
         question_id: question_id.clone(),
         agent: settings.name.clone(),
         model,
         route,
-        tools_used: transcript.tools_used.clone(),
+        tools_used: transcript.update(|t| t.tools_used.clone()),
         trace_id: trace_id.clone(),
     };
     let mut messages = Arc::new(vec![
@@ -141,16 +147,18 @@ async fn run(
     ]);
     let tools = context.tools.definitions().await;
     for _ in 0..settings.max_turns {
-        transcript.turns += 1;
+        transcript.update(|t| t.turns += 1);
         let outcome = context.model.chat(messages.clone(), tools.clone(), deadline, log).await?;
         let route = format!("{}{}", outcome.route, context.route_label);
-        transcript.route = Some(route.clone());
-        transcript.model = Some(outcome.model.clone());
         let response = outcome.completion.response;
-        if let Some(usage) = response.usage {
-            transcript.input_tokens += usage.prompt_tokens;
-            transcript.output_tokens += usage.completion_tokens;
-        }
+        transcript.update(|t| {
+            t.route = Some(route.clone());
+            t.model = Some(outcome.model.clone());
+            if let Some(usage) = &response.usage {
+                t.input_tokens += usage.prompt_tokens;
+                t.output_tokens += usage.completion_tokens;
+            }
+        });
         let Some(choice) = response.choices.into_iter().next() else {
             return Err(AgentError::EmptyAnswer(None));
         };
@@ -162,28 +170,37 @@ async fn run(
             let Some(answer) = answer.or(choice.message.refusal.clone()) else {
                 return Err(AgentError::EmptyAnswer(choice.finish_reason));
             };
-            transcript.answer = Some(answer.clone());
-            if transcript.file.is_none() {
-                let provenance = provenance(outcome.model, route, transcript);
-                let doc = ResearchDoc { provenance, topic: question.to_owned(), content: answer };
-                transcript.file = Some(context.writer.save(doc).await?);
+            let saved = transcript.update(|t| {
+                t.answer = Some(answer.clone());
+                t.file.is_some()
+            });
+            if !saved {
+                let doc = ResearchDoc {
+                    provenance: provenance(outcome.model, route),
+                    topic: question.to_owned(),
+                    content: answer,
+                };
+                let file = context.writer.save(doc).await?;
+                transcript.update(|t| t.file = Some(file));
             }
             return Ok(());
         }
-        for call in &calls {
-            transcript.tool_calls += 1;
-            if !transcript.tools_used.contains(&call.function.name) {
-                transcript.tools_used.push(call.function.name.clone());
+        transcript.update(|t| {
+            for call in &calls {
+                t.tool_calls += 1;
+                if !t.tools_used.contains(&call.function.name) {
+                    t.tools_used.push(call.function.name.clone());
+                }
             }
-        }
-        let saves_with = Arc::new(provenance(outcome.model, route, transcript));
+        });
+        let saves_with = Arc::new(provenance(outcome.model, route));
         for result in context.tools.execute_within(calls, saves_with, deadline).await {
             if result.is_error {
-                transcript.tool_errors += 1;
+                transcript.update(|t| t.tool_errors += 1);
                 tracing::debug!(tool = %result.name, "tool call returned an error to the model");
             }
             if let (Some(path), true) = (result.saved, result.name == SAVE_RESEARCH) {
-                transcript.file = Some(path);
+                transcript.update(|t| t.file = Some(path));
             }
             conversation.push(Message::Tool { tool_call_id: result.call_id, content: result.content });
         }

@@ -7,6 +7,13 @@
 //!   consumed as a stream, so only the questions in flight hold a conversation.
 //! - On shutdown (Ctrl-C / SIGTERM) no new question starts; those in flight get
 //!   `shutdown_grace` to finish, then are marked interrupted.
+//! - [`Rows`] holds every row as it stands, shared with the batch: each question's transcript
+//!   is written through a [`Recorder`] outside the question's future, so a question cut by its
+//!   deadline or the shutdown keeps what it did, and a second signal can write the report from
+//!   the rows before the batch ends ([`Rows::snapshot`]).
+//! - The research file is the answer: a question that saved and then failed or was cut is
+//!   `ok` with a warning, also when the save's reply was lost with its turn
+//!   ([`Report::answer_by_saved_files`]).
 //! - The [`Report`] is written atomically to `report.json`; [`Report::summary`] is the table
 //!   printed on stdout.
 
@@ -15,7 +22,7 @@ pub mod shard;
 use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -24,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::research_writer::write_file_atomically;
-use crate::agent::{self, AgentContext, Transcript};
+use crate::agent::{self, AgentContext, Recorder, Transcript};
 use crate::config::BatchSettings;
 use crate::deadline::Deadline;
 use crate::llm::client::CallLog;
@@ -282,43 +289,186 @@ pub async fn run(
     options: &RunOptions,
     shutdown: &CancellationToken,
 ) -> Report {
-    let started = std::time::Instant::now();
-    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let total = planned.len();
-    let progress = Progress::new(total as u64, options.progress);
-    let mut rows: Vec<Option<Row>> = vec![None; total];
+    let rows = Rows::new(&planned, &context.settings.name, options);
+    run_recorded(context, planned, &rows, options, shutdown).await
+}
+
+/// [`run`], keeping every row in `rows` as it goes (finished rows, and what the questions in
+/// flight did so far), so a report can be written from them before the batch ends
+/// ([`Rows::snapshot`]).
+pub async fn run_recorded(
+    context: &AgentContext,
+    planned: Vec<Planned>,
+    rows: &Rows,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+) -> Report {
+    let progress = Progress::new(planned.len() as u64, options.progress);
     let mut work = Vec::new();
     for (index, item) in planned.into_iter().enumerate() {
         if item.done.is_some() {
+            let row = Row::empty(&item, Status::Skipped);
             record_question(Status::Skipped);
-            progress.finished(&Row::empty(&item, Status::Skipped));
-            rows[index] = Some(Row::empty(&item, Status::Skipped));
+            progress.finished(&row);
+            rows.finish(index, row);
         } else {
             work.push((index, item));
         }
     }
     let mut finished = futures::stream::iter(work)
-        .map(|(index, item)| async move { (index, answer_one(context, item, options, shutdown).await) })
+        .map(|(index, item)| async move {
+            let row = if shutdown.is_cancelled() {
+                record_question(Status::Interrupted);
+                not_started(&item)
+            } else {
+                let (transcript, log) = rows.start(index);
+                answer_one(context, item, options, shutdown, &transcript, &log).await
+            };
+            (index, row)
+        })
         .buffer_unordered(options.concurrency.max(1));
     while let Some((index, row)) = finished.next().await {
         progress.finished(&row);
-        rows[index] = Some(row);
+        rows.finish(index, row);
     }
     progress.done();
-    let questions: Vec<Row> = rows.into_iter().flatten().collect();
-    let totals = totals(&questions, started.elapsed().as_secs_f64());
-    Report {
-        agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
-        shard: None,
-        demo: options.demo,
-        started_at,
-        agent: context.settings.name.clone(),
-        output_dir: options.output_dir.clone(),
-        totals,
-        secrets: Vec::new(),
-        restarts: Default::default(),
-        questions,
+    rows.report()
+}
+
+/// The batch's rows as they stand, shared between the batch and whoever must write the report
+/// before it ends (a second signal): each question is waiting, in flight (with the transcript
+/// its agent writes) or finished.
+#[derive(Clone)]
+pub struct Rows(Arc<Mutex<Board>>);
+
+struct Board {
+    /// The report without its rows.
+    head: Report,
+    started: std::time::Instant,
+    /// When the batch started, for the files it wrote ([`Report::answer_by_saved_files`]).
+    since: SystemTime,
+    questions: Vec<Question>,
+}
+
+enum Question {
+    /// Not started (its row says so).
+    Waiting(Row),
+    /// In flight: its row so far and what its agent did.
+    Running {
+        row: Row,
+        transcript: Recorder,
+        log: Arc<CallLog>,
+        started: std::time::Instant,
+    },
+    Finished(Row),
+}
+
+impl Rows {
+    /// One waiting row per planned question.
+    pub fn new(planned: &[Planned], agent: &str, options: &RunOptions) -> Self {
+        let head = Report {
+            agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
+            shard: None,
+            demo: options.demo,
+            started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            agent: agent.to_owned(),
+            output_dir: options.output_dir.clone(),
+            totals: Totals::default(),
+            secrets: Vec::new(),
+            restarts: Default::default(),
+            questions: Vec::new(),
+        };
+        let questions = planned.iter().map(|item| Question::Waiting(not_started(item))).collect();
+        let board = Board { head, started: std::time::Instant::now(), since: SystemTime::now(), questions };
+        Self(Arc::new(Mutex::new(board)))
     }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks question `index` in flight; its agent writes to the transcript and the log returned.
+    fn start(&self, index: usize) -> (Recorder, Arc<CallLog>) {
+        let (transcript, log) = (Recorder::default(), Arc::new(CallLog::default()));
+        let mut board = self.board();
+        if let Some(Question::Waiting(row)) = board.questions.get(index) {
+            let row = Row { status: Status::Interrupted, error: None, ..row.clone() };
+            let running = Question::Running {
+                row,
+                transcript: transcript.clone(),
+                log: log.clone(),
+                started: std::time::Instant::now(),
+            };
+            board.questions[index] = running;
+        }
+        (transcript, log)
+    }
+
+    fn finish(&self, index: usize, row: Row) {
+        if let Some(question) = self.board().questions.get_mut(index) {
+            *question = Question::Finished(row);
+        }
+    }
+
+    /// The report of a finished batch.
+    fn report(&self) -> Report {
+        self.snapshot("not finished")
+    }
+
+    /// When the batch started: research files written since are this run's.
+    pub fn since(&self) -> SystemTime {
+        self.board().since
+    }
+
+    /// The report as things stand: finished rows as they are; the questions in flight
+    /// `interrupted` with what they did so far (`ok` with a warning when their research was
+    /// saved: the file is the answer), with `why` as their error; the rest `interrupted`, not
+    /// started.
+    pub fn snapshot(&self, why: &str) -> Report {
+        let board = self.board();
+        let questions = board
+            .questions
+            .iter()
+            .map(|question| match question {
+                Question::Waiting(row) | Question::Finished(row) => row.clone(),
+                Question::Running { row, transcript, log, started } => {
+                    let mut row = row.clone();
+                    row.duration_s = started.elapsed().as_secs_f64();
+                    row.transcript = transcript.snapshot();
+                    row.transcript.retries = log.retries();
+                    row.transcript.rate_limited = log.rate_limited();
+                    match row.transcript.file {
+                        Some(_) => answered_by_file(&mut row, why),
+                        None => row.error = Some(why.to_owned()),
+                    }
+                    row
+                }
+            })
+            .collect();
+        let mut report = Report { questions, ..board.head.clone() };
+        report.totals = totals(&report.questions, board.started.elapsed().as_secs_f64());
+        report.answer_by_saved_files(board.since);
+        report
+    }
+}
+
+/// A question the batch never started (it was shutting down).
+fn not_started(item: &Planned) -> Row {
+    let mut row = Row::empty(item, Status::Interrupted);
+    row.error = Some(NOT_STARTED.into());
+    row
+}
+
+/// The error of a question never started.
+const NOT_STARTED: &str = "not started: shutting down";
+
+/// The research file is the answer: a question that saved its research and then ended with
+/// `error` is answered, with the error as a warning.
+fn answered_by_file(row: &mut Row, error: &str) {
+    row.status = Status::Ok;
+    row.error = None;
+    row.error_type = None;
+    row.warning = Some(format!("answered by the research saved before this: {error}"));
 }
 
 impl Report {
@@ -334,6 +484,35 @@ impl Report {
                 row.error = Some(error.clone());
             } else if let Some(path) = ended.moved.get(&row.question_id) {
                 row.transcript.file = Some(path.clone());
+            }
+        }
+        self.totals = totals(&self.questions, self.totals.duration_s);
+    }
+
+    /// The research file is the answer, from the directory's side: a question that ended
+    /// (failed, interrupted) with no file in its row, while a file of its written since `since`
+    /// is in the output directory (saved in a turn cut short, so the agent never heard back),
+    /// is answered by that file: `ok` with a warning. The directory and a rerun then agree
+    /// with the report. Reads the directory only when such a row exists.
+    pub fn answer_by_saved_files(&mut self, since: SystemTime) {
+        let cut = |row: &Row| {
+            matches!(row.status, Status::Failed | Status::Interrupted)
+                && row.transcript.file.is_none()
+                && row.error.as_deref() != Some(NOT_STARTED)
+        };
+        if !self.questions.iter().any(cut) {
+            return;
+        }
+        // File times are kept at the kernel's tick, which may lag the clock read at the start.
+        let since = since.checked_sub(Duration::from_secs(1)).unwrap_or(since);
+        let files = research::scan(&self.output_dir);
+        for row in self.questions.iter_mut().filter(|row| cut(row)) {
+            let Some(file) = files.get(&row.question_id) else { continue };
+            let written = std::fs::metadata(file).and_then(|m| m.modified());
+            if written.is_ok_and(|at| at >= since) {
+                let error = row.error.take().unwrap_or_else(|| row.status.as_str().to_owned());
+                answered_by_file(row, &error);
+                row.transcript.file = Some(file.clone());
             }
         }
         self.totals = totals(&self.questions, self.totals.duration_s);
@@ -404,13 +583,14 @@ fn totals(rows: &[Row], duration_s: f64) -> Totals {
     totals
 }
 
-async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions, shutdown: &CancellationToken) -> Row {
-    if shutdown.is_cancelled() {
-        let mut row = Row::empty(&item, Status::Interrupted);
-        row.error = Some("not started: shutting down".into());
-        record_question(Status::Interrupted);
-        return row;
-    }
+async fn answer_one(
+    context: &AgentContext,
+    item: Planned,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+    transcript: &Recorder,
+    log: &Arc<CallLog>,
+) -> Row {
     let agent_name = &context.settings.name;
     // One trace per question: the root has no parent, whatever span the batch runs in.
     let span = tracing::info_span!(
@@ -434,13 +614,10 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
     let question = item.question.clone();
     let mut row = Row::empty(&item, Status::Failed);
     let started = std::time::Instant::now();
-    let log = Arc::new(CallLog::default());
     // The question's one deadline: every request and call it starts takes what is left of it.
     let deadline = Deadline::after(options.question_timeout);
-    let work = tokio::time::timeout(
-        options.question_timeout,
-        agent::answer(context, &question, &deadline, &mut row.transcript, &log),
-    );
+    let work =
+        tokio::time::timeout(options.question_timeout, agent::answer(context, &question, &deadline, transcript, log));
     let grace = async {
         shutdown.cancelled().await;
         deadline.shorten(options.shutdown_grace);
@@ -463,15 +640,15 @@ async fn answer_one(context: &AgentContext, item: Planned, options: &RunOptions,
         }
     };
     row.duration_s = started.elapsed().as_secs_f64();
+    row.transcript = transcript.snapshot();
     row.transcript.retries = log.retries();
     row.transcript.rate_limited = log.rate_limited();
     match ended {
         Ok(()) => row.status = Status::Ok,
         // The research file is the answer: what went wrong after it was saved is a warning.
         Err((_, error)) if row.transcript.file.is_some() => {
-            row.status = Status::Ok;
             tracing::warn!(parent: &span, question = %row.question, %error, "answered by the saved research; then the question failed");
-            row.warning = Some(format!("answered by the research saved before this: {error}"));
+            answered_by_file(&mut row, &error);
         }
         Err((kind, error)) => {
             if row.status != Status::Interrupted {

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentry::demo::scripted::ScriptedResearcher;
-use agentry_testkit::model_server::ModelServer;
+use agentry_testkit::model_server::{FnBehaviour, ModelServer, Reply};
+use serde_json::json;
 
 use crate::harness::{Agentry, config};
 use crate::peers::PythonMcpServer;
@@ -82,4 +83,38 @@ async fn a_missing_questions_file_exits_2_naming_it() {
     let run = agentry.run(&["run", "--config", path.to_str().expect("utf-8")]).await;
     run.expect_code(2);
     assert!(run.stderr.contains("nowhere.txt"), "{}", run.stderr);
+}
+
+/// Issue 12, case 5 (timeout): a question whose time runs out after its research was saved
+/// (its model never answers the turn after the save) is answered by the saved file: `ok` with
+/// a warning, with the file, turns, tool calls and tokens in its row; a rerun agrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_that_times_out_after_its_save_is_answered_by_the_file() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        if request.messages().iter().any(|m| m["role"] == "tool") {
+            Reply::text("Too late.").delayed(Duration::from_secs(60))
+        } else {
+            Reply::tool_call("save_research", &json!({"topic": "Deadlines", "research_content": "Saved in time."}))
+        }
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let extra =
+        "[agent]\nquestion_timeout = \"3s\"\n[batch]\nquestions = [\"Define deadlines\"]\noutput_dir = \"out\"\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
+    let path = path.to_str().expect("utf-8");
+    let run = agentry.run(&["run", "-c", path]).await;
+    let files = agentry.research_files("out");
+    assert_eq!(files.len(), 1, "the save reached the disk:\n{}", run.output());
+    let report = agentry.report("out/report.json");
+    let row = &report["questions"][0];
+    assert_eq!(row["status"], "ok", "{row}\n{}", run.output());
+    assert!(row["warning"].is_string(), "{row}");
+    assert_eq!(agentry.dir().join(row["file"].as_str().unwrap_or("no file")), files[0], "{row}");
+    assert_eq!((row["turns"].as_u64(), row["tool_calls"].as_u64()), (Some(2), Some(1)), "{row}");
+    assert!(row["input_tokens"].as_u64().is_some_and(|t| t > 0), "{row}");
+    run.expect_code(0);
+    agentry.run(&["run", "-c", path]).await.expect_code(0);
+    assert_eq!(agentry.report("out/report.json")["totals"]["skipped"], 1, "a rerun agrees: answered");
 }
