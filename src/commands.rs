@@ -25,6 +25,7 @@ mod config_check;
 mod demo;
 mod report;
 mod run;
+mod signals;
 mod tools;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ use crate::batch::PlanError;
 use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, ReportCommand};
 use crate::config::{self, ConfigError, Overrides, Settings, Sources};
 use crate::telemetry;
+
+pub use signals::Signals;
 
 /// Exit code: some questions failed.
 const EXIT_FAILED: u8 = 1;
@@ -140,9 +143,13 @@ impl CliError {
     }
 }
 
-/// Runs a parsed command line and flushes telemetry.
-pub async fn execute(cli: Cli) -> ExitCode {
-    let outcome = dispatch(cli).await;
+/// Runs a parsed command line and flushes telemetry; `signals` answers SIGINT and SIGTERM
+/// throughout (the batch commands stop in order at the first).
+pub async fn execute(cli: Cli, signals: Signals) -> ExitCode {
+    let outcome = dispatch(cli, &signals).await;
+    // Nothing this process started outlives it: a session still connecting when its actor
+    // stopped holds its server until the connect times out.
+    crate::mcp::stdio::kill_all_groups();
     telemetry::flush().await;
     match outcome {
         Ok(code) => code,
@@ -153,13 +160,13 @@ pub async fn execute(cli: Cli) -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+async fn dispatch(cli: Cli, signals: &Signals) -> Result<ExitCode, CliError> {
     match cli.command {
-        Command::Run(args) => run::run(args).await,
-        Command::Ask { question, common } => ask::ask(question, common).await,
+        Command::Run(args) => run::run(args, signals).await,
+        Command::Ask { question, common } => ask::ask(question, common, signals).await,
         Command::Tools { common } => tools::tools(common).await,
         Command::Config { command: ConfigCommand::Check { common } } => config_check::config_check(&common),
-        Command::Demo(args) => demo::demo(args).await,
+        Command::Demo(args) => demo::demo(args, signals).await,
         Command::Report { command: ReportCommand::Merge { inputs, output } } => report::merge(&inputs, &output),
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CliError, check_writable, exit};
+use super::signals::Phase;
+use super::{CliError, Signals, check_writable, exit};
 use crate::actors::mcp_session::ServerTools;
 use crate::actors::secret_keeper::EnvLookup;
 use crate::app::Runtime;
@@ -27,12 +28,21 @@ pub(super) enum Mode {
 }
 
 /// Starts the actors, answers `planned`, writes the report, prints the outcome.
+///
+/// Signals (see `signals`): the first one stops the start (every question `interrupted`), or
+/// stops starting questions and gives those in flight `batch.shutdown_grace`, or, after the
+/// batch, leaves the actors [`STOP_AFTER_SIGNAL`] to stop; a second one writes the report from
+/// the rows as they stand and exits at once.
 pub(super) async fn run_batch(
     mut settings: Settings,
     planned: Vec<Planned>,
     env: EnvLookup,
     mode: Mode,
+    signals: &Signals,
 ) -> Result<ExitCode, CliError> {
+    // Before anything connects: from here a first signal stops the batch in order.
+    let shutdown = signals.graceful();
+    signals.enter(Phase::Starting);
     let shard = match mode {
         Mode::Run { shard } => shard,
         Mode::Ask | Mode::Demo => None,
@@ -57,29 +67,39 @@ pub(super) async fn run_batch(
         output_dir: settings.batch.output_dir.clone(),
     };
     let connect_timeout = settings.mcp.connect_timeout;
+    let rows = batch::Rows::new(&planned, &settings.agent.name, &options);
     let runtime = Runtime::start(settings, env).await?;
-    tracing::info!(route = %runtime.describe_route(), "starting");
-    for (server, state) in runtime.tools_settled(connect_timeout).await {
-        if let ServerTools::Failed { cause, .. } = state {
-            tracing::warn!(%server, %cause, "MCP server not available yet; its tools are missing until it connects");
-        }
+    if mode != Mode::Ask {
+        signals.set_last_words(report_what_is_known(rows.clone(), report_path.clone(), shard));
     }
-    let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    tracing::info!(route = %runtime.describe_route(), "starting");
+    tokio::select! {
+        settled = runtime.tools_settled(connect_timeout) => {
+            for (server, state) in settled {
+                if let ServerTools::Failed { cause, .. } = state {
+                    tracing::warn!(%server, %cause, "MCP server not available yet; its tools are missing until it connects");
+                }
+            }
+        }
+        // The batch then marks every question interrupted, not started.
+        () = shutdown.cancelled() => {}
+    }
+    signals.enter(Phase::Answering);
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
-    let mut report = batch::run(&runtime.agent_context(label), planned, &options, &shutdown).await;
-    signals.abort();
+    let mut report = batch::run_recorded(&runtime.agent_context(label), planned, &rows, &options, &shutdown).await;
+    signals.enter(Phase::Finishing);
     // Every research file is on disk before the report says so.
     report.apply_writes(&runtime.writer.drain(Duration::from_secs(120)).await);
+    report.answer_by_saved_files(rows.since());
     report.shard = shard.map(|s| s.to_string());
     report.secrets = runtime.secret_summary();
     report.restarts = runtime.restarts();
-    runtime.shutdown().await;
 
-    // The report exists only where it was written; a report that could not be is a failure.
+    // The report before the actors stop: it is what a stop cut short must not lose. It exists
+    // only where it was written; a report that could not be is a failure.
     let written = match mode {
         Mode::Ask => None,
-        Mode::Run { .. } | Mode::Demo => match report.write(&report_path) {
+        Mode::Run { .. } | Mode::Demo => match signals.instead_of_last_words(|| report.write(&report_path)) {
             Ok(()) => Some(&report_path),
             Err(error) => {
                 eprintln!("error: cannot write the report {}: {error}", report_path.display());
@@ -87,6 +107,7 @@ pub(super) async fn run_batch(
             }
         },
     };
+    stop(runtime, &shutdown).await;
     let report_failed = mode != Mode::Ask && written.is_none();
     let single = report.questions.len() == 1 && report.totals.skipped == 0;
     if single || mode == Mode::Ask {
@@ -109,8 +130,45 @@ pub(super) async fn run_batch(
     if let Some(path) = written {
         outln!("Report: {}", path.display());
     }
-    let unfinished = i32::from(shutdown.is_cancelled() || report_failed);
-    Ok(exit(unfinished.max(report.exit_code())))
+    if signals.received() {
+        tracing::info!("stopped by a signal; every question the report does not call answered can be asked again");
+    }
+    // A signal changes nothing here: the report says what was answered (interrupted questions
+    // make it 1).
+    Ok(exit(i32::from(report_failed).max(report.exit_code())))
+}
+
+/// How long the actors have to stop (sessions closed, stdio servers ended) once a signal came:
+/// with the default grace (7 s) the whole stop stays inside `docker stop`'s 10 s. Stdio
+/// servers still running then are killed.
+const STOP_AFTER_SIGNAL: Duration = Duration::from_secs(2);
+
+/// Stops the actors: in their own time, or within [`STOP_AFTER_SIGNAL`] once a signal came.
+async fn stop(runtime: Runtime, shutdown: &CancellationToken) {
+    let hurry = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(STOP_AFTER_SIGNAL).await;
+    };
+    tokio::select! {
+        () = runtime.shutdown() => {}
+        () = hurry => {
+            tracing::warn!(waited = ?STOP_AFTER_SIGNAL, "the actors did not stop in time after the signal; killing the stdio servers");
+            crate::mcp::stdio::kill_all_groups();
+        }
+    }
+}
+
+/// What a second signal writes before the process ends: the report from the rows as they
+/// stand (no secrets or restart counts: there is no time to ask the actors).
+fn report_what_is_known(rows: batch::Rows, path: PathBuf, shard: Option<Shard>) -> impl FnOnce() + Send + 'static {
+    move || {
+        let mut report = rows.snapshot("interrupted: the process was stopped by a second signal");
+        report.shard = shard.map(|s| s.to_string());
+        match report.write(&path) {
+            Ok(()) => eprintln!("Report (what was known at the second signal): {}", path.display()),
+            Err(error) => eprintln!("error: cannot write the report {}: {error}", path.display()),
+        }
+    }
 }
 
 /// Takes the output directory's lock (`.agentry.lock`, or one per shard: shards share a
@@ -166,29 +224,4 @@ fn fit_open_files(concurrency: usize) -> usize {
         return fits;
     }
     concurrency
-}
-
-/// Ctrl-C or SIGTERM: stop starting questions (the batch lets in-flight ones finish within
-/// the grace period). A second signal exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let next = async {
-        match term.as_mut() {
-            Some(term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    };
-    next.await;
-    eprintln!("shutting down: no new questions; waiting for those in flight (Ctrl-C again to exit now)");
-    shutdown.cancel();
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("exiting now");
-    std::process::exit(130);
 }

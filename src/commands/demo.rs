@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::CliError;
 use super::batch::{Mode, run_batch};
+use super::{CliError, Signals};
 use crate::actors::secret_keeper::EnvLookup;
 use crate::batch;
 use crate::cli::DemoArgs;
@@ -25,7 +25,7 @@ const DEMO_QUESTIONS: &[&str] = &[
     "What is Docker Compose?",
 ];
 
-pub(super) async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
+pub(super) async fn demo(args: DemoArgs, signals: &Signals) -> Result<ExitCode, CliError> {
     let questions = if args.questions.is_empty() {
         DEMO_QUESTIONS.iter().map(|q| (*q).to_owned()).collect()
     } else {
@@ -61,5 +61,5 @@ pub(super) async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     settings.mcp.connect_timeout = Duration::from_secs(10);
     let planned = batch::plan(&settings.batch, args.force, None)?;
     let no_env: EnvLookup = Arc::new(|_: &str| None);
-    run_batch(settings, planned, no_env, Mode::Demo).await
+    run_batch(settings, planned, no_env, Mode::Demo, signals).await
 }

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use super::batch::{Mode, run_batch};
-use super::{CliError, process_env, settings};
+use super::{CliError, Signals, process_env, settings};
 use crate::batch::{self, shard::Shard};
 use crate::cli::RunArgs;
 use crate::config::Overrides;
 
-pub(super) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+pub(super) async fn run(args: RunArgs, signals: &Signals) -> Result<ExitCode, CliError> {
     let overrides = Overrides { concurrency: args.concurrency, report: args.report.clone(), ..Overrides::default() };
     let settings = settings(&args.common, overrides)?;
     let shard = match args.shard {
@@ -19,5 +19,5 @@ pub(super) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if let Some(shard) = shard {
         tracing::info!(%shard, questions = planned.len(), "answering this shard's share");
     }
-    run_batch(settings, planned, process_env(), Mode::Run { shard }).await
+    run_batch(settings, planned, process_env(), Mode::Run { shard }, signals).await
 }

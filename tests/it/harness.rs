@@ -186,3 +186,76 @@ pub fn live_pids(needle: &str, parent: Option<u32>) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A running process's standard error, read as it comes, so a test can wait for a line before
+/// its next step (a signal sent before the previous one was answered would be merged with it).
+pub struct StderrWatch {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl StderrWatch {
+    /// Takes `child`'s standard error (the `Run` that `Agentry::finish` returns then has none).
+    pub fn take(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncReadExt;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (sink, notify) = (text.clone(), changed.clone());
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = stderr.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+                sink.lock().expect("stderr text").push_str(&String::from_utf8_lossy(&buffer[..read]));
+                notify.notify_waiters();
+            }
+        });
+        Self { text, changed }
+    }
+
+    /// Everything read so far.
+    pub fn text(&self) -> String {
+        self.text.lock().expect("stderr text").clone()
+    }
+
+    /// Waits (at most 60 s) until the standard error contains `needle`; panics with what it
+    /// holds otherwise.
+    pub async fn wait_for(&self, needle: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let changed = self.changed.notified();
+                if self.text().contains(needle) {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "no {needle:?} on stderr within 60 s:\n{}", self.text());
+    }
+}
+
+/// Sends `signal` (`TERM`, `INT`, …) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+    assert!(sent.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
+}
+
+/// Waits (at most 10 s) until no live process's command line contains `needle`; returns those
+/// still there, after killing them so a failing test leaves nothing behind.
+pub async fn gone(needle: &str) -> Vec<u32> {
+    let mut left = live_pids(needle, None);
+    for _ in 0..200 {
+        if left.is_empty() {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = live_pids(needle, None);
+    }
+    for pid in &left {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    left
+}
