@@ -215,6 +215,12 @@ impl Actor for ModelRouter {
                 return Ok(());
             }
         };
+        // A rejected key is not tried again until the secret changes, to any value: one that was
+        // rejected before may have been re-enabled.
+        if state.args.credential.has_changed().unwrap_or(false) {
+            state.args.credential.mark_unchanged();
+            state.rejected = None;
+        }
         let decision = match state.args.decide(state.rejected) {
             Ok(decision) => decision,
             Err(error) => {
@@ -376,7 +382,10 @@ async fn send(
         args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log, deadline).await;
     if route == Route::Cloud && matches!(result, Err(LlmError::Auth { .. })) {
         let used = endpoint.credential.as_ref().map(Credential::fingerprint);
-        let reloaded = args.secrets.reload(&args.secret_name).await;
+        let reloaded = match used {
+            Some(rejected) => args.secrets.reload_rejected(&args.secret_name, rejected).await,
+            None => args.secrets.reload(&args.secret_name).await,
+        };
         let current = args.credential.borrow().credential().cloned();
         match current {
             Some(credential) if Some(credential.fingerprint()) != used => {

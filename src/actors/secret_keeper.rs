@@ -3,7 +3,7 @@
 //! - **Owns**: each secret's current [`Credential`] (in a `watch` channel per secret, created
 //!   by the wiring so it outlives restarts), the rotation counters.
 //! - **Accepts**: `Reload(name)` (after a 401: read the sources now and say whether the value
-//!   changed) and an internal `Poll` tick. Handles also give out a [`Redactor`] over the
+//!   changed; the 401s of one burst are one read) and an internal `Poll` tick. Handles also give out a [`Redactor`] over the
 //!   channels, which scrubs the current values out of server text without messaging the actor.
 //! - **Concurrency**: answers from memory. Reading a secret is a `stat` and a read of a file
 //!   of at most 64 KiB on a local (tmpfs) mount, done on the poll timer, never on a caller's
@@ -97,7 +97,9 @@ pub enum Reloaded {
 
 pub(crate) enum SecretKeeperMsg {
     /// Re-read one secret now.
-    Reload(String, RpcReplyPort<Reloaded>),
+    /// Re-read one secret now; with the fingerprint a server just rejected, a burst of such
+    /// reloads is one read.
+    Reload(String, Option<Fingerprint>, RpcReplyPort<Reloaded>),
     /// Timer tick: re-read all.
     Poll,
 }
@@ -109,12 +111,39 @@ pub(crate) struct SecretKeeperState {
     timer: Option<JoinHandle<()>>,
     /// Last error per secret, so a broken source is logged once, not every tick.
     last_error: HashMap<String, String>,
+    /// The last reload per secret after a rejection: when, and what it found.
+    reloaded: HashMap<String, (tokio::time::Instant, Reloaded)>,
 }
+
+/// Reloads after a rejection within this of the last one are answered without a new read: every
+/// request in flight gets its 401 at once, and one re-read answers them all.
+const RELOAD_COALESCE: Duration = Duration::from_secs(1);
 
 static ENV_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl SecretKeeperState {
     /// Re-reads one secret; publishes and counts a change.
+    /// A reload: after a rejection of `rejected`, answered without reading when the value
+    /// changed since (another caller's reload found a new one) or was read a moment ago.
+    fn reload(&mut self, name: String, rejected: Option<Fingerprint>) -> Reloaded {
+        let Some(rejected) = rejected else {
+            return self.refresh(&name);
+        };
+        let current =
+            self.args.channels.get(&name).and_then(|c| c.state.borrow().credential().map(Credential::fingerprint));
+        if current.is_some_and(|current| current != rejected) {
+            return Reloaded::Changed;
+        }
+        if let Some((at, outcome)) = self.reloaded.get(&name)
+            && at.elapsed() < RELOAD_COALESCE
+        {
+            return *outcome;
+        }
+        let outcome = self.refresh(&name);
+        self.reloaded.insert(name, (tokio::time::Instant::now(), outcome));
+        outcome
+    }
+
     fn refresh(&mut self, name: &str) -> Reloaded {
         let Some(channel) = self.args.channels.get(name) else {
             return Reloaded::Unchanged;
@@ -192,7 +221,7 @@ impl Actor for SecretKeeper {
         args: SecretKeeperArgs,
     ) -> Result<SecretKeeperState, ActorProcessingErr> {
         let poll_interval = args.poll_interval;
-        let mut state = SecretKeeperState { args, timer: None, last_error: HashMap::new() };
+        let mut state = SecretKeeperState { args, timer: None, last_error: HashMap::new(), reloaded: HashMap::new() };
         let names: Vec<String> = state.args.channels.keys().cloned().collect();
         for name in &names {
             state.refresh(name);
@@ -215,9 +244,8 @@ impl Actor for SecretKeeper {
         state: &mut SecretKeeperState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SecretKeeperMsg::Reload(name, reply) => {
-                let outcome = state.refresh(&name);
-                let _ = reply.send(outcome);
+            SecretKeeperMsg::Reload(name, rejected, reply) => {
+                let _ = reply.send(state.reload(name, rejected));
             }
             SecretKeeperMsg::Poll => {
                 let names: Vec<String> = state.args.channels.keys().cloned().collect();
@@ -285,7 +313,21 @@ impl SecretKeeperHandle {
     /// Re-reads a secret now (after the server rejected it).
     pub async fn reload(&self, name: &str) -> Result<Reloaded, Unreachable> {
         let name = name.to_owned();
-        self.slot.call("secret-keeper", RESTART_WAIT, RESTART_WAIT, |reply| SecretKeeperMsg::Reload(name, reply)).await
+        self.slot
+            .call("secret-keeper", RESTART_WAIT, RESTART_WAIT, |reply| SecretKeeperMsg::Reload(name, None, reply))
+            .await
+    }
+
+    /// Re-reads a secret after a server rejected the value with `fingerprint`. Concurrent
+    /// rejections of one value are one read: a reload that finds the value already changed, or
+    /// comes within a second of another, is answered without reading.
+    pub async fn reload_rejected(&self, name: &str, fingerprint: Fingerprint) -> Result<Reloaded, Unreachable> {
+        let name = name.to_owned();
+        self.slot
+            .call("secret-keeper", RESTART_WAIT, RESTART_WAIT, |reply| {
+                SecretKeeperMsg::Reload(name, Some(fingerprint), reply)
+            })
+            .await
     }
 }
 

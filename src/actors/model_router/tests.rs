@@ -342,3 +342,22 @@ async fn a_rotated_key_is_used_by_the_next_request() {
     assert_eq!(fixture.secrets.rotations(SECRET), 1);
     assert_no_canary("the logs", &logs.text());
 }
+
+/// Issue 12, case 6: a key rotated away from and back to a value the cloud rejected is tried
+/// again (it may have been re-enabled), not blocked until the router restarts.
+#[tokio::test]
+async fn a_key_rotated_back_to_a_rejected_value_is_tried_again() {
+    let fixture = Fixture::start(Fallback::Local, CANARY, Duration::from_millis(20)).await;
+    assert_eq!(fixture.chat().await.expect("the fallback answers").route, Route::Local);
+    fixture.fake.accept(ROTATED);
+    fixture.rotate(ROTATED);
+    fixture.published(ROTATED).await;
+    assert_eq!(fixture.chat().await.expect("the cloud answers").route, Route::Cloud);
+    // The first key is re-enabled and put back.
+    fixture.fake.accept(CANARY);
+    fixture.rotate(CANARY);
+    fixture.published(CANARY).await;
+    let outcome = fixture.chat().await.expect("the cloud answers");
+    assert_eq!(outcome.route, Route::Cloud);
+    assert_eq!(fixture.fake.seen().last(), Some(&seen("cloud", Some(CANARY))));
+}
