@@ -145,6 +145,9 @@ pub(crate) struct McpSessionState {
     phase: Phase,
     /// The current session; closed when replaced or when the state is dropped.
     session: Option<LiveSession>,
+    /// The connect-and-watch tasks, ended with the state: a connect still in progress when the
+    /// actor stops (a stdio server that never answers `initialize`) goes with it.
+    tasks: Vec<AbortOnDrop>,
     /// The current connection attempt; reports from older ones are ignored.
     generation: u64,
     /// Re-lists after `notifications/tools/list_changed`.
@@ -218,6 +221,21 @@ impl Drop for LiveSession {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts connecting (attempt `generation`) in a task the state owns.
+fn spawn_connect(myself: &ActorRef<McpSessionMsg>, args: &McpSessionArgs, generation: u64) -> AbortOnDrop {
+    let task = tokio::spawn(connect_and_watch(myself.clone(), args.clone(), generation).in_current_span());
+    AbortOnDrop(task.abort_handle())
+}
+
 pub(crate) struct McpSession;
 
 impl Actor for McpSession {
@@ -230,11 +248,12 @@ impl Actor for McpSession {
         myself: ActorRef<Self::Msg>,
         args: McpSessionArgs,
     ) -> Result<McpSessionState, ActorProcessingErr> {
-        tokio::spawn(connect_and_watch(myself, args.clone(), 0).in_current_span());
+        let connect = spawn_connect(&myself, &args, 0);
         Ok(McpSessionState {
             args,
             phase: Phase::Connecting { pending: Vec::new() },
             session: None,
+            tasks: vec![connect],
             generation: 0,
             relist: Relist::default(),
         })
@@ -309,7 +328,8 @@ impl Actor for McpSession {
                 // token; the old one is closed once calls on it have had time to finish.
                 tracing::info!(server = %state.args.server.name, "bearer token rotated: reconnecting with the new one");
                 state.generation += 1;
-                tokio::spawn(connect_and_watch(myself.clone(), state.args.clone(), state.generation).in_current_span());
+                state.tasks.retain(|task| !task.0.is_finished());
+                state.tasks.push(spawn_connect(&myself, &state.args, state.generation));
             }
             McpSessionMsg::Connected { peer, cancel, ended, tools, .. } => {
                 let server = &state.args.server;

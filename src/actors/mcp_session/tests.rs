@@ -184,3 +184,59 @@ async fn a_call_cancelled_with_its_question_ends_without_waiting_for_a_restart()
     assert_eq!(hanging.calls.load(Ordering::SeqCst), 1);
     server.shutdown().await;
 }
+
+/// Issue 12, case 1: a session stopped while it is still connecting takes its connect with it:
+/// a stdio server that never answers `initialize` is gone at once, not at `connect_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_stopped_while_connecting_ends_its_server() {
+    let marker = format!("sleep {}", 30_000 + std::process::id() % 10_000);
+    let server = Arc::new(ServerSpec {
+        name: "silent".into(),
+        endpoint: McpEndpoint::Stdio {
+            command: vec!["sh".into(), "-c".into(), format!("exec {marker}")],
+            env: vec!["PATH".into()],
+        },
+        allow: Vec::new(),
+        retry_tools: Vec::new(),
+        max_concurrent_calls: 8,
+        token_secret: None,
+    });
+    let (_handle, _slot, published) = McpSessionHandle::new(server.clone(), Duration::from_secs(5), CALL_TIMEOUT);
+    let secrets_dir = tempfile::tempdir().expect("tempdir");
+    let (secrets, _, _) =
+        SecretKeeperHandle::new(Vec::new(), secrets_dir.path().into(), Duration::from_secs(3600), Arc::new(|_| None));
+    let args = McpSessionArgs {
+        server,
+        http: reqwest::Client::new(),
+        token: None,
+        secrets,
+        tools: published,
+        connect_timeout: Duration::from_secs(600),
+        call_timeout: CALL_TIMEOUT,
+        ready: Default::default(),
+    };
+    let running = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+            .any(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end() == marker)
+    };
+    let (actor, _) = Actor::spawn(None, McpSession, args).await.expect("the session starts");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the server started");
+    actor.stop_and_wait(None, None).await.expect("the session stops");
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the server outlived its session ({marker})");
+}
