@@ -8,7 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`cli`] | clap types only |
-//! | [`commands`] | one file per subcommand (`run`, `ask`, `tools`, `config check`, `demo`, `report`), each `Result<ExitCode, CliError>`; exit codes 0 / 1 / 2 |
+//! | [`commands`] | one file per subcommand (`run`, `ask`, `tools`, `config check`, `demo`, `report`), each `Result<ExitCode, CliError>`; exit codes 0 / 1 / 2; `commands::signals` answers SIGINT/SIGTERM from before start-up to exit |
 //! | [`config`] | typed settings from `config/default.toml`, a user file, the environment; MCP endpoints and base URLs resolved as they are read |
 //! | [`app`] | wiring: starts the supervision tree, hands out handles, stops in order |
 //! | [`actors`] | SecretKeeper, ModelRouter, McpSession, ToolExecutor, ResearchWriter, supervisors; each with its handle and handle-level tests |
