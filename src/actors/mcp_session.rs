@@ -14,7 +14,7 @@
 //!   flight get an error reply (never silence); the tool registry sees the new tool list.
 //! - **Supervisor**: McpSupervisor. **Shutdown**: `post_stop` closes the session and waits for
 //!   it (the connection closed, a stdio server's process group ended). A failure closes it too:
-//!   the session is owned by the state ([`LiveSession`]), and dropping the state closes it.
+//!   the session is owned by the state (`LiveSession`), and dropping the state closes it.
 //! - **What fails the actor**: a failed connect, and a transport that is really gone (the
 //!   session's service loop ended). One request that could not be delivered (a 5xx on a POST, a
 //!   reset) fails that call only.
