@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::llm::BaseUrl;
+use crate::llm::rate_limit::LimitConfig;
 use crate::secrets::SecretSpec;
 
 /// The embedded defaults, documented key by key.
@@ -182,6 +183,9 @@ pub struct CloudModel {
     pub api_key_secret: String,
     /// Values that mean "no key".
     pub placeholder_keys: Vec<String>,
+    /// Configured rate limits (headers from the server win).
+    #[serde(default)]
+    pub rate_limit: LimitConfig,
 }
 
 /// `[model.local]`
@@ -192,6 +196,9 @@ pub struct LocalModel {
     pub base_url: BaseUrl,
     /// Model name.
     pub model: String,
+    /// Configured rate limits (headers from the server win).
+    #[serde(default)]
+    pub rate_limit: LimitConfig,
 }
 
 /// `[secrets]`
