@@ -17,6 +17,7 @@ use crate::actors::{ReadyMark, Slot};
 use crate::agent::AgentContext;
 use crate::config::Settings;
 use crate::llm::client::{ChatClient, ClientPolicy};
+use crate::llm::rate_limit::Limiter;
 use crate::mcp::ServerSpec;
 
 /// A start-up failure.
@@ -100,14 +101,22 @@ impl Runtime {
             max_delay: model.retry_max_delay,
         })?
         .with_redactor(secrets.redactor());
-        let target = |base: &crate::llm::BaseUrl, model: &str| RouteTarget {
+        // One limiter per route, at most the batch's concurrency in flight.
+        let concurrency = settings.batch.concurrency;
+        // The cloud's first answer is quick and tells its limits: one request goes alone first.
+        let target = |base: &crate::llm::BaseUrl, model: &str, limiter| RouteTarget {
             base_url: base.url().clone(),
             model: model.to_owned(),
+            limiter,
         };
         let router = ModelRouterArgs {
             client,
-            cloud: target(&model.cloud.base_url, &model.cloud.model),
-            local: target(&model.local.base_url, &model.local.model),
+            cloud: target(
+                &model.cloud.base_url,
+                &model.cloud.model,
+                Limiter::new(model.cloud.rate_limit, concurrency).probe_first(),
+            ),
+            local: target(&model.local.base_url, &model.local.model, Limiter::new(model.local.rate_limit, concurrency)),
             fallback: model.fallback,
             secret_name: model.cloud.api_key_secret.clone(),
             credential,
@@ -116,7 +125,9 @@ impl Runtime {
             max_tokens: model.max_tokens,
         };
         // A call's deadline covers every retry: attempts plus the longest backoffs.
-        let model_deadline = (model.request_timeout + model.retry_max_delay) * (model.max_retries + 1);
+        // Waits for the rate limits are bounded by the question's deadline alone.
+        let model_deadline = ((model.request_timeout + model.retry_max_delay) * (model.max_retries + 1))
+            .max(settings.agent.question_timeout);
         let router_slot = Slot::default();
         let model_handle = ModelRouterHandle::new(router_slot.clone(), model_deadline);
 

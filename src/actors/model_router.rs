@@ -29,6 +29,7 @@ use crate::config::Fallback;
 use crate::deadline::Deadline;
 use crate::llm::LlmError;
 use crate::llm::client::{CallLog, ChatClient, Completion, Endpoint};
+use crate::llm::rate_limit::Limiter;
 use crate::llm::wire::{ChatRequest, Message, ToolDefinition};
 use crate::secrets::{Credential, Fingerprint};
 
@@ -58,6 +59,8 @@ pub(crate) struct RouteTarget {
     pub base_url: Url,
     /// Model name.
     pub model: String,
+    /// The route's pacing, shared by every request on it (and across restarts).
+    pub limiter: Limiter,
 }
 
 /// Start-up arguments (cloned on every restart).
@@ -130,6 +133,14 @@ struct Decision {
 }
 
 impl ModelRouterArgs {
+    /// The pacing of `route`.
+    fn limiter(&self, route: Route) -> &Limiter {
+        match route {
+            Route::Cloud => &self.cloud.limiter,
+            Route::Local => &self.local.limiter,
+        }
+    }
+
     fn local_endpoint(&self) -> Endpoint {
         Endpoint { base_url: self.local.base_url.clone(), model: self.local.model.clone(), credential: None }
     }
@@ -378,8 +389,10 @@ async fn send(
     deadline: &Deadline,
 ) -> Result<ChatOutcome, LlmError> {
     let Decision { route, mut endpoint } = decision;
-    let mut result =
-        args.client.complete(&endpoint, &request(args, &endpoint.model, messages, tools), log, deadline).await;
+    let mut result = args
+        .client
+        .complete(&endpoint, &request(args, &endpoint.model, messages, tools), log, deadline, args.limiter(route))
+        .await;
     if route == Route::Cloud && matches!(result, Err(LlmError::Auth { .. })) {
         let used = endpoint.credential.as_ref().map(Credential::fingerprint);
         let reloaded = match used {
@@ -393,7 +406,13 @@ async fn send(
                 endpoint.credential = Some(credential);
                 result = args
                     .client
-                    .complete(&endpoint, &request(args, &endpoint.model, messages, tools), log, deadline)
+                    .complete(
+                        &endpoint,
+                        &request(args, &endpoint.model, messages, tools),
+                        log,
+                        deadline,
+                        args.limiter(route),
+                    )
                     .await;
             }
             _ => tracing::debug!(?reloaded, "reload found no new key"),
@@ -408,7 +427,13 @@ async fn send(
                     let local = args.local_endpoint();
                     let completion = args
                         .client
-                        .complete(&local, &request(args, &local.model, messages, tools), log, deadline)
+                        .complete(
+                            &local,
+                            &request(args, &local.model, messages, tools),
+                            log,
+                            deadline,
+                            args.limiter(Route::Local),
+                        )
                         .await?;
                     Ok(ChatOutcome { completion, route: Route::Local, model: local.model })
                 }

@@ -116,8 +116,9 @@ pub(crate) struct SecretKeeperState {
 }
 
 /// Reloads after a rejection within this of the last one are answered without a new read: every
-/// request in flight gets its 401 at once, and one re-read answers them all.
-const RELOAD_COALESCE: Duration = Duration::from_secs(1);
+/// request in flight gets its 401 at once, and one re-read answers them all. Short, so that a
+/// rotation just after a rejection is still read at once.
+const RELOAD_COALESCE: Duration = Duration::from_millis(200);
 
 static ENV_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -320,7 +321,7 @@ impl SecretKeeperHandle {
 
     /// Re-reads a secret after a server rejected the value with `fingerprint`. Concurrent
     /// rejections of one value are one read: a reload that finds the value already changed, or
-    /// comes within a second of another, is answered without reading.
+    /// comes within 200 ms of another, is answered without reading.
     pub async fn reload_rejected(&self, name: &str, fingerprint: Fingerprint) -> Result<Reloaded, Unreachable> {
         let name = name.to_owned();
         self.slot

@@ -8,16 +8,17 @@
 //! the whole exchange). Text from the server that ends up in an error (an error message, the
 //! first bytes of a body that cannot be read) goes through the [`Redactor`] first.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use url::Url;
 
 use super::LlmError;
+use super::rate_limit::{self, Limiter, Permit, RateLimitHeaders};
 use super::wire::{ChatRequest, ChatResponse, ErrorBody};
 use crate::deadline::Deadline;
 use crate::secrets::{Credential, Redactor};
@@ -60,6 +61,7 @@ pub struct Completion {
 pub struct CallLog {
     retries: AtomicU32,
     rate_limited: AtomicU32,
+    paced_ms: AtomicU64,
     last_failure: std::sync::Mutex<Option<String>>,
 }
 
@@ -90,6 +92,16 @@ impl CallLog {
             other => other.to_string(),
         };
         *self.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(what);
+    }
+
+    /// A request waited `waited` for the route's rate limits before it was sent.
+    fn paced(&self, waited: Duration) {
+        self.paced_ms.fetch_add(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Time spent waiting for the route's rate limits.
+    pub fn paced_for(&self) -> Duration {
+        Duration::from_millis(self.paced_ms.load(Ordering::Relaxed))
     }
 
     /// A request is sent again after `error` (a 429 is back-pressure, not a retry).
@@ -151,15 +163,21 @@ impl ChatClient {
         self
     }
 
-    /// Sends `request` to `endpoint`, retrying transient failures while `deadline` allows (each
-    /// attempt takes at most what is left; a backoff that would end past it is not waited for);
-    /// counts them in `log`.
+    /// Sends `request` to `endpoint` through `limiter` (the route's pacing), retrying transient
+    /// failures while `deadline` allows (each attempt takes at most what is left; a wait that
+    /// would end past it is not begun); counts what happens in `log`.
+    ///
+    /// A 429 is back-pressure, not a failure: it never uses up `max_retries`. With the
+    /// provider's `Retry-After` (or the message's "try again in") the limiter holds every
+    /// request of the route until then; without, this request backs off on its own, doubling
+    /// from `min_delay` up to `max_delay`; either way only the deadline ends it.
     pub async fn complete(
         &self,
         endpoint: &Endpoint,
         request: &ChatRequest<'_>,
         log: &CallLog,
         deadline: &Deadline,
+        limiter: &Limiter,
     ) -> Result<Completion, LlmError> {
         let url = super::chat_completions_url(&endpoint.base_url);
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| LlmError::Protocol {
@@ -170,42 +188,61 @@ impl ChatClient {
         if let Some(traceparent) = crate::telemetry::traceparent().and_then(|t| HeaderValue::from_str(&t).ok()) {
             headers.insert("traceparent", traceparent);
         }
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.policy.min_delay)
-            .with_max_delay(self.policy.max_delay)
-            .with_max_times(self.policy.max_retries as usize)
-            .with_jitter();
-        let max_delay = self.policy.max_delay;
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(self.policy.min_delay)
+                .with_max_delay(self.policy.max_delay)
+                .with_jitter()
+        };
+        let mut retries = backoff().with_max_times(self.policy.max_retries as usize).build();
+        let mut rate_limited = backoff().without_max_times().build();
+        let estimate = rate_limit::estimate_tokens(request);
         let credential = endpoint.credential.as_ref();
-        // Set when the next try would come after the deadline: the error then says so.
-        let out_of_time = std::sync::OnceLock::new();
-        let response = (|| async {
-            let result = self.attempt(&url, &headers, body.clone(), credential, deadline).await;
-            if let Err(error) = &result {
-                log.failed(error);
+        loop {
+            let permit = limiter
+                .admit(estimate, deadline)
+                .await
+                .map_err(|cause| LlmError::Paced { url: url.to_string(), cause })?;
+            if let Some(wait) = permit.waited() {
+                log.paced(wait.waited);
+                tracing::info!(rate_limit.bucket = %wait.bucket, rate_limit.wait_s = wait.waited.as_secs_f64(),
+                    "rate_limit.wait");
             }
-            result
-        })
-        .retry(backoff)
-        .when(LlmError::is_retryable)
-        .adjust(|error, delay| {
-            let delay = delay.map(|delay| error.retry_after().map_or(delay, |asked| asked.min(max_delay)))?;
+            let error = match self.attempt(&url, &headers, body.clone(), credential, deadline, &permit).await {
+                Ok(response) => {
+                    let used = response.usage.as_ref().map(|u| u.prompt_tokens + u.completion_tokens);
+                    permit.settle(used.unwrap_or(estimate));
+                    return Ok(Completion { response });
+                }
+                Err(error) => error,
+            };
+            log.failed(&error);
+            // How long until the next try, and whether this request sleeps it itself.
+            let (wait, sleep) = match &error {
+                LlmError::RateLimited { retry_after: Some(asked), .. } => {
+                    permit.rate_limited(Some(*asked));
+                    (*asked, false)
+                }
+                LlmError::RateLimited { retry_after: None, .. } => {
+                    permit.rate_limited(None);
+                    (rate_limited.next().unwrap_or(self.policy.max_delay), true)
+                }
+                retryable if retryable.is_retryable() => {
+                    drop(permit);
+                    let Some(delay) = retries.next() else { return Err(error) };
+                    (retryable.retry_after().map_or(delay, |asked| asked.min(self.policy.max_delay)), true)
+                }
+                _ => return Err(error),
+            };
             let left = deadline.left();
-            if delay >= left {
-                let _ = out_of_time.set(left);
-                return None;
+            if wait >= left {
+                return Err(LlmError::OutOfTime { last: Box::new(error), left });
             }
-            Some(delay)
-        })
-        .notify(|error, delay| {
-            log.retrying(error);
-            tracing::warn!(error.type = error.kind(), %error, retry_in = ?delay, "model call failed; retrying");
-        })
-        .await;
-        match (response, out_of_time.get().copied()) {
-            (Ok(response), _) => Ok(Completion { response }),
-            (Err(last), Some(left)) => Err(LlmError::OutOfTime { last: Box::new(last), left }),
-            (Err(last), None) => Err(last),
+            log.retrying(&error);
+            tracing::warn!(error.type = error.kind(), %error, retry_in = ?wait, "model call failed; retrying");
+            if sleep {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
@@ -216,6 +253,7 @@ impl ChatClient {
         body: Bytes,
         credential: Option<&Credential>,
         deadline: &Deadline,
+        permit: &Permit,
     ) -> Result<ChatResponse, LlmError> {
         let shown = url.to_string();
         let send = self.http.post(url.clone()).headers(headers.clone()).body(body).send();
@@ -223,9 +261,12 @@ impl ChatClient {
         let exchange = async {
             let response = send.await.map_err(|source| classify_transport(&shown, timeout, source))?;
             let status = response.status();
-            let retry_after = retry_after(response.headers());
+            // Success or error, the provider says how much of its limits is left.
+            permit.observe(&RateLimitHeaders::from_headers(response.headers()));
+            let headers = response.headers().clone();
             let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let read = self.read_body(response).await;
+            let retry_after = rate_limit::retry_delay(&headers, &read.bytes);
             Ok::<_, LlmError>((status, retry_after, content_type, read))
         };
         let (status, retry_after, content_type, read) = tokio::time::timeout(timeout, exchange)
@@ -347,21 +388,6 @@ fn classify_transport(url: &str, timeout: Duration, source: reqwest::Error) -> L
     }
 }
 
-/// `Retry-After` (seconds or an HTTP date) or OpenAI's `retry-after-ms`.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) =
-        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
-    {
-        return (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
-    }
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
-}
-
 /// The error for a non-2xx status. The server's message is scrubbed: servers quote keys (in
 /// part or whole) in 400, 403 and 5xx messages too.
 fn status_error(
@@ -382,6 +408,8 @@ fn status_error(
     let cut = (0..=message.len().min(MESSAGE_SCAN_BYTES)).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
     let message: String = scrub(&message[..cut]).chars().take(MESSAGE_CHARS).collect();
     match code {
+        // Larger than the whole per-minute budget: no wait makes it fit.
+        429 if message.starts_with("Request too large") => LlmError::Rejected { status: code, message, url },
         429 => LlmError::RateLimited { retry_after, url },
         408 | 409 | 500..=599 => LlmError::Server { status: code, message, retry_after, url },
         _ => LlmError::Rejected { status: code, message, url },
@@ -391,22 +419,6 @@ fn status_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_dates_and_milliseconds() {
-        let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        headers.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
-        let mut headers = HeaderMap::new();
-        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
-        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("date"));
-        let delay = retry_after(&headers).expect("date parsed");
-        assert!(delay <= Duration::from_secs(30) && delay >= Duration::from_secs(28), "{delay:?}");
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&headers), None);
-    }
 
     #[test]
     fn statuses_map_to_what_the_caller_does_next() {

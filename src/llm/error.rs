@@ -41,6 +41,16 @@ pub enum LlmError {
         /// The timeout.
         timeout: Duration,
     },
+    /// The route's rate limits would not let the request through before the question's
+    /// deadline (or the question ended while it waited).
+    #[error("not sent to {url}: {cause}")]
+    Paced {
+        /// Endpoint.
+        url: String,
+        /// What the limiter said.
+        #[source]
+        cause: super::rate_limit::WaitError,
+    },
     /// A transient failure whose next try would come after the question's deadline.
     #[error("{last}; not tried again: the question's deadline is {} away", humantime::format_duration(Duration::from_millis(left.as_millis() as u64)))]
     OutOfTime {
@@ -165,6 +175,7 @@ impl LlmError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::OutOfTime { last, .. } => last.kind(),
+            Self::Paced { .. } => "rate_limited",
             Self::RateLimited { .. } => "rate_limited",
             Self::Server { .. } => "server_error",
             Self::Connect { .. } => "connect_error",

@@ -25,6 +25,7 @@ mod mcp_restarts;
 mod model_errors;
 mod observability_config;
 mod release_binary;
+mod rate_limits;
 mod rotation;
 mod secrets_containment;
 mod seed_flow;

@@ -208,7 +208,13 @@ async fn a_body_that_stops_sending_fails_at_the_idle_timeout_and_is_retried() {
     let request =
         ChatRequest { model: "test-model", messages: &messages, tools: &[], temperature: 0.1, max_tokens: 10 };
     let error = client
-        .complete(&endpoint, &request, &Default::default(), &agentry::deadline::Deadline::none())
+        .complete(
+            &endpoint,
+            &request,
+            &Default::default(),
+            &agentry::deadline::Deadline::none(),
+            &agentry::llm::rate_limit::Limiter::new(Default::default(), 1),
+        )
         .await
         .expect_err("a stalled body is no answer");
     assert!(matches!(error, LlmError::Stalled { .. }), "{error:?}");

@@ -179,8 +179,8 @@ impl Fixture {
         };
         let args = ModelRouterArgs {
             client: ChatClient::new(policy).expect("client"),
-            cloud: RouteTarget { base_url: cloud, model: CLOUD_MODEL.into() },
-            local: RouteTarget { base_url: local, model: LOCAL_MODEL.into() },
+            cloud: RouteTarget { base_url: cloud, model: CLOUD_MODEL.into(), limiter: unlimited() },
+            local: RouteTarget { base_url: local, model: LOCAL_MODEL.into(), limiter: unlimited() },
             fallback,
             secret_name: SECRET.into(),
             credential: secrets.subscribe(SECRET).expect("declared"),
@@ -360,4 +360,9 @@ async fn a_key_rotated_back_to_a_rejected_value_is_tried_again() {
     let outcome = fixture.chat().await.expect("the cloud answers");
     assert_eq!(outcome.route, Route::Cloud);
     assert_eq!(fixture.fake.seen().last(), Some(&seen("cloud", Some(CANARY))));
+}
+
+/// A limiter that knows no limits.
+fn unlimited() -> crate::llm::rate_limit::Limiter {
+    crate::llm::rate_limit::Limiter::new(Default::default(), 64)
 }

@@ -147,6 +147,8 @@ struct State {
     /// Whether the head is waiting now.
     /// What the head waits for now, and until when if that is known.
     head_waiting: Option<(Bucket, Option<Instant>)>,
+    /// False until the first request has come back, for a limiter that probes first.
+    probed: bool,
 }
 
 /// Additive increase, multiplicative decrease of the in-flight cap, for a provider whose
@@ -206,6 +208,7 @@ impl Limiter {
             waiting: 0,
             last_held_by: Bucket::InFlight,
             head_waiting: None,
+            probed: true,
         };
         Self {
             inner: Arc::new(Inner {
@@ -214,6 +217,15 @@ impl Limiter {
                 changed: Notify::new(),
             }),
         }
+    }
+
+    /// Sends one request alone first while the limits are unknown, and the rest once it has
+    /// come back: a provider that reports its limits in headers (OpenAI) then paces the batch
+    /// from its first burst, instead of refusing the part of it beyond its bucket. For a route
+    /// whose first answer is quick (the cloud); a slow local model would hold the batch back.
+    pub fn probe_first(self) -> Self {
+        self.inner.lock().probed = false;
+        self
     }
 
     /// Counts the configured limits per `window` instead of per minute (a test peer with a
@@ -363,7 +375,11 @@ impl State {
     }
 
     fn in_flight_limit(&self) -> usize {
-        if self.limits_known() { self.max_in_flight } else { self.adaptive.limit }
+        match (self.limits_known(), self.probed) {
+            (true, _) => self.max_in_flight,
+            (false, false) => 1,
+            (false, true) => self.adaptive.limit,
+        }
     }
 
     /// The latest of the known waits wins; a full set of slots is waited for only when no
@@ -545,7 +561,10 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.inner.lock().in_flight -= 1;
+        let mut state = self.inner.lock();
+        state.in_flight -= 1;
+        state.probed = true;
+        drop(state);
         self.inner.changed.notify_one();
     }
 }

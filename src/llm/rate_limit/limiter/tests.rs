@@ -390,3 +390,25 @@ async fn a_reading_of_a_known_limit_never_raises_the_level() {
     drop(limiter.admit(1000, &Deadline::none()).await.expect("admitted"));
     assert_eq!(secs_since(start), 10.0, "no refund either: the headers keep the budget");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probing_limiter_sends_one_request_alone_until_it_comes_back() {
+    let limiter = limiter(0, 0, 8).probe_first();
+    let first = limiter.admit(100, &Deadline::none()).await.expect("the probe goes at once");
+    let second = tokio::spawn({
+        let limiter = limiter.clone();
+        async move { limiter.admit(100, &Deadline::none()).await.map(|permit| permit.waited()) }
+    });
+    until_waiting(&limiter, 1).await;
+    assert_eq!(limiter.snapshot().in_flight, 1, "the rest wait for the probe");
+    first.settle(100);
+    let waited = second.await.expect("task").expect("admitted once the probe came back");
+    assert_eq!(waited.map(|w| w.bucket), Some(Bucket::InFlight));
+    // From then on the cap is the maximum (the limits are still unknown).
+    let unbounded = Deadline::none();
+    let mut permits = Vec::new();
+    for _ in 0..8 {
+        permits.push(limiter.admit(100, &unbounded).await.expect("admitted at once"));
+    }
+    assert_eq!(limiter.snapshot().in_flight, 8);
+}
