@@ -187,7 +187,16 @@ impl ModelRouterArgs {
                     .as_ref()
                     .map(|c| format!(", key {} {} from {}", c.name(), c.fingerprint(), c.source()))
                     .unwrap_or_default();
-                format!("{route}: model {} at {}{key}", endpoint.model, endpoint.base_url)
+                let limits = self.limiter(route).snapshot();
+                let limits = match (limits.requests_per_window, limits.tokens_per_window) {
+                    (None, None) => String::new(),
+                    (requests, tokens) => format!(
+                        ", rate limits {} requests/min, {} tokens/min",
+                        requests.map_or("unknown".into(), |n| n.to_string()),
+                        tokens.map_or("unknown".into(), |n| n.to_string())
+                    ),
+                };
+                format!("{route}: model {} at {}{key}{limits}", endpoint.model, endpoint.base_url)
             }
             Err(error) => error.to_string(),
         }

@@ -59,6 +59,13 @@ pub(super) async fn run_batch(
     let _lock = lock_output_dir(&settings.batch.output_dir, shard)?;
     settings.batch.concurrency = fit_open_files(settings.batch.concurrency);
     let options = RunOptions {
+    if let Some(shard) = shard {
+        // Configured rate limits are the account's: each shard paces itself to its share.
+        // (Limits read from headers need no division: they say what the account has left.)
+        let model = &mut settings.model;
+        model.cloud.rate_limit = model.cloud.rate_limit.shard(shard.count);
+        model.local.rate_limit = model.local.rate_limit.shard(shard.count);
+    }
         concurrency: settings.batch.concurrency,
         question_timeout: settings.agent.question_timeout,
         shutdown_grace: settings.batch.shutdown_grace,

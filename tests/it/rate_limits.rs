@@ -32,7 +32,8 @@ async fn run_batch(model: &ModelServer, questions: usize, concurrency: usize) ->
     (run, agentry)
 }
 
-fn answering() -> FnBehaviour<impl Fn(&agentry_testkit::model_server::ChatRequestView<'_>) -> Reply + Send + Sync + 'static> {
+fn answering()
+-> FnBehaviour<impl Fn(&agentry_testkit::model_server::ChatRequestView<'_>) -> Reply + Send + Sync + 'static> {
     FnBehaviour::new(|_| Reply::text("Paced."))
 }
 
@@ -58,10 +59,11 @@ async fn a_batch_wider_than_the_limit_is_paced_by_the_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_headers_the_requests_in_flight_come_down_and_every_question_finishes() {
-    let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("Paced.").delayed(Duration::from_millis(50)))))
-        .await
-        .expect("model")
-        .with_rate_limits(RateLimits::per_minute(1_000, 1_200).per(Duration::from_secs(1)).without_headers());
+    let model =
+        ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("Paced.").delayed(Duration::from_millis(50)))))
+            .await
+            .expect("model")
+            .with_rate_limits(RateLimits::per_minute(1_000, 1_200).per(Duration::from_secs(1)).without_headers());
     let (run, agentry) = run_batch(&model, 24, 12).await;
     run.expect_code(0);
     let report = agentry.report("definitions/report.json");
@@ -69,4 +71,19 @@ async fn without_headers_the_requests_in_flight_come_down_and_every_question_fin
     let counts = model.rate_limit_counts();
     assert!(counts.refused() > 0, "the limits were hit: {counts:?}");
     assert!(model.peak_in_flight() <= 12);
+}
+
+/// Configured limits are the account's: a shard of three paces itself to a third of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_limits_are_shared_between_shards() {
+    let model = ModelServer::start(Arc::new(answering())).await.expect("model");
+    let agentry = Agentry::new()
+        .env("AGENTRY__MODEL__LOCAL__RATE_LIMIT__REQUESTS_PER_MINUTE", "90")
+        .env("AGENTRY__MODEL__LOCAL__RATE_LIMIT__TOKENS_PER_MINUTE", "30000");
+    let extra = "[batch]\nquestions = [\"Define sharing\"]\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
+    let whole = agentry.run(&["run", "-c", path.to_str().expect("utf-8"), "--force"]).await;
+    assert!(whole.stderr.contains("rate limits 90 requests/min, 30000 tokens/min"), "{}", whole.stderr);
+    let shard = agentry.run(&["run", "-c", path.to_str().expect("utf-8"), "--shard", "1/3", "--force"]).await;
+    assert!(shard.stderr.contains("rate limits 30 requests/min, 10000 tokens/min"), "{}", shard.stderr);
 }
