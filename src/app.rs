@@ -114,9 +114,13 @@ impl Runtime {
             cloud: target(
                 &model.cloud.base_url,
                 &model.cloud.model,
-                Limiter::new(model.cloud.rate_limit, concurrency).probe_first(),
+                Limiter::new(model.cloud.rate_limit, concurrency).for_route("cloud").probe_first(),
             ),
-            local: target(&model.local.base_url, &model.local.model, Limiter::new(model.local.rate_limit, concurrency)),
+            local: target(
+                &model.local.base_url,
+                &model.local.model,
+                Limiter::new(model.local.rate_limit, concurrency).for_route("local"),
+            ),
             fallback: model.fallback,
             secret_name: model.cloud.api_key_secret.clone(),
             credential,

@@ -22,6 +22,8 @@ use super::rate_limit::{self, Limiter, Permit, RateLimitHeaders};
 use super::wire::{ChatRequest, ChatResponse, ErrorBody};
 use crate::deadline::Deadline;
 use crate::secrets::{Credential, Redactor};
+use crate::telemetry::metrics::{kv, metrics};
+use crate::telemetry::names::attr;
 
 /// Where a request goes: base URL, model and (for the cloud) the key.
 #[derive(Debug, Clone)]
@@ -203,19 +205,30 @@ impl ChatClient {
                 .admit(estimate, deadline)
                 .await
                 .map_err(|cause| LlmError::Paced { url: url.to_string(), cause })?;
-            if let Some(wait) = permit.waited() {
+            let route = kv(attr::ROUTE, limiter.route());
+            let waited = permit.waited();
+            metrics()
+                .rate_limit_wait
+                .record(waited.map_or(0.0, |w| w.waited.as_secs_f64()), std::slice::from_ref(&route));
+            if let Some(wait) = waited {
                 log.paced(wait.waited);
                 tracing::info!(rate_limit.bucket = %wait.bucket, rate_limit.wait_s = wait.waited.as_secs_f64(),
                     "rate_limit.wait");
             }
-            let error = match self.attempt(&url, &headers, body.clone(), credential, deadline, &permit).await {
+            let attempt = self.attempt(&url, &headers, body.clone(), credential, deadline, &permit).await;
+            let in_flight_limit = || u64::try_from(limiter.snapshot().in_flight_limit).unwrap_or(u64::MAX);
+            let error = match attempt {
                 Ok(response) => {
                     let used = response.usage.as_ref().map(|u| u.prompt_tokens + u.completion_tokens);
                     permit.settle(used.unwrap_or(estimate));
+                    metrics().rate_limit_in_flight.record(in_flight_limit(), std::slice::from_ref(&route));
                     return Ok(Completion { response });
                 }
                 Err(error) => error,
             };
+            if matches!(error, LlmError::RateLimited { .. }) {
+                metrics().rate_limit_refusals.add(1, std::slice::from_ref(&route));
+            }
             log.failed(&error);
             // How long until the next try, and whether this request sleeps it itself.
             let (wait, sleep) = match &error {
@@ -225,6 +238,7 @@ impl ChatClient {
                 }
                 LlmError::RateLimited { retry_after: None, .. } => {
                     permit.rate_limited(None);
+                    metrics().rate_limit_in_flight.record(in_flight_limit(), std::slice::from_ref(&route));
                     (rate_limited.next().unwrap_or(self.policy.max_delay), true)
                 }
                 retryable if retryable.is_retryable() => {

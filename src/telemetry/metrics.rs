@@ -28,6 +28,12 @@ pub struct Metrics {
     pub rotations: Counter<u64>,
     /// `agentry.model.route`
     pub route: Gauge<u64>,
+    /// `agentry.rate_limit.wait`
+    pub rate_limit_wait: Histogram<f64>,
+    /// `agentry.rate_limit.refusals`
+    pub rate_limit_refusals: Counter<u64>,
+    /// `agentry.rate_limit.in_flight_limit`
+    pub rate_limit_in_flight: Gauge<u64>,
 }
 
 fn spec(name: &str) -> &'static Instrument {
@@ -66,6 +72,7 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| {
         let meter = opentelemetry::global::meter("agentry");
         let route = spec(names::ROUTE);
+        let in_flight = spec(names::RATE_LIMIT_IN_FLIGHT);
         Metrics {
             token_usage: histogram_u64(&meter, names::TOKEN_USAGE),
             operation_duration: histogram_f64(&meter, names::OPERATION_DURATION),
@@ -75,6 +82,13 @@ pub fn metrics() -> &'static Metrics {
             mcp_restarts: counter(&meter, names::MCP_RESTARTS),
             rotations: counter(&meter, names::CREDENTIAL_ROTATIONS),
             route: meter.u64_gauge(names::ROUTE).with_unit(route.unit).with_description(route.description).build(),
+            rate_limit_wait: histogram_f64(&meter, names::RATE_LIMIT_WAIT),
+            rate_limit_refusals: counter(&meter, names::RATE_LIMIT_REFUSALS),
+            rate_limit_in_flight: meter
+                .u64_gauge(names::RATE_LIMIT_IN_FLIGHT)
+                .with_unit(in_flight.unit)
+                .with_description(in_flight.description)
+                .build(),
         }
     })
 }

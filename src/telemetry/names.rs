@@ -59,6 +59,12 @@ pub const MCP_RESTARTS: &str = "agentry.mcp.restarts";
 pub const CREDENTIAL_ROTATIONS: &str = "agentry.credential.rotations";
 /// The model route in use: 1 for the current `agentry.route`, 0 for the other.
 pub const ROUTE: &str = "agentry.model.route";
+/// Time a model request waited for its route's rate limits before it was sent, by `agentry.route`.
+pub const RATE_LIMIT_WAIT: &str = "agentry.rate_limit.wait";
+/// Responses refused with HTTP 429, by `agentry.route`.
+pub const RATE_LIMIT_REFUSALS: &str = "agentry.rate_limit.refusals";
+/// Model requests a route lets be in flight now, by `agentry.route`.
+pub const RATE_LIMIT_IN_FLIGHT: &str = "agentry.rate_limit.in_flight_limit";
 
 /// Every metric agentry registers.
 pub const INSTRUMENTS: &[Instrument] = &[
@@ -116,6 +122,27 @@ pub const INSTRUMENTS: &[Instrument] = &[
         kind: InstrumentKind::Gauge,
         unit: "{route}",
         description: "1 for the model route in use, 0 for the other",
+        buckets: &[],
+    },
+    Instrument {
+        name: RATE_LIMIT_WAIT,
+        kind: InstrumentKind::Histogram,
+        unit: "s",
+        description: "Time a model request waited for its route's rate limits",
+        buckets: GENAI_DURATION_BUCKETS,
+    },
+    Instrument {
+        name: RATE_LIMIT_REFUSALS,
+        kind: InstrumentKind::Counter,
+        unit: "{response}",
+        description: "Model responses refused with HTTP 429, by route",
+        buckets: &[],
+    },
+    Instrument {
+        name: RATE_LIMIT_IN_FLIGHT,
+        kind: InstrumentKind::Gauge,
+        unit: "{request}",
+        description: "Model requests the route lets be in flight now",
         buckets: &[],
     },
 ];

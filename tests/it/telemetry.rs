@@ -137,6 +137,13 @@ fn check_export(receiver: &OtlpReceiver, agentry: &Agentry, model: &ModelServer)
     );
     let route = receiver.metric(names::ROUTE).expect("route");
     assert_eq!(route.point(&[("agentry.route", "cloud")]).and_then(|p| p.as_i64()), Some(1));
+    // Pacing: every request's wait for the route's limits (0 when sent at once), the cap in force.
+    let waits = receiver.metric(names::RATE_LIMIT_WAIT).expect("rate limit waits");
+    assert_eq!(waits.unit, "s");
+    assert_eq!(waits.total_count(), 3, "one per model request");
+    assert!(waits.point(&[("agentry.route", "cloud")]).is_some());
+    let allowed = receiver.metric(names::RATE_LIMIT_IN_FLIGHT).expect("in-flight limit");
+    assert!(allowed.point(&[("agentry.route", "cloud")]).and_then(|p| p.as_i64()).is_some_and(|n| n >= 1));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -116,6 +116,8 @@ fn seconds(duration: Duration) -> String {
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,
+    /// The route it paces, for metrics (`agentry.route`).
+    route: &'static str,
 }
 
 struct Inner {
@@ -216,7 +218,19 @@ impl Limiter {
                 state: Mutex::new(state),
                 changed: Notify::new(),
             }),
+            route: "",
         }
+    }
+
+    /// Names the route it paces (`cloud`, `local`), for metrics.
+    pub fn for_route(mut self, route: &'static str) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// The route it paces.
+    pub fn route(&self) -> &'static str {
+        self.route
     }
 
     /// Sends one request alone first while the limits are unknown, and the rest once it has
@@ -553,7 +567,7 @@ impl Permit {
         }
         drop(state);
         match retry_after {
-            Some(pause) => Limiter { inner: Arc::clone(&self.inner) }.back_off(pause),
+            Some(pause) => Limiter { inner: Arc::clone(&self.inner), route: "" }.back_off(pause),
             None => self.inner.changed.notify_one(),
         }
     }
