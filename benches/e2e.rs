@@ -4,7 +4,7 @@
 //! child's).
 //!
 //! ```text
-//! cargo bench --bench e2e                       # S1–S4, 3 runs each
+//! cargo bench --bench e2e                       # S1–S5, 3 runs each
 //! cargo bench --bench e2e -- --runs 5 --scenarios S1,S3 --out target/bench
 //! ```
 //!
@@ -14,6 +14,10 @@
 //! questions per second; time from process start to the first model request. Every run is verified: N research files and N `ok` rows, so a fast
 //! wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
 //! with every run, to `<out>/bench.json` and `<out>/bench.md`.
+//!
+//! S5 runs against the model server's OpenAI-style rate limits, the token limit binding: its
+//! efficiency is against the limit, ideal = (tokens charged − bucket capacity) / refill rate,
+//! and it reports the share of requests refused with 429.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry_testkit::model_server::ModelServer;
+use agentry_testkit::model_server::rate_limit::RateLimits;
 use agentry_testkit::search::SlowSearchServer;
 
 use nix::sys::resource::{UsageWho, getrusage};
@@ -39,6 +44,17 @@ struct Scenario {
     concurrency: usize,
     model_latency: Duration,
     tool_latency: Duration,
+    /// The model server's limits, if it enforces any.
+    limits: Option<Limits>,
+}
+
+/// OpenAI-style limits per `window`, with headers; and the `max_tokens` agentry asks for.
+#[derive(Clone, Copy)]
+struct Limits {
+    requests: u64,
+    tokens: u64,
+    window: Duration,
+    max_tokens: u32,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -49,6 +65,7 @@ const SCENARIOS: &[Scenario] = &[
         concurrency: 1,
         model_latency: Duration::ZERO,
         tool_latency: Duration::ZERO,
+        limits: None,
     },
     Scenario {
         name: "S2",
@@ -57,6 +74,7 @@ const SCENARIOS: &[Scenario] = &[
         concurrency: 64,
         model_latency: Duration::ZERO,
         tool_latency: Duration::ZERO,
+        limits: None,
     },
     Scenario {
         name: "S3",
@@ -65,6 +83,7 @@ const SCENARIOS: &[Scenario] = &[
         concurrency: 100,
         model_latency: Duration::from_millis(200),
         tool_latency: Duration::from_millis(100),
+        limits: None,
     },
     Scenario {
         name: "S4",
@@ -73,6 +92,16 @@ const SCENARIOS: &[Scenario] = &[
         concurrency: 1000,
         model_latency: Duration::from_millis(500),
         tool_latency: Duration::from_millis(100),
+        limits: None,
+    },
+    Scenario {
+        name: "S5",
+        what: "rate-limited",
+        questions: 200,
+        concurrency: 64,
+        model_latency: Duration::ZERO,
+        tool_latency: Duration::ZERO,
+        limits: Some(Limits { requests: 10_000, tokens: 40_000, window: Duration::from_secs(2), max_tokens: 200 }),
     },
 ];
 
@@ -84,6 +113,8 @@ struct Measured {
     peak_rss_mb: f64,
     questions_per_s: f64,
     first_request_ms: f64,
+    /// Share of model requests refused with 429 (rate-limited scenarios).
+    refused: f64,
 }
 
 /// One peer (the test kit's model server, or the demo's search server with a latency) in its
@@ -98,9 +129,16 @@ struct Peer {
 }
 
 impl Peer {
-    fn start(kind: &str, latency: Duration) -> Peer {
+    fn start(kind: &str, latency: Duration, limits: Option<Limits>) -> Peer {
+        let mut args =
+            vec!["--peer".to_owned(), kind.to_owned(), "--latency-ms".into(), latency.as_millis().to_string()];
+        if let Some(limits) = limits {
+            let window = limits.window.as_millis().to_string();
+            args.extend(["--rpm".into(), limits.requests.to_string(), "--tpm".into(), limits.tokens.to_string()]);
+            args.extend(["--window-ms".into(), window]);
+        }
         let mut child = Command::new(std::env::current_exe().expect("the harness's own path"))
-            .args(["--peer", kind, "--latency-ms", &latency.as_millis().to_string()])
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -130,15 +168,21 @@ impl Drop for Peer {
     }
 }
 
-/// `--peer model|search --latency-ms N`: serve one peer until stdin closes.
-fn serve_peer(kind: &str, latency: Duration) {
+/// `--peer model|search --latency-ms N [--rpm R --tpm T --window-ms W]`: serve one peer until
+/// stdin closes.
+fn serve_peer(kind: &str, latency: Duration, limits: Option<RateLimits>) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("peer runtime");
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
     runtime.block_on(async {
         let model = match kind {
-            "model" => Some(
-                ModelServer::start_on(local, Arc::new(ScriptedResearcher)).await.expect("model").with_latency(latency),
-            ),
+            "model" => Some({
+                let model = ModelServer::start_on(local, Arc::new(ScriptedResearcher))
+                    .await
+                    .expect("model")
+                    .with_latency(latency);
+                model.set_rate_limits(limits);
+                model
+            }),
             _ => None,
         };
         let search = match kind {
@@ -158,6 +202,10 @@ fn serve_peer(kind: &str, latency: Duration) {
                 }
                 ("first", Some(model)) => {
                     model.first_request_at().map_or(0, |at| started_unix_ms + (at - started).as_millis()).to_string()
+                }
+                ("counts", Some(model)) => {
+                    let counts = model.rate_limit_counts();
+                    format!("{} {} {}", counts.accepted, counts.refused(), counts.tokens_charged)
                 }
                 _ => "ok".to_owned(),
             };
@@ -232,9 +280,21 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Me
 
     let first: f64 = model.ask("first").parse().unwrap_or(0.0);
     let first_request = if first > 0.0 { first - started_unix_ms } else { f64::NAN };
-    let waves = scenario.questions.div_ceil(scenario.concurrency) as f64;
-    let ideal =
-        waves * (MODEL_CALLS_PER_QUESTION * scenario.model_latency.as_secs_f64() + scenario.tool_latency.as_secs_f64());
+    let counts: Vec<f64> = model.ask("counts").split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let (accepted, refused, charged) = (counts[0], counts[1], counts[2]);
+    let ideal = match scenario.limits {
+        // The token bucket starts full, then refills at tokens / window.
+        Some(limits) => {
+            let rate = limits.tokens as f64 / limits.window.as_secs_f64();
+            (charged - limits.tokens as f64).max(0.0) / rate
+        }
+        None => {
+            let waves = scenario.questions.div_ceil(scenario.concurrency) as f64;
+            waves
+                * (MODEL_CALLS_PER_QUESTION * scenario.model_latency.as_secs_f64()
+                    + scenario.tool_latency.as_secs_f64())
+        }
+    };
     Measured {
         wall_s: wall,
         efficiency: if ideal > 0.0 { ideal / wall } else { f64::NAN },
@@ -242,6 +302,7 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Me
         peak_rss_mb: peak_kb as f64 / 1024.0,
         questions_per_s: scenario.questions as f64 / wall,
         first_request_ms: first_request,
+        refused: if scenario.limits.is_some() { refused / (accepted + refused).max(1.0) } else { f64::NAN },
     }
 }
 
@@ -263,8 +324,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     if let Some(kind) = flag("--peer") {
-        let latency = Duration::from_millis(flag("--latency-ms").and_then(|ms| ms.parse().ok()).unwrap_or(0));
-        return serve_peer(&kind, latency);
+        let number = |name: &str| flag(name).and_then(|n| n.parse::<u64>().ok());
+        let latency = Duration::from_millis(number("--latency-ms").unwrap_or(0));
+        let limits = number("--tpm").map(|tokens| {
+            RateLimits::per_minute(number("--rpm").unwrap_or(0), tokens)
+                .per(Duration::from_millis(number("--window-ms").unwrap_or(60_000)))
+        });
+        return serve_peer(&kind, latency, limits);
     }
     let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
     let wanted: Vec<String> =
@@ -273,11 +339,11 @@ fn main() {
     std::fs::create_dir_all(&out).expect("out dir");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
-    let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms |\n|---|---|---|---|---|---|---|---|---|---|\n".to_string();
+    let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms | refused |\n|---|---|---|---|---|---|---|---|---|---|---|\n".to_string();
     let mut all = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
-        let mut model = Peer::start("model", scenario.model_latency);
-        let search = Peer::start("search", scenario.tool_latency);
+        let mut model = Peer::start("model", scenario.model_latency, scenario.limits);
+        let search = Peer::start("search", scenario.tool_latency, None);
         let dir = tempfile::tempdir().expect("tempdir");
         let questions: String =
             (0..scenario.questions).map(|n| format!("Define benchmark topic number {n}\n")).collect();
@@ -287,9 +353,10 @@ fn main() {
             format!(
                 "[batch]\nquestions_file = \"q.txt\"\nconcurrency = {c}\n\
                  [secrets]\ndir = \"{secrets}\"\n\
-                 [model]\nfallback = \"local\"\nrequest_timeout = \"60s\"\n[model.local]\nbase_url = \"{model}\"\nmodel = \"bench\"\n\
+                 [model]\nfallback = \"local\"\nrequest_timeout = \"60s\"\nmax_tokens = {max_tokens}\n[model.local]\nbase_url = \"{model}\"\nmodel = \"bench\"\n\
                  [[mcp.servers]]\nname = \"search\"\nurl = \"{search}\"\ntools = [\"search\"]\n",
                 c = scenario.concurrency,
+                max_tokens = scenario.limits.map_or(1500, |l| l.max_tokens),
                 secrets = dir.path().join("no-secrets").display(),
                 model = model.url,
                 search = search.url,
@@ -303,7 +370,7 @@ fn main() {
             measured.push(m);
         }
         table.push_str(&format!(
-            "| {} {} | {} | {} | {} / {} ms | {} | {} | {} | {} | {} | {} |\n",
+            "| {} {} | {} | {} | {} / {} ms | {} | {} | {} | {} | {} | {} | {} |\n",
             scenario.name,
             scenario.what,
             scenario.questions,
@@ -316,6 +383,7 @@ fn main() {
             cell(measured.iter().map(|m| m.peak_rss_mb), 1),
             cell(measured.iter().map(|m| m.questions_per_s), 0),
             cell(measured.iter().map(|m| m.first_request_ms), 0),
+            cell(measured.iter().map(|m| m.refused * 100.0), 1).replace(')', "%)"),
         ));
         all.push(json!({
             "scenario": scenario.name,
