@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::actors::model_router::ModelRouterHandle;
 use crate::actors::research_writer::{ResearchWriterHandle, WriterError};
 use crate::actors::tool_executor::{SAVE_RESEARCH, ToolExecutorHandle};
+use crate::batch::budget::Budget;
 use crate::config::AgentSettings;
 use crate::deadline::Deadline;
 use crate::llm::LlmError;
 use crate::llm::client::CallLog;
-use crate::llm::wire::Message;
+use crate::llm::wire::{Message, ToolDefinition};
 use crate::research::{self, Provenance, ResearchDoc};
 
 /// What a question needs: the actors' handles and the agent settings.
@@ -50,6 +51,14 @@ pub enum AgentError {
     /// The research file could not be written.
     #[error("cannot save the research: {0}")]
     Save(#[from] WriterError),
+    /// The batch's budget could not pay for the next model call (`[batch.budget]`).
+    #[error("{why} (stopped before model call {turn})")]
+    Budget {
+        /// Which model call of the question would have been next (1: the first).
+        turn: u32,
+        /// The spend, the limit and the estimate.
+        why: String,
+    },
 }
 
 impl AgentError {
@@ -60,6 +69,7 @@ impl AgentError {
             Self::TooManyTurns(_) => "max_turns",
             Self::EmptyAnswer(_) => "empty_answer",
             Self::Save(_) => "save_failed",
+            Self::Budget { .. } => "budget",
         }
     }
 }
@@ -76,10 +86,14 @@ pub struct Transcript {
     pub tool_errors: u32,
     /// Tools used, in first-use order.
     pub tools_used: Vec<String>,
-    /// Input tokens, summed.
+    /// Input tokens, summed (cached ones included).
     pub input_tokens: u64,
+    /// Of the input tokens, those the provider read from its prompt cache.
+    pub cached_input_tokens: u64,
     /// Output tokens, summed.
     pub output_tokens: u64,
+    /// What the model calls cost at `model.{cloud,local}.price`.
+    pub cost: f64,
     /// Route of the last model call.
     pub route: Option<String>,
     /// Model of the last call.
@@ -115,6 +129,11 @@ impl Recorder {
 /// so whoever gives up on it (the deadline, a shutdown, a second signal) still has the counts
 /// and the file. Never panics on bad model output.
 ///
+/// Each model call is first reserved in the batch's `budget` and settled with its usage, which
+/// goes into the transcript at the same moment (so the report's spend is the sum of its rows);
+/// a call the budget cannot pay for ends the question with [`AgentError::Budget`] before it is
+/// sent.
+///
 /// A question whose model saved its research is answered by that file whatever happens after:
 /// the caller turns a later error into a warning (the report, the directory and a rerun then
 /// agree).
@@ -124,6 +143,7 @@ pub async fn answer(
     deadline: &Deadline,
     transcript: &Recorder,
     log: &Arc<CallLog>,
+    budget: &Budget,
 ) -> Result<(), AgentError> {
     let settings = &context.settings;
     // Everything this question starts ends with it: when this future is dropped (its deadline,
@@ -146,18 +166,22 @@ pub async fn answer(
         Message::User { content: question.to_owned() },
     ]);
     let tools = context.tools.definitions().await;
-    for _ in 0..settings.max_turns {
+    for turn in 1..=settings.max_turns {
+        let reservation =
+            budget.reserve(|| prompt_chars(&messages, &tools)).await.map_err(|why| AgentError::Budget { turn, why })?;
         transcript.update(|t| t.turns += 1);
         let outcome = context.model.chat(messages.clone(), tools.clone(), deadline, log).await?;
         let route = format!("{}{}", outcome.route, context.route_label);
         let response = outcome.completion.response;
+        // Counted once, here, in the batch's spend and the question's row alike.
+        let spend = reservation.settle(outcome.route, response.usage.as_ref());
         transcript.update(|t| {
             t.route = Some(route.clone());
             t.model = Some(outcome.model.clone());
-            if let Some(usage) = &response.usage {
-                t.input_tokens += usage.prompt_tokens;
-                t.output_tokens += usage.completion_tokens;
-            }
+            t.input_tokens += spend.input_tokens;
+            t.cached_input_tokens += spend.cached_input_tokens;
+            t.output_tokens += spend.output_tokens;
+            t.cost += spend.cost;
         });
         let Some(choice) = response.choices.into_iter().next() else {
             return Err(AgentError::EmptyAnswer(None));
@@ -206,4 +230,12 @@ pub async fn answer(
         }
     }
     Err(AgentError::TooManyTurns(settings.max_turns))
+}
+
+/// A request's prompt in characters, as the budget estimates it: its messages and tool
+/// definitions as JSON (the way OpenAI estimates a request against its token limit).
+fn prompt_chars(messages: &[Message], tools: &[ToolDefinition]) -> usize {
+    let chars = |json: serde_json::Result<String>| json.map_or(0, |json| json.chars().count());
+    let tools = if tools.is_empty() { 0 } else { chars(serde_json::to_string(tools)) };
+    chars(serde_json::to_string(messages)) + tools
 }

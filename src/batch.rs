@@ -14,9 +14,14 @@
 //! - The research file is the answer: a question that saved and then failed or was cut is
 //!   `ok` with a warning, also when the save's reply was lost with its turn
 //!   ([`Report::answer_by_saved_files`]).
+//! - [`budget::Budget`] (`[batch.budget]`) is shared by the questions: once the next model
+//!   call could exceed it, no question starts, those in flight stop after their current turn,
+//!   and the rest are `skipped` with reason `budget` (a question that saved its research first
+//!   is `ok` with a warning: the file is the answer). The report gives the spend per route.
 //! - The [`Report`] is written atomically to `report.json`; [`Report::summary`] is the table
 //!   printed on stdout.
 
+pub mod budget;
 pub mod shard;
 
 use std::collections::HashSet;
@@ -32,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::research_writer::write_file_atomically;
 use crate::agent::{self, AgentContext, Recorder, Transcript};
+use crate::batch::budget::{Budget, BudgetReport};
 use crate::config::BatchSettings;
 use crate::deadline::Deadline;
 use crate::llm::client::CallLog;
@@ -108,6 +114,16 @@ pub enum Status {
     Interrupted,
 }
 
+/// Why a question was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipReason {
+    /// An earlier run answered it (its research file is in the output directory).
+    Answered,
+    /// The batch's budget ran out before it started, or before its next model call.
+    Budget,
+}
+
 impl Status {
     /// The word the report, the progress lines and the metrics use.
     pub fn as_str(self) -> &'static str {
@@ -132,6 +148,9 @@ pub struct Row {
     pub question_id: String,
     /// Outcome.
     pub status: Status,
+    /// Why it was skipped (only for `skipped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<SkipReason>,
     /// Seconds taken.
     pub duration_s: f64,
     /// Trace id (when traces are exported).
@@ -155,6 +174,7 @@ impl Row {
             question: planned.question.clone(),
             question_id: planned.id.clone(),
             status,
+            reason: (status == Status::Skipped).then_some(SkipReason::Answered),
             duration_s: 0.0,
             trace_id: None,
             error: None,
@@ -174,14 +194,23 @@ pub struct Totals {
     pub ok: usize,
     /// Failed.
     pub failed: usize,
-    /// Skipped (answered before).
+    /// Skipped (answered before, or for the budget).
     pub skipped: usize,
+    /// Of the skipped, those skipped for the budget.
+    #[serde(default)]
+    pub skipped_for_budget: usize,
     /// Interrupted.
     pub interrupted: usize,
     /// Input tokens.
     pub input_tokens: u64,
+    /// Of the input tokens, those read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
     /// Output tokens.
     pub output_tokens: u64,
+    /// What the model calls cost (`model.{cloud,local}.price`).
+    #[serde(default)]
+    pub cost: f64,
     /// Tool calls.
     pub tool_calls: u64,
     /// Wall time of the batch.
@@ -212,14 +241,18 @@ pub struct Report {
     /// Actor restarts during the batch, by actor (`mcp-session:gateway`, …).
     #[serde(default)]
     pub restarts: std::collections::BTreeMap<String, u64>,
+    /// The budget and what the model calls spent, per route.
+    #[serde(default)]
+    pub budget: BudgetReport,
     /// One row per question, in the order given.
     pub questions: Vec<Row>,
 }
 
 impl Report {
-    /// 0 when nothing failed or was interrupted, 1 otherwise.
+    /// 0 when nothing failed, was interrupted or was skipped for the budget, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
-        if self.totals.failed + self.totals.interrupted == 0 { 0 } else { 1 }
+        let t = &self.totals;
+        if t.failed + t.interrupted + t.skipped_for_budget == 0 { 0 } else { 1 }
     }
 
     /// Writes `report.json` atomically.
@@ -256,13 +289,48 @@ impl Report {
             );
         }
         let t = &self.totals;
+        let for_budget = match t.skipped_for_budget {
+            0 => String::new(),
+            n => format!(" ({n} for the budget)"),
+        };
         let _ = writeln!(
             out,
-            "{} questions: {} ok, {} failed, {} skipped, {} interrupted in {:.1}s; {} tokens in, {} out",
+            "{} questions: {} ok, {} failed, {} skipped{for_budget}, {} interrupted in {:.1}s; {} tokens in, {} out",
             t.questions, t.ok, t.failed, t.skipped, t.interrupted, t.duration_s, t.input_tokens, t.output_tokens
         );
+        let budget = &self.budget;
+        if budget.is_limited() || budget.spent.cost > 0.0 || budget.spent.cached_input_tokens > 0 {
+            let _ = writeln!(out, "{}", budget_line(budget));
+        }
         out
     }
+}
+
+/// `spent 12345 tokens (1024 cached input), cost 0.0123 (cloud: …; local: …); budget: …`.
+fn budget_line(budget: &BudgetReport) -> String {
+    let spend = |s: &budget::Spend| {
+        format!("{} tokens ({} cached input), cost {:.6}", s.tokens(), s.cached_input_tokens, s.cost)
+    };
+    let routes: Vec<String> = budget.by_route.iter().map(|(route, s)| format!("{route}: {}", spend(s))).collect();
+    let mut line = format!("spent {}", spend(&budget.spent));
+    if routes.len() > 1 {
+        line += &format!(" ({})", routes.join("; "));
+    }
+    let mut limits = Vec::new();
+    if budget.max_tokens > 0 {
+        limits.push(format!("max_tokens {}", budget.max_tokens));
+    }
+    if budget.max_cost > 0.0 {
+        limits.push(format!("max_cost {}", budget.max_cost));
+    }
+    line += &match limits.is_empty() {
+        true => "; no budget".to_owned(),
+        false => format!("; budget {}", limits.join(", ")),
+    };
+    if budget.exhausted.is_some() {
+        line += ", exhausted";
+    }
+    line
 }
 
 /// Batch-wide knobs.
@@ -304,6 +372,7 @@ pub async fn run_recorded(
     shutdown: &CancellationToken,
 ) -> Report {
     let progress = Progress::new(planned.len() as u64, options.progress);
+    let budget = rows.budget();
     let mut work = Vec::new();
     for (index, item) in planned.into_iter().enumerate() {
         if item.done.is_some() {
@@ -315,14 +384,18 @@ pub async fn run_recorded(
             work.push((index, item));
         }
     }
+    let budget = &budget;
     let mut finished = futures::stream::iter(work)
         .map(|(index, item)| async move {
             let row = if shutdown.is_cancelled() {
                 record_question(Status::Interrupted);
                 not_started(&item)
+            } else if let Some(why) = budget.exhausted() {
+                record_question(Status::Skipped);
+                skipped_for_budget(&item, why)
             } else {
                 let (transcript, log) = rows.start(index);
-                answer_one(context, item, options, shutdown, &transcript, &log).await
+                answer_one(context, item, options, shutdown, &transcript, &log, budget).await
             };
             (index, row)
         })
@@ -347,6 +420,8 @@ struct Board {
     started: std::time::Instant,
     /// When the batch started, for the files it wrote ([`Report::answer_by_saved_files`]).
     since: SystemTime,
+    /// What the batch may spend and has spent.
+    budget: Budget,
     questions: Vec<Question>,
 }
 
@@ -376,11 +451,28 @@ impl Rows {
             totals: Totals::default(),
             secrets: Vec::new(),
             restarts: Default::default(),
+            budget: BudgetReport::default(),
             questions: Vec::new(),
         };
         let questions = planned.iter().map(|item| Question::Waiting(not_started(item))).collect();
-        let board = Board { head, started: std::time::Instant::now(), since: SystemTime::now(), questions };
+        let board = Board {
+            head,
+            started: std::time::Instant::now(),
+            since: SystemTime::now(),
+            budget: Budget::default(),
+            questions,
+        };
         Self(Arc::new(Mutex::new(board)))
+    }
+
+    /// The same rows, the batch held to `budget` (without one, spend is counted at no price).
+    pub fn with_budget(self, budget: Budget) -> Self {
+        self.board().budget = budget;
+        self
+    }
+
+    fn budget(&self) -> Budget {
+        self.board().budget.clone()
     }
 
     fn board(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -445,7 +537,7 @@ impl Rows {
                 }
             })
             .collect();
-        let mut report = Report { questions, ..board.head.clone() };
+        let mut report = Report { questions, budget: board.budget.report(), ..board.head.clone() };
         report.totals = totals(&report.questions, board.started.elapsed().as_secs_f64());
         report.answer_by_saved_files(board.since);
         report
@@ -462,10 +554,20 @@ fn not_started(item: &Planned) -> Row {
 /// The error of a question never started.
 const NOT_STARTED: &str = "not started: shutting down";
 
+/// A question not started because the budget ran out (`why`).
+fn skipped_for_budget(item: &Planned, why: String) -> Row {
+    let mut row = Row::empty(item, Status::Skipped);
+    row.reason = Some(SkipReason::Budget);
+    row.error_type = Some("budget".into());
+    row.error = Some(format!("not started: {why}"));
+    row
+}
+
 /// The research file is the answer: a question that saved its research and then ended with
 /// `error` is answered, with the error as a warning.
 fn answered_by_file(row: &mut Row, error: &str) {
     row.status = Status::Ok;
+    row.reason = None;
     row.error = None;
     row.error_type = None;
     row.warning = Some(format!("answered by the research saved before this: {error}"));
@@ -525,6 +627,7 @@ pub fn merge(reports: Vec<Report>) -> Report {
     let mut rows: std::collections::BTreeMap<String, Row> = std::collections::BTreeMap::new();
     let mut secrets: Vec<crate::app::SecretRow> = Vec::new();
     let mut restarts = std::collections::BTreeMap::new();
+    let mut budget = BudgetReport::default();
     let mut duration_s: f64 = 0.0;
     let mut started_at = String::new();
     let (mut agent, mut output_dir, mut demo) = (String::new(), PathBuf::new(), false);
@@ -548,6 +651,7 @@ pub fn merge(reports: Vec<Report>) -> Report {
         for (actor, count) in report.restarts {
             *restarts.entry(actor).or_insert(0) += count;
         }
+        budget.merge(&report.budget);
     }
     let mut questions: Vec<Row> = rows.into_values().collect();
     questions.sort_by_key(|r| r.index);
@@ -561,6 +665,7 @@ pub fn merge(reports: Vec<Report>) -> Report {
         totals: Totals::default(),
         secrets,
         restarts,
+        budget,
         questions,
     };
     report.totals = totals(&report.questions, duration_s);
@@ -576,8 +681,13 @@ fn totals(rows: &[Row], duration_s: f64) -> Totals {
             Status::Skipped => totals.skipped += 1,
             Status::Interrupted => totals.interrupted += 1,
         }
+        if row.reason == Some(SkipReason::Budget) {
+            totals.skipped_for_budget += 1;
+        }
         totals.input_tokens += row.transcript.input_tokens;
+        totals.cached_input_tokens += row.transcript.cached_input_tokens;
         totals.output_tokens += row.transcript.output_tokens;
+        totals.cost += row.transcript.cost;
         totals.tool_calls += u64::from(row.transcript.tool_calls);
     }
     totals
@@ -590,6 +700,7 @@ async fn answer_one(
     shutdown: &CancellationToken,
     transcript: &Recorder,
     log: &Arc<CallLog>,
+    budget: &Budget,
 ) -> Row {
     let agent_name = &context.settings.name;
     // One trace per question: the root has no parent, whatever span the batch runs in.
@@ -616,8 +727,10 @@ async fn answer_one(
     let started = std::time::Instant::now();
     // The question's one deadline: every request and call it starts takes what is left of it.
     let deadline = Deadline::after(options.question_timeout);
-    let work =
-        tokio::time::timeout(options.question_timeout, agent::answer(context, &question, &deadline, transcript, log));
+    let work = tokio::time::timeout(
+        options.question_timeout,
+        agent::answer(context, &question, &deadline, transcript, log, budget),
+    );
     let grace = async {
         shutdown.cancelled().await;
         deadline.shorten(options.shutdown_grace);
@@ -650,6 +763,14 @@ async fn answer_one(
             tracing::warn!(parent: &span, question = %row.question, %error, "answered by the saved research; then the question failed");
             answered_by_file(&mut row, &error);
         }
+        // Stopped by the budget with no research saved: not answered, on purpose. Its row keeps
+        // what it did and spent.
+        Err(("budget", error)) => {
+            row.status = Status::Skipped;
+            row.reason = Some(SkipReason::Budget);
+            row.error_type = Some("budget".to_owned());
+            row.error = Some(error);
+        }
         Err((kind, error)) => {
             if row.status != Status::Interrupted {
                 row.error_type = Some(kind.to_owned());
@@ -658,7 +779,7 @@ async fn answer_one(
         }
     }
     row.trace_id = trace_id;
-    if row.status != Status::Ok {
+    if !matches!(row.status, Status::Ok | Status::Skipped) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", row.error_type.as_deref().unwrap_or("interrupted"));
     }
@@ -741,6 +862,7 @@ mod tests {
             totals: totals(&questions, 1.0),
             secrets: Vec::new(),
             restarts: Default::default(),
+            budget: BudgetReport::default(),
             questions,
         }
     }

@@ -125,6 +125,47 @@ pub struct BatchSettings {
     /// Grace period for in-flight questions after Ctrl-C / SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// What the batch may spend (`[batch.budget]`).
+    #[serde(default)]
+    pub budget: BudgetSettings,
+}
+
+/// `[batch.budget]`: what the whole batch may spend on model calls. 0 means no limit. With
+/// `--shard i/n` each shard takes 1/n of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// Input plus output tokens (cached input included), 0: no limit.
+    pub max_tokens: u64,
+    /// Cost, priced by `model.{cloud,local}.price` (same currency as the prices), 0: no limit.
+    pub max_cost: f64,
+}
+
+impl BudgetSettings {
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.max_tokens > 0 || self.max_cost > 0.0
+    }
+}
+
+/// `[model.cloud.price]` / `[model.local.price]`: what a route's tokens cost, per million, in
+/// whatever currency the budget's `max_cost` uses. 0 means free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Price {
+    /// Per million input tokens not read from the provider's cache.
+    pub input_per_million: f64,
+    /// Per million input tokens read from the provider's cache (`cached_tokens`).
+    pub cached_input_per_million: f64,
+    /// Per million output tokens.
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// Whether every token is free.
+    pub fn is_free(&self) -> bool {
+        self.input_per_million == 0.0 && self.cached_input_per_million == 0.0 && self.output_per_million == 0.0
+    }
 }
 
 impl BatchSettings {
@@ -186,6 +227,9 @@ pub struct CloudModel {
     /// Configured rate limits (headers from the server win).
     #[serde(default)]
     pub rate_limit: LimitConfig,
+    /// What its tokens cost (for `[batch.budget]` and the report).
+    #[serde(default)]
+    pub price: Price,
 }
 
 /// `[model.local]`
@@ -199,6 +243,9 @@ pub struct LocalModel {
     /// Configured rate limits (headers from the server win).
     #[serde(default)]
     pub rate_limit: LimitConfig,
+    /// What its tokens cost (for `[batch.budget]` and the report).
+    #[serde(default)]
+    pub price: Price,
 }
 
 /// `[secrets]`
@@ -720,6 +767,30 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
     }
     if !(0.0..=2.0).contains(&model.temperature) {
         return Err(invalid("model.temperature", "must be between 0 and 2"));
+    }
+    let prices = [("model.cloud.price", &model.cloud.price), ("model.local.price", &model.local.price)];
+    for (key, value) in prices.into_iter().flat_map(|(table, price)| {
+        [
+            (format!("{table}.input_per_million"), price.input_per_million),
+            (format!("{table}.cached_input_per_million"), price.cached_input_per_million),
+            (format!("{table}.output_per_million"), price.output_per_million),
+        ]
+    }) {
+        if !value.is_finite() || value < 0.0 {
+            return Err(invalid(key, format!("{value} is not a price: give a number of 0 (free) or more")));
+        }
+    }
+    let max_cost = batch.budget.max_cost;
+    if !max_cost.is_finite() || max_cost < 0.0 {
+        return Err(invalid("batch.budget.max_cost", format!("{max_cost} is not a cost: give 0 (no limit) or more")));
+    }
+    if max_cost > 0.0 && model.cloud.price.is_free() && model.local.price.is_free() {
+        return Err(invalid(
+            "batch.budget.max_cost",
+            "is set, but every token is free: set [model.cloud.price] or [model.local.price] \
+             (input_per_million, cached_input_per_million, output_per_million), or use \
+             batch.budget.max_tokens",
+        ));
     }
     if model.max_tokens == 0 {
         return Err(invalid("model.max_tokens", "must be at least 1"));

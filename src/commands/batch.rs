@@ -12,6 +12,7 @@ use super::{CliError, Signals, check_writable, exit};
 use crate::actors::mcp_session::ServerTools;
 use crate::actors::secret_keeper::EnvLookup;
 use crate::app::Runtime;
+use crate::batch::budget::{Budget, Prices};
 use crate::batch::shard::Shard;
 use crate::batch::{self, Planned, RunOptions};
 use crate::config::Settings;
@@ -58,7 +59,6 @@ pub(super) async fn run_batch(
     check_writable(&report_path.parent().map(PathBuf::from).unwrap_or_default())?;
     let _lock = lock_output_dir(&settings.batch.output_dir, shard)?;
     settings.batch.concurrency = fit_open_files(settings.batch.concurrency);
-    let options = RunOptions {
     if let Some(shard) = shard {
         // Configured rate limits are the account's: each shard paces itself to its share.
         // (Limits read from headers need no division: they say what the account has left.)
@@ -66,6 +66,7 @@ pub(super) async fn run_batch(
         model.cloud.rate_limit = model.cloud.rate_limit.shard(shard.count);
         model.local.rate_limit = model.local.rate_limit.shard(shard.count);
     }
+    let options = RunOptions {
         concurrency: settings.batch.concurrency,
         question_timeout: settings.agent.question_timeout,
         shutdown_grace: settings.batch.shutdown_grace,
@@ -74,7 +75,7 @@ pub(super) async fn run_batch(
         output_dir: settings.batch.output_dir.clone(),
     };
     let connect_timeout = settings.mcp.connect_timeout;
-    let rows = batch::Rows::new(&planned, &settings.agent.name, &options);
+    let rows = batch::Rows::new(&planned, &settings.agent.name, &options).with_budget(budget(&settings, shard));
     let runtime = Runtime::start(settings, env).await?;
     if mode != Mode::Ask {
         signals.set_last_words(report_what_is_known(rows.clone(), report_path.clone(), shard));
@@ -143,6 +144,23 @@ pub(super) async fn run_batch(
     // A signal changes nothing here: the report says what was answered (interrupted questions
     // make it 1).
     Ok(exit(i32::from(report_failed).max(report.exit_code())))
+}
+
+/// The batch's budget: `[batch.budget]` (this shard's share of it), priced by
+/// `model.{cloud,local}.price`.
+fn budget(settings: &Settings, shard: Option<Shard>) -> Budget {
+    let mut limits = settings.batch.budget;
+    if let Some(shard) = shard {
+        // Each shard answers about 1/n of the questions: it may spend 1/n of the budget.
+        let count = u64::from(shard.count.max(1));
+        limits.max_tokens = match limits.max_tokens {
+            0 => 0,
+            tokens => (tokens / count).max(1),
+        };
+        limits.max_cost /= count as f64;
+    }
+    let prices = Prices { cloud: settings.model.cloud.price, local: settings.model.local.price };
+    Budget::new(limits, prices, settings.model.max_tokens)
 }
 
 /// How long the actors have to stop (sessions closed, stdio servers ended) once a signal came:

@@ -36,6 +36,7 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
         }
     };
     outln!("{route}");
+    print_budget(&settings);
     outln!("\n# MCP servers");
     for server in &settings.mcp.servers {
         let target = match &server.endpoint {
@@ -63,6 +64,37 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
         eprintln!("problem: {problem}");
     }
     Err(CliError::Problems(problems.len()))
+}
+
+/// Prints the budget and the prices it is counted at.
+fn print_budget(settings: &Settings) {
+    outln!("\n# budget and prices (per million tokens: input, cached input, output)");
+    let budget = &settings.batch.budget;
+    let limit = |set: bool, value: String| if set { value } else { "none".to_owned() };
+    outln!(
+        "batch.budget: max_tokens {}, max_cost {}",
+        limit(budget.max_tokens > 0, budget.max_tokens.to_string()),
+        limit(budget.max_cost > 0.0, budget.max_cost.to_string())
+    );
+    for (route, price) in [("cloud", &settings.model.cloud.price), ("local", &settings.model.local.price)] {
+        if price.is_free() {
+            outln!("model.{route}.price: free");
+        } else {
+            outln!(
+                "model.{route}.price: input {}, cached input {}, output {}",
+                price.input_per_million,
+                price.cached_input_per_million,
+                price.output_per_million
+            );
+        }
+    }
+    if budget.is_limited() {
+        outln!(
+            "before each model call: spent + held by calls in flight + (prompt characters / 4 + model.max_tokens {}) \
+             must fit; otherwise no new question starts and the rest are skipped (reason \"budget\", exit 1)",
+            settings.model.max_tokens
+        );
+    }
 }
 
 /// Prints each secret's source and fingerprint; returns the API key's state.

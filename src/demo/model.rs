@@ -78,6 +78,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         tool_calls: calls,
         finish_reason: None,
         prompt_tokens: prompt_tokens(&request),
+        cached_tokens: 0,
     });
     axum::Json(body).into_response()
 }
@@ -108,6 +109,9 @@ pub struct Completion {
     pub finish_reason: Option<String>,
     /// `usage.prompt_tokens`.
     pub prompt_tokens: u64,
+    /// `usage.prompt_tokens_details.cached_tokens` (at most `prompt_tokens`): the part of the
+    /// prompt a provider read from its prompt cache.
+    pub cached_tokens: u64,
 }
 
 /// The `chat.completion` body as the OpenAI API sends it, `usage` included (completion tokens
@@ -142,7 +146,7 @@ pub fn completion_body(completion: &Completion) -> Value {
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": completion.prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": completion.cached_tokens.min(completion.prompt_tokens), "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0, "audio_tokens": 0,
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
@@ -231,11 +235,13 @@ mod tests {
             tool_calls: vec![CallOut { id: "call_1".into(), name: "search".into(), arguments: "{}".into() }],
             finish_reason: None,
             prompt_tokens: 10,
+            cached_tokens: 4,
         });
         assert_eq!(body["object"], "chat.completion");
         assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "search");
         assert_eq!(body["usage"]["total_tokens"], body["usage"]["prompt_tokens"].as_u64().unwrap_or(0) + 3);
+        assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
     }
 }

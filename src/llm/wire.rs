@@ -93,19 +93,24 @@ impl ToolDefinition {
 }
 
 /// The request body.
+///
+/// Fields are sent in this order, the same for every question: what never changes within a
+/// batch (model, sampling, the tool definitions in the registry's order) comes before the
+/// conversation, so two questions' requests are byte-identical up to the first place the
+/// question appears and a provider (or a caching proxy) can reuse that prefix.
 #[derive(Debug, Serialize)]
 pub struct ChatRequest<'a> {
     /// Model name.
     pub model: &'a str,
-    /// The conversation.
-    pub messages: &'a [Message],
-    /// Tools offered (omitted when empty).
-    #[serde(skip_serializing_if = "<[ToolDefinition]>::is_empty")]
-    pub tools: &'a [ToolDefinition],
     /// Sampling temperature.
     pub temperature: f32,
     /// Completion limit.
     pub max_tokens: u32,
+    /// Tools offered (omitted when empty).
+    #[serde(skip_serializing_if = "<[ToolDefinition]>::is_empty")]
+    pub tools: &'a [ToolDefinition],
+    /// The conversation.
+    pub messages: &'a [Message],
 }
 
 /// The response body.
@@ -151,12 +156,31 @@ pub struct ResponseMessage {
 /// Token usage of one call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Input tokens.
+    /// Input tokens (cached ones included).
     #[serde(default)]
     pub prompt_tokens: u64,
     /// Output tokens.
     #[serde(default)]
     pub completion_tokens: u64,
+    /// What the input tokens were made of, when the server says (OpenAI, llama.cpp's server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+impl Usage {
+    /// Input tokens the provider read from its prompt cache (a prefix it had seen before),
+    /// at most `prompt_tokens`; 0 when the server does not say.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |details| details.cached_tokens.min(self.prompt_tokens))
+    }
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Input tokens served from the provider's prompt cache (billed at the cached rate).
+    #[serde(default)]
+    pub cached_tokens: u64,
 }
 
 /// The error body of the OpenAI API.

@@ -17,6 +17,7 @@ mod harness;
 mod legacy_sse;
 
 mod batch;
+mod budget;
 mod conformance;
 mod demo_scripted_flow;
 mod demo_search_server;

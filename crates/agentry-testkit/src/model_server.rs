@@ -440,6 +440,8 @@ pub struct RecordedRequest {
     pub number: u64,
     /// Parsed JSON body; `Value::Null` when the body was not valid JSON.
     pub body: Value,
+    /// The body exactly as it arrived (byte order and spacing are the client's).
+    pub raw: Bytes,
     /// Bearer token from `Authorization: Bearer <token>`, if any.
     pub bearer: Option<String>,
     /// The W3C `traceparent` header, if any.
@@ -477,6 +479,7 @@ struct Shared {
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
     next_call_id: AtomicU64,
+    cached_tokens: AtomicU64,
     started: u64,
     rate_limits: Mutex<Option<rate_limit::Limiter>>,
 }
@@ -555,6 +558,7 @@ impl ModelServer {
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             next_call_id: AtomicU64::new(1),
+            cached_tokens: AtomicU64::new(0),
             started,
             rate_limits: Mutex::new(None),
         });
@@ -578,6 +582,14 @@ impl ModelServer {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.shared.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Reports up to `tokens` of every completion's prompt as read from a prompt cache
+    /// (`usage.prompt_tokens_details.cached_tokens`, at most the prompt), as OpenAI and
+    /// llama.cpp's server do for a prefix they have seen.
+    pub fn with_cached_tokens(self, tokens: u64) -> Self {
+        self.shared.cached_tokens.store(tokens, Ordering::SeqCst);
+        self
     }
 
     /// Enforces `limits` in front of the behaviour (builder form of
@@ -771,6 +783,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     let number = shared.record(RecordedRequest {
         number: 0,
         body: parsed.as_ref().cloned().unwrap_or(Value::Null),
+        raw: body.clone(),
         bearer: bearer.clone(),
         traceparent,
         at,
@@ -953,6 +966,7 @@ fn completion_response(
         tool_calls,
         finish_reason,
         prompt_tokens: shape::prompt_tokens(body),
+        cached_tokens: shared.cached_tokens.load(Ordering::SeqCst),
     };
     let mut response = axum::Json(shape::completion_body(&completion)).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!("req_demo_{number}")) {
