@@ -179,4 +179,6 @@ pub mod attr {
     pub const MCP_SERVER: &str = "agentry.mcp.server";
     /// Secret name.
     pub const SECRET_NAME: &str = "agentry.secret.name";
+    /// Input tokens the provider read from its prompt cache (`chat` span; GenAI conventions).
+    pub const CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
 }

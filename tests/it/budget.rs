@@ -221,3 +221,27 @@ async fn two_questions_requests_are_byte_identical_up_to_the_question() {
     assert!(prefix[messages_at..].contains("You are a helpful research assistant."), "{prefix}");
     assert_eq!(requests[0].body["tools"], requests[1].body["tools"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "waits for record_chat (src/actors/model_router.rs) to set gen_ai.usage.cache_read.input_tokens"]
+async fn cached_input_tokens_are_on_the_chat_span() {
+    let receiver = crate::otlp::OtlpReceiver::start().await;
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(saves_then_answers)))
+        .await
+        .expect("model")
+        .with_cached_tokens(100);
+    let agentry = Agentry::new()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    let extra = "[batch]\nquestions = [\"Define Rust\"]\n";
+    let path = agentry.file("batch.toml", &config(&model.base_url(), None, extra));
+    agentry.run(&["run", "--config", path.to_str().expect("utf-8")]).await.expect_code(0);
+    let spans = receiver.spans();
+    let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat test-model").collect();
+    assert_eq!(chats.len(), 2, "{}", receiver.span_tree());
+    for chat in &chats {
+        assert_eq!(chat.attr_i64(agentry::telemetry::names::attr::CACHE_READ_INPUT_TOKENS), Some(100), "{chat:?}");
+    }
+    let report = agentry.report("definitions/report.json");
+    assert_eq!(report["questions"][0]["cached_input_tokens"], 200);
+}
