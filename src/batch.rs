@@ -883,6 +883,32 @@ mod tests {
     }
 
     #[test]
+    fn a_question_skipped_for_the_budget_makes_the_exit_code_1_and_shard_budgets_add_up() {
+        let mut first = report(&[("q-a", Status::Ok), ("q-b", Status::Skipped)]);
+        first.questions[1].reason = Some(SkipReason::Budget);
+        first.questions[1].transcript.file = None;
+        first.totals = totals(&first.questions, 1.0);
+        first.budget.max_tokens = 500;
+        first.budget.spent = budget::Spend { input_tokens: 400, output_tokens: 90, ..Default::default() };
+        first.budget.by_route.insert("local".into(), first.budget.spent);
+        assert_eq!((first.totals.skipped, first.totals.skipped_for_budget), (1, 1));
+        assert_eq!(first.exit_code(), 1);
+        assert!(first.summary().contains("1 skipped (1 for the budget)"), "{}", first.summary());
+        assert!(first.summary().contains("spent 490 tokens"), "{}", first.summary());
+        let mut second = report(&[("q-c", Status::Ok)]);
+        second.questions[0].index = 2;
+        second.budget = first.budget.clone();
+        let merged = merge(vec![first, second]);
+        assert_eq!(merged.budget.max_tokens, 1000, "each shard had its share");
+        assert_eq!(merged.budget.by_route["local"].tokens(), 980);
+        assert_eq!(merged.totals.skipped_for_budget, 1);
+        // Answered by an earlier run: skipped, and nothing to worry about.
+        let earlier = report(&[("q-a", Status::Skipped)]);
+        assert_eq!(earlier.questions[0].reason, Some(SkipReason::Answered));
+        assert_eq!(earlier.exit_code(), 0);
+    }
+
+    #[test]
     fn merging_keeps_the_original_order_and_prefers_answers() {
         let mut first = report(&[("q-a", Status::Ok), ("q-b", Status::Failed)]);
         first.questions.remove(0);
