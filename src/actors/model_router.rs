@@ -346,6 +346,11 @@ fn record_chat(
                 // As i64: OpenTelemetry has no unsigned integers (tracing's u64 becomes a string).
                 span.record("gen_ai.usage.input_tokens", i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX));
                 span.record("gen_ai.usage.output_tokens", i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX));
+                // Prompt tokens the provider served from its cache (OpenAI, llama.cpp's server).
+                if usage.prompt_tokens_details.is_some() {
+                    let cached = i64::try_from(usage.cached_tokens()).unwrap_or(i64::MAX);
+                    span.set_attribute(attr::CACHE_READ_INPUT_TOKENS, cached);
+                }
                 for (kind, tokens) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
                     let mut with_type = attributes.clone();
                     with_type.push(KeyValue::new(attr::TOKEN_TYPE, kind));

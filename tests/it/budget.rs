@@ -223,7 +223,6 @@ async fn two_questions_requests_are_byte_identical_up_to_the_question() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "waits for record_chat (src/actors/model_router.rs) to set gen_ai.usage.cache_read.input_tokens"]
 async fn cached_input_tokens_are_on_the_chat_span() {
     let receiver = crate::otlp::OtlpReceiver::start().await;
     let model = ModelServer::start(Arc::new(FnBehaviour::new(saves_then_answers)))
