@@ -133,7 +133,8 @@ impl Runtime {
         let model_deadline = ((model.request_timeout + model.retry_max_delay) * (model.max_retries + 1))
             .max(settings.agent.question_timeout);
         let router_slot = Slot::default();
-        let model_handle = ModelRouterHandle::new(router_slot.clone(), model_deadline);
+        let model_handle = ModelRouterHandle::new(router_slot.clone(), model_deadline)
+            .with_limiters(vec![router.cloud.limiter.clone(), router.local.limiter.clone()]);
 
         let http = reqwest::Client::builder().user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION"))).build()?;
         let mut session_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();

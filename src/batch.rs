@@ -401,7 +401,7 @@ pub async fn run_recorded(
         })
         .buffer_unordered(options.concurrency.max(1));
     while let Some((index, row)) = finished.next().await {
-        progress.finished(&row);
+        progress.finished_paced(&row, context.model.pacing());
         rows.finish(index, row);
     }
     progress.done();
@@ -818,15 +818,22 @@ impl Progress {
     }
 
     fn finished(&self, row: &Row) {
+        self.finished_paced(row, None);
+    }
+
+    /// A finished question, and what holds the model requests back now, if anything (a
+    /// route's rate limits: `paced: tokens, 1.2s`).
+    fn finished_paced(&self, row: &Row, pacing: Option<String>) {
         let n = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let status = row.status.as_str();
         let question: String = row.question.chars().take(60).collect();
+        let paced = pacing.map(|pacing| format!("  (paced: {pacing})")).unwrap_or_default();
         match &self.bar {
             Some(bar) => {
                 bar.inc(1);
-                bar.set_message(format!("{status}: {question}"));
+                bar.set_message(format!("{status}: {question}{paced}"));
             }
-            None => eprintln!("[{n}/{}] {status:<11} {question}", self.total),
+            None => eprintln!("[{n}/{}] {status:<11} {question}{paced}", self.total),
         }
     }
 

@@ -463,12 +463,33 @@ async fn send(
 pub struct ModelRouterHandle {
     slot: Slot<ModelRouterMsg>,
     deadline: Duration,
+    /// The routes' limiters, to show the pacing (the router owns clones of the same ones).
+    limiters: Arc<[Limiter]>,
 }
 
 impl ModelRouterHandle {
+    /// Shows the pacing of `limiters` (the routes').
+    pub(crate) fn with_limiters(mut self, limiters: Vec<Limiter>) -> Self {
+        self.limiters = limiters.into();
+        self
+    }
+
+    /// What holds the model requests back now, in words (`tokens, 1.2s`), if a route's rate
+    /// limits do: for the progress line.
+    pub fn pacing(&self) -> Option<String> {
+        self.limiters.iter().find_map(|limiter| {
+            let snapshot = limiter.snapshot();
+            let bucket = snapshot.paced_by?;
+            Some(match snapshot.paced_for {
+                Some(wait) => format!("{}, {:.1}s", bucket.as_str(), wait.as_secs_f64()),
+                None => bucket.as_str().to_owned(),
+            })
+        })
+    }
+
     /// A handle over `slot`; `deadline` bounds one call including all its retries.
     pub(crate) fn new(slot: Slot<ModelRouterMsg>, deadline: Duration) -> Self {
-        Self { slot, deadline }
+        Self { slot, deadline, limiters: Arc::new([]) }
     }
 
     /// Sends one chat request within the question's `deadline` (the request, its retries and

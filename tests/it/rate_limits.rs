@@ -46,6 +46,8 @@ async fn a_batch_wider_than_the_limit_is_paced_by_the_headers() {
         .with_rate_limits(RateLimits::per_minute(1_000, 1_200).per(Duration::from_secs(1)));
     let (run, agentry) = run_batch(&model, 24, 12).await;
     run.expect_code(0);
+    // The progress lines say when the batch is held back, and by what.
+    assert!(run.stderr.contains("(paced: tokens, "), "{}", run.stderr);
     let counts = model.rate_limit_counts();
     let requests = counts.accepted + counts.refused();
     assert!(counts.refused() * 20 < requests, "under 5% of {requests} requests refused: {counts:?}");
