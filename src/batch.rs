@@ -213,6 +213,9 @@ pub struct Totals {
     pub cost: f64,
     /// Tool calls.
     pub tool_calls: u64,
+    /// Model responses refused with 429, by the route of the question (as in its row).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rate_limited: std::collections::BTreeMap<String, u64>,
     /// Wall time of the batch.
     pub duration_s: f64,
 }
@@ -689,6 +692,10 @@ fn totals(rows: &[Row], duration_s: f64) -> Totals {
         totals.output_tokens += row.transcript.output_tokens;
         totals.cost += row.transcript.cost;
         totals.tool_calls += u64::from(row.transcript.tool_calls);
+        if row.transcript.rate_limited > 0 {
+            let route = row.transcript.route.clone().unwrap_or_else(|| "unknown".into());
+            *totals.rate_limited.entry(route).or_default() += u64::from(row.transcript.rate_limited);
+        }
     }
     totals
 }

@@ -56,6 +56,8 @@ async fn a_batch_wider_than_the_limit_is_paced_by_the_headers() {
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{report}");
     let rate_limited: u64 = rows.iter().filter_map(|r| r["rate_limited"].as_u64()).sum();
     assert_eq!(rate_limited, counts.refused(), "each 429 is in its row");
+    let by_route = report["totals"]["rate_limited"]["cloud"].as_u64().unwrap_or(0);
+    assert_eq!(by_route, counts.refused(), "and in the totals, by route: {}", report["totals"]);
     assert!(rows.iter().all(|r| r["retries"] == 0), "429s are not retries: {report}");
 }
 
@@ -72,6 +74,7 @@ async fn without_headers_the_requests_in_flight_come_down_and_every_question_fin
     assert_eq!(report["totals"]["ok"], 24, "{report}");
     let counts = model.rate_limit_counts();
     assert!(counts.refused() > 0, "the limits were hit: {counts:?}");
+    assert_eq!(report["totals"]["rate_limited"]["cloud"].as_u64(), Some(counts.refused()), "429s by route");
     assert!(model.peak_in_flight() <= 12);
 }
 
