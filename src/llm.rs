@@ -8,6 +8,7 @@
 pub mod client;
 mod error;
 pub mod rate_limit;
+pub mod stream;
 pub mod wire;
 
 pub use error::LlmError;

@@ -1,0 +1,290 @@
+//! Streamed chat completions (`"stream": true`): the chunk wire types and the assembly of a
+//! stream's chunks into the one [`ChatResponse`] a non-streamed request would have returned.
+//!
+//! A stream is a sequence of `chat.completion.chunk` objects (one per SSE `data:` line), then
+//! `data: [DONE]`:
+//!
+//! ```text
+//! {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}
+//! {"choices":[{"index":0,"delta":{"content":"Mach"}}]}                        text, in pieces
+//! {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function",
+//!     "function":{"name":"search","arguments":""}}]}}]}                      a call: id and name once
+//! {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q"}}]}}]}
+//! {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}
+//! {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5}}        with include_usage
+//! [DONE]
+//! ```
+//!
+//! Content, refusal and each tool call's arguments are concatenated; tool calls are keyed by
+//! their `index` (their id and name come only in their first delta). A stream that ends without
+//! a `finish_reason` was cut short: [`Assembler::finish`] says so, and the caller retries it like
+//! a 5xx, never passing a half answer on as complete.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::wire::{ChatResponse, Choice, FunctionCall, ResponseMessage, ToolCall, Usage};
+
+/// One `chat.completion.chunk`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatChunk {
+    /// Completion id (the same in every chunk).
+    #[serde(default)]
+    pub id: String,
+    /// The model that answers.
+    #[serde(default)]
+    pub model: String,
+    /// Deltas (agentry asks for one choice; the usage chunk has none).
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Token usage, in the last chunk when `stream_options.include_usage` is set.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// One choice's delta.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChunkChoice {
+    /// Which choice (agentry reads choice 0).
+    #[serde(default)]
+    pub index: u32,
+    /// What this chunk adds.
+    #[serde(default)]
+    pub delta: Delta,
+    /// Set in the choice's last chunk.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// What one chunk adds to the message.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Delta {
+    /// A piece of the text.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// A piece of a refusal.
+    #[serde(default)]
+    pub refusal: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of one tool call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallDelta {
+    /// Which call of the message.
+    pub index: u32,
+    /// The call's id (first piece only).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Name and a piece of the arguments.
+    #[serde(default)]
+    pub function: Option<FunctionDelta>,
+}
+
+/// A piece of a function call.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FunctionDelta {
+    /// The name (first piece only).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A piece of the arguments' JSON text.
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+/// Why a stream's chunks do not make a whole answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Incomplete {
+    /// The stream ended before the choice's `finish_reason`.
+    #[error("the stream ended before the answer did (no finish_reason after {chunks} chunks)")]
+    Cut {
+        /// Chunks received.
+        chunks: usize,
+    },
+    /// A tool call never got its id or name.
+    #[error("tool call {index} of the stream has no {missing}")]
+    ToolCall {
+        /// The call's index.
+        index: u32,
+        /// `id` or `name`.
+        missing: &'static str,
+    },
+}
+
+/// Builds the answer from a stream's chunks, as they come.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    id: String,
+    model: String,
+    content: Option<String>,
+    refusal: Option<String>,
+    calls: BTreeMap<u32, PartialCall>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    chunks: usize,
+}
+
+#[derive(Debug, Default)]
+struct PartialCall {
+    id: Option<String>,
+    name: Option<String>,
+    arguments: String,
+}
+
+impl Assembler {
+    /// Adds a chunk; returns the text it adds to the answer (for showing it as it is written).
+    pub fn push(&mut self, chunk: ChatChunk) -> Option<String> {
+        self.chunks += 1;
+        if self.id.is_empty() {
+            self.id = chunk.id;
+        }
+        if self.model.is_empty() {
+            self.model = chunk.model;
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        let choice = chunk.choices.into_iter().find(|choice| choice.index == 0)?;
+        if choice.finish_reason.is_some() {
+            self.finish_reason = choice.finish_reason;
+        }
+        let delta = choice.delta;
+        if let Some(refusal) = delta.refusal {
+            self.refusal.get_or_insert_with(String::new).push_str(&refusal);
+        }
+        for piece in delta.tool_calls.unwrap_or_default() {
+            let call = self.calls.entry(piece.index).or_default();
+            if let Some(id) = piece.id.filter(|id| !id.is_empty()) {
+                call.id = Some(id);
+            }
+            let function = piece.function.unwrap_or_default();
+            if let Some(name) = function.name.filter(|name| !name.is_empty()) {
+                call.name = Some(name);
+            }
+            call.arguments.push_str(&function.arguments.unwrap_or_default());
+        }
+        let text = delta.content.filter(|text| !text.is_empty())?;
+        self.content.get_or_insert_with(String::new).push_str(&text);
+        Some(text)
+    }
+
+    /// The whole answer, or why the chunks so far are not one.
+    pub fn finish(self) -> Result<ChatResponse, Incomplete> {
+        let Some(finish_reason) = self.finish_reason else {
+            return Err(Incomplete::Cut { chunks: self.chunks });
+        };
+        let mut tool_calls = Vec::with_capacity(self.calls.len());
+        for (index, call) in self.calls {
+            let id = call.id.ok_or(Incomplete::ToolCall { index, missing: "id" })?;
+            let name = call.name.ok_or(Incomplete::ToolCall { index, missing: "name" })?;
+            tool_calls.push(ToolCall {
+                id,
+                kind: "function".to_owned(),
+                function: FunctionCall { name, arguments: call.arguments },
+            });
+        }
+        let message = ResponseMessage {
+            content: self.content,
+            tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+            refusal: self.refusal,
+        };
+        Ok(ChatResponse {
+            id: self.id,
+            model: self.model,
+            choices: vec![Choice { message, finish_reason: Some(finish_reason) }],
+            usage: self.usage,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunks of a stream, as OpenAI sends them (one JSON object per `data:` line).
+    fn assemble(lines: &[&str]) -> (Assembler, Vec<String>) {
+        let mut assembler = Assembler::default();
+        let mut shown = Vec::new();
+        for line in lines {
+            let chunk: ChatChunk = serde_json::from_str(line).expect("a chunk");
+            shown.extend(assembler.push(chunk));
+        }
+        (assembler, shown)
+    }
+
+    const HEAD: &str = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+
+    #[test]
+    fn text_in_pieces_is_one_answer_with_its_usage() {
+        let (assembler, shown) = assemble(&[
+            HEAD,
+            r#"{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Machine "},"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"learning."},"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+            r#"{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
+        ]);
+        assert_eq!(shown, ["Machine ", "learning."], "the text as it is written");
+        let response = assembler.finish().expect("whole");
+        assert_eq!((response.id.as_str(), response.model.as_str()), ("chatcmpl-1", "gpt-4o-mini"));
+        let choice = &response.choices[0];
+        assert_eq!(choice.message.content.as_deref(), Some("Machine learning."));
+        assert_eq!(choice.finish_reason.as_deref(), Some("stop"));
+        assert!(choice.message.tool_calls.is_none());
+        assert_eq!(response.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((12, 3)));
+    }
+
+    #[test]
+    fn tool_calls_are_assembled_by_index_with_their_id_and_name_from_the_first_piece() {
+        let (assembler, shown) = assemble(&[
+            HEAD,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"search","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"save_research","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"query\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"ml\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        ]);
+        assert!(shown.is_empty(), "tool-call arguments are never shown as the answer");
+        let response = assembler.finish().expect("whole");
+        let calls = response.choices[0].message.tool_calls.clone().expect("calls");
+        let calls: Vec<(&str, &str, &str)> =
+            calls.iter().map(|c| (c.id.as_str(), c.function.name.as_str(), c.function.arguments.as_str())).collect();
+        assert_eq!(calls, [("call_a", "search", r#"{"query":"ml"}"#), ("call_b", "save_research", "{}")]);
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_finish_reason_is_incomplete_never_a_half_answer() {
+        let (assembler, _) = assemble(&[
+            HEAD,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"search","arguments":"{\"qu"}}]}}]}"#,
+        ]);
+        assert_eq!(assembler.finish().expect_err("cut"), Incomplete::Cut { chunks: 2 });
+    }
+
+    #[test]
+    fn a_tool_call_without_a_name_is_incomplete() {
+        let (assembler, _) = assemble(&[
+            HEAD,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        ]);
+        assert_eq!(assembler.finish().expect_err("no name"), Incomplete::ToolCall { index: 0, missing: "name" });
+    }
+
+    #[test]
+    fn a_refusal_is_kept_whole() {
+        let (assembler, shown) = assemble(&[
+            HEAD,
+            r#"{"choices":[{"index":0,"delta":{"refusal":"I can't "}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"refusal":"help with that."}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        ]);
+        assert!(shown.is_empty());
+        let response = assembler.finish().expect("whole");
+        assert_eq!(response.choices[0].message.refusal.as_deref(), Some("I can't help with that."));
+        assert_eq!(response.choices[0].message.content, None);
+    }
+}
