@@ -386,3 +386,50 @@ async fn hostile_bodies_come_as_scripted() {
     drop((stalled, endless));
     server.shutdown().await;
 }
+
+/// `"stream": true` is answered as OpenAI streams: chunks that agentry's assembler builds back
+/// into the very answer the same reply gives unstreamed (text, tool calls, usage).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_answer_assembles_into_the_unstreamed_one() {
+    use agentry::llm::stream::{Assembler, ChatChunk};
+
+    let reply = || Reply::Message {
+        content: Some("Machine learning is learning from data, not rules.".into()),
+        tool_calls: vec![ScriptedToolCall::new("search", &json!({"query": "machine learning definition"}))],
+        finish_reason: None,
+    };
+    let server = ModelServer::start(Arc::new(Queue::new([reply(), reply()]))).await.expect("server");
+    let client = reqwest::Client::new();
+    let plain = json_of(post(&client, &server, None, &request_body()).await).await;
+
+    let mut streamed = request_body();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let response = post(&client, &server, None, &streamed).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.expect("body");
+    let mut events: Vec<&str> =
+        text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.trim_start_matches("data: ")).collect();
+    assert_eq!(events.pop(), Some("[DONE]"));
+    let mut assembler = Assembler::default();
+    let mut shown = String::new();
+    for event in &events {
+        let chunk: ChatChunk = serde_json::from_str(event).expect("a chunk");
+        shown.extend(assembler.push(chunk));
+    }
+    assert!(events.len() > 4, "in pieces: {events:?}");
+    let assembled = assembler.finish().expect("whole");
+    let message = &plain["choices"][0]["message"];
+    assert_eq!(shown, message["content"].as_str().expect("text"), "the text as written, no arguments");
+    let calls = assembled.choices[0].message.tool_calls.clone().expect("calls");
+    assert_eq!(calls[0].function.name, "search");
+    assert_eq!(calls[0].function.arguments, message["tool_calls"][0]["function"]["arguments"].as_str().expect("args"));
+    assert_eq!(assembled.choices[0].finish_reason.as_deref(), plain["choices"][0]["finish_reason"].as_str());
+    let usage = assembled.usage.expect("the usage chunk");
+    assert_eq!(usage.prompt_tokens, plain["usage"]["prompt_tokens"].as_u64().expect("usage"));
+
+    // stream_options without a stream is the real API's 400.
+    let mut wrong = request_body();
+    wrong["stream_options"] = json!({"include_usage": true});
+    assert_eq!(post(&client, &server, None, &wrong).await.status(), 400);
+}

@@ -337,11 +337,14 @@ fn validate_sampling(body: &Value) -> Result<(), ApiError> {
             }
         }
     }
-    if field(body, "stream").and_then(Value::as_bool) == Some(true) {
+    // As the real API: stream_options only with a stream.
+    if field(body, "stream_options").is_some_and(|o| !o.is_null())
+        && field(body, "stream").and_then(Value::as_bool) != Some(true)
+    {
         return Err(ApiError::invalid(
-            "The agentry demo model server does not support 'stream': true.",
-            Some("stream".into()),
-            Some("unsupported_value"),
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            Some("stream_options".into()),
+            Some("invalid_value"),
         ));
     }
     Ok(())
