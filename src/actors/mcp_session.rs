@@ -14,7 +14,7 @@
 //!   flight get an error reply (never silence); the tool registry sees the new tool list.
 //! - **Supervisor**: McpSupervisor. **Shutdown**: `post_stop` closes the session and waits for
 //!   it (the connection closed, a stdio server's process group ended). A failure closes it too:
-//!   the session is owned by the state (`LiveSession`), and dropping the state closes it.
+//!   the tasks that own the rmcp service are owned by the state and aborted when it is dropped.
 //! - **What fails the actor**: a failed connect, and a transport that is really gone (the
 //!   session's service loop ended). One request that could not be delivered (a 5xx on a POST, a
 //!   reset) fails that call only.
@@ -191,11 +191,11 @@ fn start_relist(myself: &ActorRef<McpSessionMsg>, state: &mut McpSessionState, g
     );
 }
 
-/// A live rmcp session, closed on every path out of the actor: [`LiveSession::close`] from
-/// `post_stop`, and dropping it otherwise (a handler that returns `Err` makes ractor stop the
-/// actor without `post_stop`, and the state is dropped).
+/// A live rmcp session, as `post_stop` closes it. Other paths out of the actor (a handler that
+/// returns `Err` makes ractor stop it without `post_stop`) drop the state, whose tasks
+/// ([`AbortOnDrop`]) own the rmcp service: aborting them drops it, which cancels the session.
 struct LiveSession {
-    cancel: Option<RunningServiceCancellationToken>,
+    cancel: RunningServiceCancellationToken,
     ended: oneshot::Receiver<()>,
 }
 
@@ -205,19 +205,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl LiveSession {
     /// Closes the session and waits (at most [`CLOSE_WAIT`]) until it has.
-    async fn close(mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            cancel.cancel();
-        }
-        let _ = tokio::time::timeout(CLOSE_WAIT, &mut self.ended).await;
-    }
-}
-
-impl Drop for LiveSession {
-    fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            cancel.cancel();
-        }
+    async fn close(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.ended).await;
     }
 }
 
@@ -337,7 +327,7 @@ impl Actor for McpSession {
                     tools = tools.len(), "MCP session ready");
                 state.args.tools.send_replace(ServerTools::Ready(tools));
                 state.args.ready.set();
-                let live = LiveSession { cancel: Some(cancel), ended };
+                let live = LiveSession { cancel, ended };
                 if let Some(retired) = state.session.replace(live) {
                     let grace = state.args.call_timeout;
                     tokio::spawn(async move {
@@ -696,6 +686,32 @@ impl McpSessionHandle {
         self.server.retry_tools.iter().any(|t| t == tool)
             || matches!(self.tools(), ServerTools::Ready(tools) if tools.iter().any(|t| t.name == tool && mcp::is_retry_safe(t)))
     }
+}
+
+/// Arguments for handle-level tests: no secrets, the given timeouts; with the handle and the
+/// slot the session is published in.
+#[cfg(test)]
+pub(crate) fn test_session(
+    server: Arc<ServerSpec>,
+    restart_wait: Duration,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> (McpSessionHandle, Slot<McpSessionMsg>, McpSessionArgs) {
+    let (handle, slot, published) = McpSessionHandle::new(server.clone(), restart_wait, call_timeout);
+    let no_secrets = std::env::temp_dir().join("agentry-test-no-secrets");
+    let (secrets, _, _) =
+        SecretKeeperHandle::new(Vec::new(), no_secrets, Duration::from_secs(3600), Arc::new(|_| None));
+    let args = McpSessionArgs {
+        server,
+        http: reqwest::Client::new(),
+        token: None,
+        secrets,
+        tools: published,
+        connect_timeout,
+        call_timeout,
+        ready: Default::default(),
+    };
+    (handle, slot, args)
 }
 
 #[cfg(test)]

@@ -198,10 +198,9 @@ impl ChatClient {
         };
         let mut retries = backoff().with_max_times(self.policy.max_retries as usize).build();
         let mut rate_limited = backoff().without_max_times().build();
-        // OpenAI's count on arrival (prompt characters / 4 plus max_tokens), read off the body
-        // already encoded rather than encoding the conversation again: its few bytes besides the
-        // messages and tools (and a byte count over a character count) only err on the safe side.
-        let estimate = rate_limit::tokens_for(body.len(), u64::from(request.max_tokens));
+        // What the provider counts against the token limit on arrival (its prompt characters / 4
+        // plus max_tokens): the limiter's charge equals the provider's.
+        let estimate = rate_limit::estimate_tokens(request);
         let credential = endpoint.credential.as_ref();
         loop {
             let permit = limiter

@@ -76,20 +76,7 @@ async fn session_waiting(url: &str, restart_wait: Duration) -> (McpSessionHandle
         max_concurrent_calls: 8,
         token_secret: None,
     });
-    let (handle, slot, published) = McpSessionHandle::new(server.clone(), restart_wait, CALL_TIMEOUT);
-    let secrets_dir = tempfile::tempdir().expect("tempdir");
-    let (secrets, _, _) =
-        SecretKeeperHandle::new(Vec::new(), secrets_dir.path().into(), Duration::from_secs(3600), Arc::new(|_| None));
-    let args = McpSessionArgs {
-        server,
-        http: reqwest::Client::new(),
-        token: None,
-        secrets,
-        tools: published,
-        connect_timeout: Duration::from_secs(10),
-        call_timeout: CALL_TIMEOUT,
-        ready: Default::default(),
-    };
+    let (handle, slot, args) = test_session(server, restart_wait, Duration::from_secs(10), CALL_TIMEOUT);
     let (actor, _) = Actor::spawn(None, McpSession, args).await.expect("the session starts");
     slot.publish(actor.clone());
     (handle, actor)
@@ -201,20 +188,7 @@ async fn a_session_stopped_while_connecting_ends_its_server() {
         max_concurrent_calls: 8,
         token_secret: None,
     });
-    let (_handle, _slot, published) = McpSessionHandle::new(server.clone(), Duration::from_secs(5), CALL_TIMEOUT);
-    let secrets_dir = tempfile::tempdir().expect("tempdir");
-    let (secrets, _, _) =
-        SecretKeeperHandle::new(Vec::new(), secrets_dir.path().into(), Duration::from_secs(3600), Arc::new(|_| None));
-    let args = McpSessionArgs {
-        server,
-        http: reqwest::Client::new(),
-        token: None,
-        secrets,
-        tools: published,
-        connect_timeout: Duration::from_secs(600),
-        call_timeout: CALL_TIMEOUT,
-        ready: Default::default(),
-    };
+    let (_handle, _slot, args) = test_session(server, Duration::from_secs(5), Duration::from_secs(600), CALL_TIMEOUT);
     let running = || {
         std::fs::read_dir("/proc")
             .into_iter()

@@ -5,9 +5,8 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::actors::NotRunning;
-use crate::actors::mcp_session::{McpSession, McpSessionArgs, McpSessionMsg, ServerTools};
+use crate::actors::mcp_session::{McpSession, McpSessionMsg, ServerTools};
 use crate::actors::research_writer::{Outcomes, ResearchWriter, ResearchWriterArgs};
-use crate::actors::secret_keeper::SecretKeeperHandle;
 use crate::config::McpEndpoint;
 use crate::llm::wire::FunctionCall;
 use crate::mcp::{McpError, ServerSpec};
@@ -487,24 +486,8 @@ mod allowlist {
                 .expect("bind");
         let url = crate::demo::search_server::mcp_url(server_on_loopback.addr());
         let server = spec("shop", &["search"], &url);
-        let (session, slot, published) = McpSessionHandle::new(server.clone(), RESTART_WAIT_TEST, CALL_TIMEOUT);
-        let secrets_dir = tempfile::tempdir().expect("tempdir");
-        let (secrets, _, _) = SecretKeeperHandle::new(
-            Vec::new(),
-            secrets_dir.path().into(),
-            Duration::from_secs(3600),
-            Arc::new(|_| None),
-        );
-        let args = McpSessionArgs {
-            server,
-            http: reqwest::Client::new(),
-            token: None,
-            secrets,
-            tools: published,
-            connect_timeout: Duration::from_secs(10),
-            call_timeout: CALL_TIMEOUT,
-            ready: Default::default(),
-        };
+        let (session, slot, args) =
+            crate::actors::mcp_session::test_session(server, RESTART_WAIT_TEST, Duration::from_secs(10), CALL_TIMEOUT);
         let (actor, _) = Actor::spawn(None, McpSession, args).await.expect("the session starts");
         slot.publish(actor.clone());
         let listed = match session.settled(Duration::from_secs(10)).await {
