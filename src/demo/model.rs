@@ -2,17 +2,18 @@
 //! `POST /v1/chat/completions` on loopback.
 //!
 //! Only what the demo needs: the completion shape the real API sends (message, tool calls,
-//! `finish_reason`, `usage`), and OpenAI's error body for a request it cannot read. The
-//! completion shape ([`completion_body`]) and the token estimate are public because the test
+//! `finish_reason`, `usage`), streamed as `chat.completion.chunk`s when the request asks for a
+//! stream, and OpenAI's error body for a request it cannot read. The completion shape
+//! ([`completion_body`], [`stream_chunks`]) and the token estimate are public because the test
 //! kit's model server answers with the same shape.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -80,8 +81,24 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         prompt_tokens: prompt_tokens(&request),
         cached_tokens: 0,
     });
-    axum::Json(body).into_response()
+    if request.get("stream") != Some(&Value::Bool(true)) {
+        return axum::Json(body).into_response();
+    }
+    // Streamed as a model writes: one event at a time, a few milliseconds apart.
+    let include_usage = request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+    let events = stream_chunks(&body, include_usage)
+        .into_iter()
+        .map(|chunk| format!("data: {chunk}\n\n"))
+        .chain(std::iter::once("data: [DONE]\n\n".to_owned()));
+    let paced = futures::StreamExt::then(futures::stream::iter(events), |event| async move {
+        tokio::time::sleep(DEMO_CHUNK_GAP).await;
+        Ok::<_, std::convert::Infallible>(Bytes::from(event))
+    });
+    ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(paced)).into_response()
 }
+
+/// The demo model's pace when streaming: 16 characters every 5 ms, a fast cloud model's speed.
+const DEMO_CHUNK_GAP: Duration = Duration::from_millis(5);
 
 /// One tool call in a completion.
 #[derive(Debug, Clone)]
@@ -155,6 +172,47 @@ pub fn completion_body(completion: &Completion) -> Value {
         "service_tier": "default",
         "system_fingerprint": "fp_demo",
     })
+}
+
+/// The `chat.completion.chunk`s OpenAI streams for the completion `whole` (`"stream": true`):
+/// the role, the text and each tool call's arguments in pieces (a call's id and name in its
+/// first piece only), the finish reason, and, with `stream_options.include_usage`, a last chunk
+/// with the usage and no choices.
+pub fn stream_chunks(whole: &Value, include_usage: bool) -> Vec<Value> {
+    const PIECE: usize = 16;
+    let pieces = |text: &str| -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(PIECE).map(|piece| piece.iter().collect()).collect()
+    };
+    let chunk = |delta: Value, finish_reason: Value| {
+        serde_json::json!({
+            "id": whole["id"], "object": "chat.completion.chunk", "created": whole["created"], "model": whole["model"],
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+            "usage": null,
+        })
+    };
+    let message = &whole["choices"][0]["message"];
+    let mut chunks = vec![chunk(serde_json::json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    for piece in pieces(message["content"].as_str().unwrap_or_default()) {
+        chunks.push(chunk(serde_json::json!({"content": piece}), Value::Null));
+    }
+    for (index, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let first = serde_json::json!({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""}}]});
+        chunks.push(chunk(first, Value::Null));
+        for piece in pieces(call["function"]["arguments"].as_str().unwrap_or_default()) {
+            let delta = serde_json::json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]});
+            chunks.push(chunk(delta, Value::Null));
+        }
+    }
+    chunks.push(chunk(serde_json::json!({}), whole["choices"][0]["finish_reason"].clone()));
+    if include_usage {
+        chunks.push(serde_json::json!({
+            "id": whole["id"], "object": "chat.completion.chunk", "created": whole["created"], "model": whole["model"],
+            "choices": [], "usage": whole["usage"],
+        }));
+    }
+    chunks
 }
 
 /// A deterministic token estimate: one token per four characters, rounded up.

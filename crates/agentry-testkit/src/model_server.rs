@@ -972,7 +972,7 @@ fn completion_response(
     let mut response = if body.get("stream") == Some(&Value::Bool(true)) {
         let include_usage = body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
         let events: String =
-            stream_chunks(&whole, include_usage).iter().map(|chunk| format!("data: {chunk}\n\n")).collect();
+            shape::stream_chunks(&whole, include_usage).iter().map(|chunk| format!("data: {chunk}\n\n")).collect();
         ([(header::CONTENT_TYPE, "text/event-stream")], format!("{events}data: [DONE]\n\n")).into_response()
     } else {
         axum::Json(whole).into_response()
@@ -981,47 +981,6 @@ fn completion_response(
         response.headers_mut().insert("x-request-id", value);
     }
     response
-}
-
-/// The `chat.completion.chunk`s OpenAI streams for the completion `whole` (`"stream": true`):
-/// the role, the text and each tool call's arguments in pieces (a call's id and name in its
-/// first piece only), the finish reason, and, with `stream_options.include_usage`, a last chunk
-/// with the usage and no choices.
-fn stream_chunks(whole: &Value, include_usage: bool) -> Vec<Value> {
-    const PIECE: usize = 16;
-    let pieces = |text: &str| -> Vec<String> {
-        let chars: Vec<char> = text.chars().collect();
-        chars.chunks(PIECE).map(|piece| piece.iter().collect()).collect()
-    };
-    let chunk = |delta: Value, finish_reason: Value| {
-        serde_json::json!({
-            "id": whole["id"], "object": "chat.completion.chunk", "created": whole["created"], "model": whole["model"],
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-            "usage": null,
-        })
-    };
-    let message = &whole["choices"][0]["message"];
-    let mut chunks = vec![chunk(serde_json::json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
-    for piece in pieces(message["content"].as_str().unwrap_or_default()) {
-        chunks.push(chunk(serde_json::json!({"content": piece}), Value::Null));
-    }
-    for (index, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
-        let first = serde_json::json!({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-            "function": {"name": call["function"]["name"], "arguments": ""}}]});
-        chunks.push(chunk(first, Value::Null));
-        for piece in pieces(call["function"]["arguments"].as_str().unwrap_or_default()) {
-            let delta = serde_json::json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]});
-            chunks.push(chunk(delta, Value::Null));
-        }
-    }
-    chunks.push(chunk(serde_json::json!({}), whole["choices"][0]["finish_reason"].clone()));
-    if include_usage {
-        chunks.push(serde_json::json!({
-            "id": whole["id"], "object": "chat.completion.chunk", "created": whole["created"], "model": whole["model"],
-            "choices": [], "usage": whole["usage"],
-        }));
-    }
-    chunks
 }
 
 async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
