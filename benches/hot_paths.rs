@@ -1,10 +1,11 @@
 //! Micro-benchmarks of the pure functions on every question's path, so regressions show:
-//! encoding a chat request, decoding a response with tool calls, naming and rendering a
-//! research file. `cargo bench --bench hot_paths`.
+//! encoding a chat request, decoding a response with tool calls (whole, and streamed),
+//! naming and rendering a research file. `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::SystemTime;
 
+use agentry::llm::stream::{Assembler, ChatChunk};
 use agentry::llm::wire::{ChatRequest, ChatResponse, FunctionCall, Message, ToolCall, ToolDefinition};
 use agentry::research::{self, Provenance, ResearchDoc};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -70,6 +71,22 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decode response with tool calls", |b| {
         b.iter(|| black_box(serde_json::from_slice::<ChatResponse>(black_box(&body)).ok()))
     });
+    // The same response streamed: its chunks' JSON (16 characters of arguments each), parsed
+    // and assembled.
+    let whole: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let chunks: Vec<String> =
+        agentry::demo::model::stream_chunks(&whole, true).iter().map(serde_json::Value::to_string).collect();
+    c.bench_function("assemble streamed response with tool calls", |b| {
+        b.iter(|| {
+            let mut assembler = Assembler::default();
+            for chunk in black_box(&chunks) {
+                if let Ok(chunk) = serde_json::from_str::<ChatChunk>(chunk) {
+                    black_box(assembler.push(chunk));
+                }
+            }
+            black_box(assembler.finish().ok())
+        })
+    });
     c.bench_function("safe file stem", |b| {
         b.iter(|| black_box(research::safe_stem(black_box("../../What is the Model Context Protocol?"))))
     });
@@ -85,6 +102,7 @@ fn benches(c: &mut Criterion) {
         },
         topic: "Machine Learning".into(),
         content: "Machine learning is ...\n".repeat(100),
+        truncated: false,
     };
     c.bench_function("render research file", |b| {
         b.iter(|| black_box(research::render(black_box(&doc), SystemTime::UNIX_EPOCH)))

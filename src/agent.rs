@@ -17,6 +17,7 @@ use crate::config::AgentSettings;
 use crate::deadline::Deadline;
 use crate::llm::LlmError;
 use crate::llm::client::CallLog;
+use crate::llm::stream::Shown;
 use crate::llm::wire::{Message, ToolDefinition};
 use crate::research::{self, Provenance, ResearchDoc};
 
@@ -103,6 +104,8 @@ pub struct Transcript {
     /// The final answer (not in the report: the research file has it).
     #[serde(skip)]
     pub answer: Option<String>,
+    /// Why the last model call ended (`stop`, `tool_calls`, `length`, `content_filter`).
+    pub finish_reason: Option<String>,
     /// Model requests sent again after a transient failure.
     pub retries: u32,
     /// Model requests refused with 429.
@@ -187,6 +190,8 @@ pub async fn answer(
             return Err(AgentError::EmptyAnswer(None));
         };
         let calls = choice.message.tool_calls.unwrap_or_default();
+        log.show(Shown::Answered { calls_tools: !calls.is_empty() });
+        transcript.update(|t| t.finish_reason.clone_from(&choice.finish_reason));
         let conversation = Arc::make_mut(&mut messages);
         conversation.push(Message::Assistant { content: choice.message.content.clone(), tool_calls: calls.clone() });
         if calls.is_empty() {
@@ -203,6 +208,7 @@ pub async fn answer(
                     provenance: provenance(outcome.model, route),
                     topic: question.to_owned(),
                     content: answer,
+                    truncated: cut_off(choice.finish_reason.as_deref()),
                 };
                 let file = context.writer.save(doc).await?;
                 transcript.update(|t| t.file = Some(file));
@@ -230,6 +236,12 @@ pub async fn answer(
         }
     }
     Err(AgentError::TooManyTurns(settings.max_turns))
+}
+
+/// Whether an answer that ended with `finish_reason` was cut off: the model reached
+/// `max_tokens` (`length`) or the provider's content filter stopped it (`content_filter`).
+pub fn cut_off(finish_reason: Option<&str>) -> bool {
+    matches!(finish_reason, Some("length" | "content_filter"))
 }
 
 /// A request's prompt in characters, as the budget estimates it: its messages and tool

@@ -16,7 +16,7 @@ use crate::actors::tool_executor::{ToolExecutor, ToolExecutorArgs, ToolExecutorH
 use crate::actors::{ReadyMark, Slot};
 use crate::agent::AgentContext;
 use crate::config::Settings;
-use crate::llm::client::{ChatClient, ClientPolicy};
+use crate::llm::client::ChatClient;
 use crate::llm::rate_limit::Limiter;
 use crate::mcp::ServerSpec;
 
@@ -94,13 +94,7 @@ impl Runtime {
         let credential = secrets
             .subscribe(&model.cloud.api_key_secret)
             .ok_or_else(|| StartError::Settings("model.cloud.api_key_secret is not declared".into()))?;
-        let client = ChatClient::new(ClientPolicy {
-            request_timeout: model.request_timeout,
-            max_retries: model.max_retries,
-            min_delay: model.retry_min_delay,
-            max_delay: model.retry_max_delay,
-        })?
-        .with_redactor(secrets.redactor());
+        let client = ChatClient::new(model.client_policy())?.with_redactor(secrets.redactor());
         // One limiter per route, at most the batch's concurrency in flight.
         let concurrency = settings.batch.concurrency;
         // The cloud's first answer is quick and tells its limits: one request goes alone first.

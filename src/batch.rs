@@ -41,6 +41,7 @@ use crate::batch::budget::{Budget, BudgetReport};
 use crate::config::BatchSettings;
 use crate::deadline::Deadline;
 use crate::llm::client::CallLog;
+use crate::llm::stream::Echo;
 use crate::research;
 
 /// One question to answer or skip.
@@ -425,6 +426,8 @@ struct Board {
     since: SystemTime,
     /// What the batch may spend and has spent.
     budget: Budget,
+    /// Where the answers are shown as they are written (a single question's run).
+    echo: Option<Echo>,
     questions: Vec<Question>,
 }
 
@@ -463,6 +466,7 @@ impl Rows {
             started: std::time::Instant::now(),
             since: SystemTime::now(),
             budget: Budget::default(),
+            echo: None,
             questions,
         };
         Self(Arc::new(Mutex::new(board)))
@@ -471,6 +475,12 @@ impl Rows {
     /// The same rows, the batch held to `budget` (without one, spend is counted at no price).
     pub fn with_budget(self, budget: Budget) -> Self {
         self.board().budget = budget;
+        self
+    }
+
+    /// The same rows, the answers shown to `echo` as they are written (`agentry ask`).
+    pub fn showing(self, echo: Echo) -> Self {
+        self.board().echo = Some(echo);
         self
     }
 
@@ -484,8 +494,12 @@ impl Rows {
 
     /// Marks question `index` in flight; its agent writes to the transcript and the log returned.
     fn start(&self, index: usize) -> (Recorder, Arc<CallLog>) {
-        let (transcript, log) = (Recorder::default(), Arc::new(CallLog::default()));
         let mut board = self.board();
+        let log = match &board.echo {
+            Some(echo) => CallLog::showing(echo.clone()),
+            None => CallLog::default(),
+        };
+        let (transcript, log) = (Recorder::default(), Arc::new(log));
         if let Some(Question::Waiting(row)) = board.questions.get(index) {
             let row = Row { status: Status::Interrupted, error: None, ..row.clone() };
             let running = Question::Running {
@@ -764,7 +778,20 @@ async fn answer_one(
     row.transcript.retries = log.retries();
     row.transcript.rate_limited = log.rate_limited();
     match ended {
-        Ok(()) => row.status = Status::Ok,
+        Ok(()) => {
+            row.status = Status::Ok;
+            let reason = row.transcript.finish_reason.as_deref();
+            if agent::cut_off(reason) {
+                let why = match reason {
+                    Some("length") => "it reached model.max_tokens",
+                    _ => "the provider's content filter stopped it",
+                };
+                row.warning = Some(format!(
+                    "the final answer was cut off (finish_reason {:?}: {why}); a research file saved from it says truncated: true",
+                    reason.unwrap_or_default()
+                ));
+            }
+        }
         // The research file is the answer: what went wrong after it was saved is a warning.
         Err((_, error)) if row.transcript.file.is_some() => {
             tracing::warn!(parent: &span, question = %row.question, %error, "answered by the saved research; then the question failed");

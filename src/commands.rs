@@ -23,6 +23,7 @@ mod ask;
 mod batch;
 mod config_check;
 mod demo;
+mod echo;
 mod report;
 mod run;
 mod signals;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::llm::BaseUrl;
+use crate::llm::client::ClientPolicy;
 use crate::llm::rate_limit::LimitConfig;
 use crate::secrets::SecretSpec;
 
@@ -195,7 +196,15 @@ pub struct ModelSettings {
     pub temperature: f32,
     /// Completion token limit.
     pub max_tokens: u32,
-    /// Deadline for one HTTP request.
+    /// Ask for streamed answers.
+    pub stream: bool,
+    /// How long a streamed answer may take to begin.
+    #[serde(with = "humantime_serde")]
+    pub first_token_timeout: Duration,
+    /// The longest gap between two pieces of an answer.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Deadline for one HTTP request, however long its answer keeps coming.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Retries after transient failures.
@@ -210,6 +219,21 @@ pub struct ModelSettings {
     pub cloud: CloudModel,
     /// The local (Docker Model Runner) route.
     pub local: LocalModel,
+}
+
+impl ModelSettings {
+    /// What the HTTP client does: streaming, timeouts, retries.
+    pub fn client_policy(&self) -> ClientPolicy {
+        ClientPolicy {
+            stream: self.stream,
+            first_token_timeout: self.first_token_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            max_retries: self.max_retries,
+            min_delay: self.retry_min_delay,
+            max_delay: self.retry_max_delay,
+        }
+    }
 }
 
 /// `[model.cloud]`
@@ -736,6 +760,8 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
     for (key, duration) in [
         ("agent.question_timeout", agent.question_timeout),
         ("batch.shutdown_grace", batch.shutdown_grace),
+        ("model.first_token_timeout", model.first_token_timeout),
+        ("model.idle_timeout", model.idle_timeout),
         ("model.request_timeout", model.request_timeout),
         ("model.retry_min_delay", model.retry_min_delay),
         ("model.retry_max_delay", model.retry_max_delay),
@@ -795,8 +821,14 @@ fn validate(settings: &Settings) -> Result<(), ConfigError> {
     if model.max_tokens == 0 {
         return Err(invalid("model.max_tokens", "must be at least 1"));
     }
-    if model.request_timeout.is_zero() {
-        return Err(invalid("model.request_timeout", "must be longer than 0s"));
+    for (key, timeout) in [
+        ("model.first_token_timeout", model.first_token_timeout),
+        ("model.idle_timeout", model.idle_timeout),
+        ("model.request_timeout", model.request_timeout),
+    ] {
+        if timeout.is_zero() {
+            return Err(invalid(key, "must be longer than 0s"));
+        }
     }
     if model.retry_min_delay > model.retry_max_delay {
         return Err(invalid("model.retry_min_delay", "must not exceed model.retry_max_delay"));

@@ -20,6 +20,9 @@
 //! ...
 //! ```
 //!
+//! An answer that was cut off (the model reached `max_tokens`, or a content filter stopped it)
+//! has `truncated: true` after `trace_id`.
+//!
 //! `question_id` (a hash of the normalised question) is how a rerun knows what is done: the
 //! files themselves are the record, so a crash loses nothing already written. It comes first,
 //! so finding it reads one short line whatever the question's length; files written before it
@@ -94,6 +97,8 @@ pub struct ResearchDoc {
     pub topic: String,
     /// Markdown content.
     pub content: String,
+    /// The content was cut off (the model reached `max_tokens`, or a content filter stopped it).
+    pub truncated: bool,
 }
 
 /// The file's text, stamped with the current UTC time.
@@ -107,7 +112,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
         format!("# {}\n\n", doc.topic.lines().next().unwrap_or_default().trim())
     };
     format!(
-        "---\nquestion_id: {}\nquestion: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n---\n\n{}{}\n",
+        "---\nquestion_id: {}\nquestion: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n{}---\n\n{}{}\n",
         json!(about.question_id),
         json!(about.question),
         json!(doc.topic),
@@ -117,6 +122,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
         json!(about.route),
         json!(about.tools_used),
         json!(about.trace_id),
+        if doc.truncated { "truncated: true\n" } else { "" },
         title,
         content,
     )
@@ -207,11 +213,15 @@ mod tests {
             },
             topic: "Topic".into(),
             content: "Body".into(),
+            truncated: false,
         };
         let text = render(&doc, SystemTime::UNIX_EPOCH);
         assert_eq!(read_question_id(&text), Some(doc.provenance.question_id.clone()));
         assert!(text.contains("generated_at: \"1970-01-01T00:00:00Z\""), "{text}");
         assert!(text.ends_with("# Topic\n\nBody\n"), "{text}");
+        assert!(!text.contains("truncated"), "{text}");
+        let cut = render(&ResearchDoc { truncated: true, ..doc }, SystemTime::UNIX_EPOCH);
+        assert!(cut.contains("trace_id: null\ntruncated: true\n---\n"), "{cut}");
     }
 
     #[test]
@@ -227,7 +237,7 @@ mod tests {
             tools_used: Vec::new(),
             trace_id: None,
         };
-        let doc = ResearchDoc { provenance, topic: "t".into(), content: "c".into() };
+        let doc = ResearchDoc { provenance, topic: "t".into(), content: "c".into(), truncated: false };
         std::fs::write(dir.path().join("new.md"), render(&doc, SystemTime::UNIX_EPOCH)).expect("write");
         // A file from before question_id came first: the question, 25 KB, comes before it.
         let old = format!("---\nquestion: {}\nquestion_id: \"q-0123456789ab\"\n---\n\nbody\n", json!(long));

@@ -342,6 +342,10 @@ fn record_chat(
                 response.choices.iter().filter_map(|c| c.finish_reason.clone()).map(Into::into).collect();
             span.set_attribute("gen_ai.response.finish_reasons", opentelemetry::Value::Array(reasons.into()));
             attributes.push(kv(attr::RESPONSE_MODEL, response.model.clone()));
+            if let Some(first) = outcome.completion.time_to_first_chunk {
+                span.set_attribute(attr::RESPONSE_TIME_TO_FIRST_CHUNK, first.as_secs_f64());
+                metrics().time_to_first_chunk.record(first.as_secs_f64(), &attributes);
+            }
             if let Some(usage) = response.usage {
                 // As i64: OpenTelemetry has no unsigned integers (tracing's u64 becomes a string).
                 span.record("gen_ai.usage.input_tokens", i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX));

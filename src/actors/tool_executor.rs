@@ -409,7 +409,12 @@ async fn save_research(
             None => Err(format!("`{field}` is missing")),
         }
     };
-    let doc = ResearchDoc { provenance: context.clone(), topic: text("topic")?, content: text("research_content")? };
+    let doc = ResearchDoc {
+        provenance: context.clone(),
+        topic: text("topic")?,
+        content: text("research_content")?,
+        truncated: false,
+    };
     writer.save(doc).await.map_err(|e| e.to_string())
 }
 

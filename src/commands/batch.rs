@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::echo::AnswerPrinter;
 use super::signals::Phase;
 use super::{CliError, Signals, check_writable, exit};
 use crate::actors::mcp_session::ServerTools;
@@ -69,13 +70,20 @@ pub(super) async fn run_batch(
     let options = RunOptions {
         concurrency: settings.batch.concurrency,
         question_timeout: settings.agent.question_timeout,
-        shutdown_grace: settings.batch.shutdown_grace,
+        // Ctrl-C on `ask` is the user dropping the answer: it stops at once.
+        shutdown_grace: if mode == Mode::Ask { Duration::ZERO } else { settings.batch.shutdown_grace },
         progress: true,
         demo: mode == Mode::Demo,
         output_dir: settings.batch.output_dir.clone(),
     };
     let connect_timeout = settings.mcp.connect_timeout;
-    let rows = batch::Rows::new(&planned, &settings.agent.name, &options).with_budget(budget(&settings, shard));
+    let mut rows = batch::Rows::new(&planned, &settings.agent.name, &options).with_budget(budget(&settings, shard));
+    // One question to answer now: its answer is printed as the model writes it.
+    let printer = AnswerPrinter::default();
+    let one_question = planned.len() == 1 && planned[0].done.is_none();
+    if mode == Mode::Ask || one_question {
+        rows = rows.showing(printer.echo());
+    }
     let runtime = Runtime::start(settings, env).await?;
     if mode != Mode::Ask {
         signals.set_last_words(report_what_is_known(rows.clone(), report_path.clone(), shard));
@@ -122,7 +130,9 @@ pub(super) async fn run_batch(
         let row = &report.questions[0];
         match (&row.transcript.answer, &row.error) {
             (Some(answer), None) => {
-                outln!("{answer}");
+                if !printer.printed_answer() {
+                    outln!("{answer}");
+                }
                 if let Some(file) = &row.transcript.file {
                     outln!("\nResearch saved to {}", file.display());
                 }

@@ -19,7 +19,8 @@ fn the_embedded_defaults_load_and_validate() {
     assert_eq!(settings.batch.questions, ["Define Machine Learning"]);
     assert_eq!(settings.model.temperature, 0.1);
     assert_eq!(settings.model.max_tokens, 1500);
-    assert_eq!(settings.model.request_timeout, Duration::from_secs(120));
+    assert_eq!(settings.model.request_timeout, Duration::from_secs(600));
+    assert_eq!(settings.model.client_policy(), crate::llm::client::ClientPolicy::default(), "one set of defaults");
     assert_eq!(settings.batch.report_path(), PathBuf::from("definitions/report.json"));
     let gateway = &settings.mcp.servers[0];
     assert_eq!(gateway.endpoint, McpEndpoint::LegacySse(Url::parse("http://mcp-gateway:8811/sse").expect("url")));

@@ -9,7 +9,7 @@
 //! first bytes of a body that cannot be read) goes through the [`Redactor`] first.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
@@ -17,8 +17,12 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use url::Url;
 
+use futures::StreamExt;
+use sse_stream::SseStream;
+
 use super::LlmError;
 use super::rate_limit::{self, Limiter, Permit, RateLimitHeaders};
+use super::stream::{Assembler, ChatChunk, Echo, Shown, Streamed};
 use super::wire::{ChatRequest, ChatResponse, ErrorBody};
 use crate::deadline::Deadline;
 use crate::secrets::{Credential, Redactor};
@@ -36,10 +40,16 @@ pub struct Endpoint {
     pub credential: Option<Credential>,
 }
 
-/// Timeouts and retry policy.
-#[derive(Debug, Clone)]
+/// Timeouts, streaming and retry policy. The default is `config/default.toml`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientPolicy {
-    /// One attempt, including reading the response.
+    /// Ask for streamed answers (`"stream": true`).
+    pub stream: bool,
+    /// A streamed answer's first chunk comes within this of the request.
+    pub first_token_timeout: Duration,
+    /// The longest gap between two pieces of a response (chunks of a stream, or bytes of a body).
+    pub idle_timeout: Duration,
+    /// One attempt, including reading the response: the cap over a stream that keeps coming.
     pub request_timeout: Duration,
     /// Retries after a retryable failure.
     pub max_retries: u32,
@@ -49,25 +59,57 @@ pub struct ClientPolicy {
     pub max_delay: Duration,
 }
 
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        Self {
+            stream: true,
+            first_token_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(600),
+            max_retries: 4,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+        }
+    }
+}
+
 /// A successful call.
 #[derive(Debug, Clone)]
 pub struct Completion {
     /// The response.
     pub response: ChatResponse,
+    /// How long its stream took to begin (`None` when it was not streamed).
+    pub time_to_first_chunk: Option<Duration>,
 }
 
 /// What a question's model calls went through, counted as it happens: shared with whoever
 /// reports the question, so the counts survive a call that fails and a question that is given
 /// up on mid-retry.
+///
+/// It also says where the text of the question's answers goes as it is written, if anywhere
+/// ([`CallLog::showing`]: `agentry ask` prints it).
 #[derive(Debug, Default)]
 pub struct CallLog {
     retries: AtomicU32,
     rate_limited: AtomicU32,
     paced_ms: AtomicU64,
     last_failure: std::sync::Mutex<Option<String>>,
+    echo: Option<Echo>,
 }
 
 impl CallLog {
+    /// A log whose calls show their answers' text to `echo` as it is written.
+    pub fn showing(echo: Echo) -> Self {
+        Self { echo: Some(echo), ..Self::default() }
+    }
+
+    /// Shows `what` to whoever watches the question's answers (nobody, in a batch).
+    pub fn show(&self, what: Shown) {
+        if let Some(echo) = &self.echo {
+            echo.show(what);
+        }
+    }
+
     /// Requests sent again after a transient failure (timeouts, resets, 5xx, unreadable bodies).
     pub fn retries(&self) -> u32 {
         self.retries.load(Ordering::Relaxed)
@@ -119,15 +161,11 @@ impl CallLog {
 pub struct ChatClient {
     http: reqwest::Client,
     policy: ClientPolicy,
-    idle_timeout: Duration,
     redactor: Redactor,
 }
 
 /// Reading a response stops past this many bytes.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The longest gap between two pieces of a response body, unless the request timeout is shorter.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How much of a body an error shows, in characters.
 const HEAD_CHARS: usize = 200;
@@ -141,22 +179,14 @@ const MESSAGE_CHARS: usize = 300;
 const MESSAGE_SCAN_BYTES: usize = 4096;
 
 impl ChatClient {
-    /// A client with its own connection pool, an idle timeout of 30 s (or the request timeout,
-    /// if shorter) and a [`Redactor`] that knows key shapes only.
+    /// A client with its own connection pool and a [`Redactor`] that knows key shapes only.
     pub fn new(policy: ClientPolicy) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(policy.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        let idle_timeout = policy.request_timeout.min(DEFAULT_IDLE_TIMEOUT);
-        Ok(Self { http, policy, idle_timeout, redactor: Redactor::default() })
-    }
-
-    /// The longest a response body may send nothing before the attempt is given up.
-    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = idle;
-        self
+        Ok(Self { http, policy, redactor: Redactor::default() })
     }
 
     /// Scrubs server text in errors with `redactor` (SecretKeeper's, in the running tree).
@@ -182,7 +212,11 @@ impl ChatClient {
         limiter: &Limiter,
     ) -> Result<Completion, LlmError> {
         let url = super::chat_completions_url(&endpoint.base_url);
-        let body = Bytes::from(serde_json::to_vec(request).map_err(|e| LlmError::Protocol {
+        let encoded = match self.policy.stream {
+            true => serde_json::to_vec(&Streamed::new(request)),
+            false => serde_json::to_vec(request),
+        };
+        let body = Bytes::from(encoded.map_err(|e| LlmError::Protocol {
             url: url.to_string(),
             message: format!("cannot encode the request: {e}"),
         })?);
@@ -217,17 +251,19 @@ impl ChatClient {
                 tracing::info!(rate_limit.bucket = %wait.bucket, rate_limit.wait_s = wait.waited.as_secs_f64(),
                     "rate_limit.wait");
             }
-            let attempt = self.attempt(&url, &headers, body.clone(), credential, deadline, &permit).await;
+            let attempt = self.attempt(&url, &headers, body.clone(), credential, deadline, &permit, log).await;
             let in_flight_limit = || u64::try_from(limiter.snapshot().in_flight_limit).unwrap_or(u64::MAX);
             let error = match attempt {
-                Ok(response) => {
-                    let used = response.usage.as_ref().map(|u| u.prompt_tokens + u.completion_tokens);
-                    permit.settle(used.unwrap_or(estimate));
+                Ok(completion) => {
+                    let usage = completion.response.usage.as_ref();
+                    permit.settle(usage.map_or(estimate, |u| u.prompt_tokens + u.completion_tokens));
                     metrics().rate_limit_in_flight.record(in_flight_limit(), std::slice::from_ref(&route));
-                    return Ok(Completion { response });
+                    return Ok(completion);
                 }
                 Err(error) => error,
             };
+            // Whatever this attempt showed of its answer is not the answer.
+            log.show(Shown::Abandoned);
             if matches!(error, LlmError::RateLimited { .. }) {
                 metrics().rate_limit_refusals.add(1, std::slice::from_ref(&route));
             }
@@ -262,6 +298,7 @@ impl ChatClient {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         url: &Url,
@@ -270,50 +307,69 @@ impl ChatClient {
         credential: Option<&Credential>,
         deadline: &Deadline,
         permit: &Permit,
-    ) -> Result<ChatResponse, LlmError> {
+        log: &CallLog,
+    ) -> Result<Completion, LlmError> {
         let shown = url.to_string();
-        let send = self.http.post(url.clone()).headers(headers.clone()).body(body).send();
-        let timeout = deadline.cap(self.policy.request_timeout);
+        let overall = deadline.cap(self.policy.request_timeout);
         let exchange = async {
-            let response = send.await.map_err(|source| classify_transport(&shown, timeout, source))?;
-            let status = response.status();
+            let sent = Instant::now();
+            let send = self.http.post(url.clone()).headers(headers.clone()).body(body).send();
+            let response = if self.policy.stream {
+                // A streamed answer begins within the first-chunk timeout, or not at all.
+                tokio::time::timeout(self.policy.first_token_timeout, send).await.map_err(|_| {
+                    LlmError::NoFirstChunk { url: shown.clone(), waited: self.policy.first_token_timeout }
+                })?
+            } else {
+                send.await
+            };
+            let response = response.map_err(|source| classify_transport(&shown, overall, source))?;
             // Success or error, the provider says how much of its limits is left.
             permit.observe(&RateLimitHeaders::from_headers(response.headers()));
-            let headers = response.headers().clone();
-            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let read = self.read_body(response).await;
-            let retry_after = rate_limit::retry_delay(&headers, &read.bytes);
-            Ok::<_, LlmError>((status, retry_after, content_type, read))
+            let scrub = |text: &str| self.redactor.scrub_with(text, credential);
+            if response.status().is_success() && is_event_stream(response.headers()) {
+                return self.read_stream(response, &shown, sent, log, &scrub).await;
+            }
+            self.read_whole(response, &shown, &scrub).await
         };
-        let (status, retry_after, content_type, read) = tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(overall, exchange)
             .await
-            .map_err(|_| LlmError::Timeout { url: shown.clone(), timeout })??;
-        let scrub = |text: &str| self.redactor.scrub_with(text, credential);
+            .map_err(|_| LlmError::Timeout { url: shown.clone(), timeout: overall })?
+    }
+
+    /// A response that is not a stream: an error, or the whole completion as one JSON body
+    /// (also what a server that cannot stream sends to a streamed request).
+    async fn read_whole(
+        &self,
+        response: reqwest::Response,
+        shown: &str,
+        scrub: &Scrub<'_>,
+    ) -> Result<Completion, LlmError> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let read = self.read_body(response).await;
         if !status.is_success() {
             // Whatever came of the body, the status says what to do next.
-            return Err(status_error(status, retry_after, &read.bytes, shown, &scrub));
+            let retry_after = rate_limit::retry_delay(&headers, &read.bytes);
+            return Err(status_error(status, retry_after, &read.bytes, shown.to_owned(), scrub));
         }
         let malformed = |problem: String| LlmError::Malformed {
-            url: shown.clone(),
+            url: shown.to_owned(),
             status: status.as_u16(),
             // A header is server text too.
             content_type: content_type.as_deref().map(|value| scrub(value).chars().take(HEAD_CHARS).collect()),
             problem: scrub(&problem),
-            head: head(&read.bytes, &scrub),
+            head: head(&read.bytes, scrub),
         };
         match read.ended {
             Ended::Whole => {}
-            Ended::TooLarge => {
-                return Err(LlmError::Protocol {
-                    url: shown,
-                    message: format!(
-                        "the response is larger than {} MiB; agentry stopped reading it",
-                        MAX_RESPONSE_BYTES >> 20
-                    ),
-                });
-            }
+            Ended::TooLarge => return Err(too_large(shown)),
             Ended::Stalled => {
-                return Err(LlmError::Stalled { url: shown, idle: self.idle_timeout, received: read.bytes.len() });
+                return Err(LlmError::Stalled {
+                    url: shown.to_owned(),
+                    idle: self.policy.idle_timeout,
+                    received: read.bytes.len(),
+                });
             }
             Ended::Cut(cause) => {
                 return Err(malformed(format!(
@@ -328,7 +384,82 @@ impl ChatClient {
         if response.choices.is_empty() {
             return Err(malformed("the response has no choices".into()));
         }
-        Ok(response)
+        Ok(Completion { response, time_to_first_chunk: None })
+    }
+
+    /// A streamed completion (`text/event-stream`): its chunks assembled as they come, its
+    /// text shown through `log` as it is written. The first chunk must come within the
+    /// first-chunk timeout of `sent`, each next one within the idle timeout of the last: a
+    /// generation that keeps writing is never cut (only the request timeout and the
+    /// question's deadline bound it). A stream that ends before its answer does is
+    /// [`LlmError::Incomplete`], never a half answer.
+    async fn read_stream(
+        &self,
+        response: reqwest::Response,
+        shown: &str,
+        sent: Instant,
+        log: &CallLog,
+        scrub: &Scrub<'_>,
+    ) -> Result<Completion, LlmError> {
+        let mut events = SseStream::from_bytes_stream(response.bytes_stream());
+        let mut assembler = Assembler::default();
+        let (mut received, mut time_to_first_chunk) = (0usize, None);
+        loop {
+            let wait = if assembler.started() {
+                self.policy.idle_timeout
+            } else {
+                self.policy.first_token_timeout.saturating_sub(sent.elapsed())
+            };
+            let event = match tokio::time::timeout(wait, events.next()).await {
+                Err(_) if !assembler.started() => {
+                    return Err(LlmError::NoFirstChunk {
+                        url: shown.to_owned(),
+                        waited: self.policy.first_token_timeout,
+                    });
+                }
+                Err(_) => {
+                    return Err(LlmError::Stalled { url: shown.to_owned(), idle: self.policy.idle_timeout, received });
+                }
+                Ok(None) => break,
+                Ok(Some(Err(cause))) => {
+                    let problem = format!("the stream broke after {received} bytes: {}", crate::error_chain(&cause));
+                    return Err(LlmError::Incomplete { url: shown.to_owned(), problem: scrub(&problem) });
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            // Comments (keep-alives) and events without data carry no chunk.
+            let Some(data) = event.data else { continue };
+            received += data.len();
+            if received > MAX_RESPONSE_BYTES {
+                return Err(too_large(shown));
+            }
+            if data.trim() == "[DONE]" {
+                assembler.done();
+                break;
+            }
+            let chunk: ChatChunk = serde_json::from_str(&data).map_err(|e| LlmError::Malformed {
+                url: shown.to_owned(),
+                status: 200,
+                content_type: Some("text/event-stream".to_owned()),
+                problem: scrub(&format!("a stream event is not a chat.completion.chunk: {e}")),
+                head: head(data.as_bytes(), scrub),
+            })?;
+            if let Some(error) = &chunk.error {
+                let problem = format!("the server reported an error mid-stream: {}", error.message);
+                return Err(LlmError::Incomplete { url: shown.to_owned(), problem: scrub(&problem) });
+            }
+            if !assembler.started() {
+                time_to_first_chunk = Some(sent.elapsed());
+                first_chunk_event();
+            }
+            if let Some(text) = assembler.push(chunk) {
+                log.show(Shown::Text(text));
+            }
+        }
+        let response = assembler
+            .finish()
+            .map_err(|incomplete| LlmError::Incomplete { url: shown.to_owned(), problem: incomplete.to_string() })?;
+        Ok(Completion { response, time_to_first_chunk })
     }
 
     /// Reads the body piece by piece, stopping past [`MAX_RESPONSE_BYTES`] or when nothing comes
@@ -339,7 +470,7 @@ impl ChatClient {
             return Body { bytes: bytes.freeze(), ended: Ended::TooLarge };
         }
         let ended = loop {
-            match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
+            match tokio::time::timeout(self.policy.idle_timeout, response.chunk()).await {
                 Err(_) => break Ended::Stalled,
                 Ok(Ok(None)) => break Ended::Whole,
                 Ok(Ok(Some(chunk))) if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES => break Ended::TooLarge,
@@ -350,6 +481,30 @@ impl ChatClient {
         Body { bytes: bytes.freeze(), ended }
     }
 }
+
+/// The first chunk of a stream came: an event on the chat span, when it came (exported
+/// whatever the log level; the time it took is recorded with the call).
+fn first_chunk_event() {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    tracing::Span::current().add_event("gen_ai.first_chunk", Vec::new());
+}
+
+fn too_large(shown: &str) -> LlmError {
+    LlmError::Protocol {
+        url: shown.to_owned(),
+        message: format!("the response is larger than {} MiB; agentry stopped reading it", MAX_RESPONSE_BYTES >> 20),
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// Scrubs secrets from server text (held across awaits, so `Sync`).
+type Scrub<'a> = dyn Fn(&str) -> String + Sync + 'a;
 
 /// A response body as far as it was read.
 struct Body {

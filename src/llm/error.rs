@@ -41,6 +41,24 @@ pub enum LlmError {
         /// The timeout.
         timeout: Duration,
     },
+    /// A streamed answer did not begin (no chunk) within `model.first_token_timeout`: retry
+    /// with backoff.
+    #[error("{url} did not begin its answer within {waited:?} (model.first_token_timeout)")]
+    NoFirstChunk {
+        /// Endpoint.
+        url: String,
+        /// The first-chunk timeout.
+        waited: Duration,
+    },
+    /// A streamed answer ended (or broke, or carried an error) before it was whole: retry with
+    /// backoff, never pass the half answer on.
+    #[error("{url} streamed an incomplete answer: {problem}")]
+    Incomplete {
+        /// Endpoint.
+        url: String,
+        /// What was missing (secrets scrubbed).
+        problem: String,
+    },
     /// The route's rate limits would not let the request through before the question's
     /// deadline (or the question ended while it waited).
     #[error("not sent to {url}: {cause}")]
@@ -159,6 +177,8 @@ impl LlmError {
                 | Self::Connect { .. }
                 | Self::Timeout { .. }
                 | Self::Stalled { .. }
+                | Self::NoFirstChunk { .. }
+                | Self::Incomplete { .. }
                 | Self::Malformed { .. }
         )
     }
@@ -181,6 +201,8 @@ impl LlmError {
             Self::Connect { .. } => "connect_error",
             Self::Timeout { .. } => "timeout",
             Self::Stalled { .. } => "idle_timeout",
+            Self::NoFirstChunk { .. } => "first_chunk_timeout",
+            Self::Incomplete { .. } => "incomplete_stream",
             Self::Malformed { .. } => "malformed_response",
             Self::Auth { .. } | Self::KeyRejected { .. } => "auth_rejected",
             Self::KeyNotHeaderSafe { .. } => "invalid_key",

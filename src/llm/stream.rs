@@ -17,14 +17,76 @@
 //!
 //! Content, refusal and each tool call's arguments are concatenated; tool calls are keyed by
 //! their `index` (their id and name come only in their first delta). A stream that ends without
-//! a `finish_reason` was cut short: [`Assembler::finish`] says so, and the caller retries it like
-//! a 5xx, never passing a half answer on as complete.
+//! a `finish_reason`, or after it without its usage or `[DONE]`, was cut short:
+//! [`Assembler::finish`] says so, and the caller retries it like a 5xx, never passing a half
+//! answer on as complete.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::wire::{ChatResponse, Choice, FunctionCall, ResponseMessage, ToolCall, Usage};
+use super::wire::{ChatRequest, ChatResponse, Choice, ErrorDetail, FunctionCall, ResponseMessage, ToolCall, Usage};
+
+/// A request asking for a stream: the request's fields, then `"stream": true` and
+/// `"stream_options": {"include_usage": true}` (the usage comes in a last chunk).
+#[derive(Debug, Serialize)]
+pub struct Streamed<'a> {
+    #[serde(flatten)]
+    request: &'a ChatRequest<'a>,
+    stream: bool,
+    stream_options: StreamOptions,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+impl<'a> Streamed<'a> {
+    /// `request`, streamed.
+    pub fn new(request: &'a ChatRequest<'a>) -> Self {
+        Self { request, stream: true, stream_options: StreamOptions { include_usage: true } }
+    }
+}
+
+/// What a question shows of its answers as the model writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// A piece of an answer's text, in order.
+    Text(String),
+    /// The attempt that wrote the text shown since the model call began failed (it may be
+    /// asked again): that text is not the answer.
+    Abandoned,
+    /// A model call ended with its answer whole.
+    Answered {
+        /// The answer asks for tool calls (so it is not the last).
+        calls_tools: bool,
+    },
+}
+
+/// Where a question's answers are shown as they are written (`agentry ask` prints them):
+/// called in order, on the task that reads the stream, so it must be quick.
+#[derive(Clone)]
+pub struct Echo(Arc<dyn Fn(Shown) + Send + Sync>);
+
+impl Echo {
+    /// Shows answers with `show`.
+    pub fn new(show: impl Fn(Shown) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(show))
+    }
+
+    /// Shows `what`.
+    pub fn show(&self, what: Shown) {
+        (self.0)(what);
+    }
+}
+
+impl std::fmt::Debug for Echo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Echo")
+    }
+}
 
 /// One `chat.completion.chunk`.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +103,9 @@ pub struct ChatChunk {
     /// Token usage, in the last chunk when `stream_options.include_usage` is set.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// An error the server reports in the middle of a stream (`data: {"error": {…}}`).
+    #[serde(default)]
+    pub error: Option<ErrorDetail>,
 }
 
 /// One choice's delta.
@@ -104,6 +169,10 @@ pub enum Incomplete {
         /// Chunks received.
         chunks: usize,
     },
+    /// The stream ended after the `finish_reason` but before its usage and `[DONE]`: the answer
+    /// may be whole, what it cost is not known.
+    #[error("the stream ended after the finish_reason without its usage or [DONE]")]
+    Unended,
     /// A tool call never got its id or name.
     #[error("tool call {index} of the stream has no {missing}")]
     ToolCall {
@@ -125,6 +194,7 @@ pub struct Assembler {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     chunks: usize,
+    done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -171,11 +241,26 @@ impl Assembler {
         Some(text)
     }
 
-    /// The whole answer, or why the chunks so far are not one.
+    /// The stream said `[DONE]`.
+    pub fn done(&mut self) {
+        self.done = true;
+    }
+
+    /// Whether a chunk came yet.
+    pub fn started(&self) -> bool {
+        self.chunks > 0
+    }
+
+    /// The whole answer, or why the chunks so far are not one. An answer is whole when its
+    /// `finish_reason` came and then either its usage or `[DONE]` (some servers send no usage
+    /// chunk; one that sends neither may have been cut before it).
     pub fn finish(self) -> Result<ChatResponse, Incomplete> {
         let Some(finish_reason) = self.finish_reason else {
             return Err(Incomplete::Cut { chunks: self.chunks });
         };
+        if !self.done && self.usage.is_none() {
+            return Err(Incomplete::Unended);
+        }
         let mut tool_calls = Vec::with_capacity(self.calls.len());
         for (index, call) in self.calls {
             let id = call.id.ok_or(Incomplete::ToolCall { index, missing: "id" })?;
@@ -248,6 +333,8 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
         ]);
         assert!(shown.is_empty(), "tool-call arguments are never shown as the answer");
+        let mut assembler = assembler;
+        assembler.done();
         let response = assembler.finish().expect("whole");
         let calls = response.choices[0].message.tool_calls.clone().expect("calls");
         let calls: Vec<(&str, &str, &str)> =
@@ -271,7 +358,22 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"arguments":"{}"}}]}}]}"#,
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
         ]);
+        let mut assembler = assembler;
+        assembler.done();
         assert_eq!(assembler.finish().expect_err("no name"), Incomplete::ToolCall { index: 0, missing: "name" });
+    }
+
+    #[test]
+    fn a_stream_that_stops_after_its_finish_reason_is_whole_only_with_its_usage_or_done() {
+        let stop = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        let (assembler, _) = assemble(&[HEAD, stop]);
+        assert_eq!(assembler.finish().expect_err("unended"), Incomplete::Unended);
+        let (assembler, _) = assemble(&[HEAD, stop, usage]);
+        assert!(assembler.finish().is_ok(), "the usage chunk ends it");
+        let (mut assembler, _) = assemble(&[HEAD, stop]);
+        assembler.done();
+        assert!(assembler.finish().is_ok(), "[DONE] ends it, usage or not");
     }
 
     #[test]
@@ -283,6 +385,8 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
         ]);
         assert!(shown.is_empty());
+        let mut assembler = assembler;
+        assembler.done();
         let response = assembler.finish().expect("whole");
         assert_eq!(response.choices[0].message.refusal.as_deref(), Some("I can't help with that."));
         assert_eq!(response.choices[0].message.content, None);

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub token_usage: Histogram<u64>,
     /// `gen_ai.client.operation.duration`
     pub operation_duration: Histogram<f64>,
+    /// `gen_ai.client.operation.time_to_first_chunk`
+    pub time_to_first_chunk: Histogram<f64>,
     /// `mcp.client.operation.duration`
     pub mcp_duration: Histogram<f64>,
     /// `agentry.questions`
@@ -76,6 +78,7 @@ pub fn metrics() -> &'static Metrics {
         Metrics {
             token_usage: histogram_u64(&meter, names::TOKEN_USAGE),
             operation_duration: histogram_f64(&meter, names::OPERATION_DURATION),
+            time_to_first_chunk: histogram_f64(&meter, names::TIME_TO_FIRST_CHUNK),
             mcp_duration: histogram_f64(&meter, names::MCP_OPERATION_DURATION),
             questions: counter(&meter, names::QUESTIONS),
             tool_calls: counter(&meter, names::TOOL_CALLS),

@@ -47,6 +47,8 @@ pub const MCP_DURATION_BUCKETS: &[f64] =
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 /// Duration of one model call (including retries).
 pub const OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+/// Time from a streamed model request to its first chunk.
+pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
 /// Duration of one MCP request (`tools/call`).
 pub const MCP_OPERATION_DURATION: &str = "mcp.client.operation.duration";
 /// Questions finished, by `agentry.question.status`.
@@ -80,6 +82,13 @@ pub const INSTRUMENTS: &[Instrument] = &[
         kind: InstrumentKind::Histogram,
         unit: "s",
         description: "Duration of a model call, retries included",
+        buckets: GENAI_DURATION_BUCKETS,
+    },
+    Instrument {
+        name: TIME_TO_FIRST_CHUNK,
+        kind: InstrumentKind::Histogram,
+        unit: "s",
+        description: "Time from a streamed model request to its first chunk",
         buckets: GENAI_DURATION_BUCKETS,
     },
     Instrument {
@@ -157,6 +166,8 @@ pub mod attr {
     pub const REQUEST_MODEL: &str = "gen_ai.request.model";
     /// Model that answered.
     pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
+    /// Seconds from a streamed request to its first chunk (on the `chat` span).
+    pub const RESPONSE_TIME_TO_FIRST_CHUNK: &str = "gen_ai.response.time_to_first_chunk";
     /// `input` or `output`.
     pub const TOKEN_TYPE: &str = "gen_ai.token.type";
     /// Tool name.

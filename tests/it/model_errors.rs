@@ -194,11 +194,13 @@ async fn a_body_that_stops_sending_fails_at_the_idle_timeout_and_is_retried() {
     let policy = ClientPolicy {
         // Long enough never to be the guard that fires here.
         request_timeout: Duration::from_secs(3600),
+        idle_timeout: Duration::from_millis(200),
         max_retries: 1,
         min_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(1),
+        ..ClientPolicy::default()
     };
-    let client = ChatClient::new(policy).expect("client").with_idle_timeout(Duration::from_millis(200));
+    let client = ChatClient::new(policy).expect("client");
     let endpoint = Endpoint {
         base_url: url::Url::parse(&format!("{}/", model.base_url())).expect("url"),
         model: "test-model".into(),

@@ -176,6 +176,7 @@ impl Fixture {
             max_retries: 0,
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(100),
+            ..ClientPolicy::default()
         };
         let args = ModelRouterArgs {
             client: ChatClient::new(policy).expect("client"),

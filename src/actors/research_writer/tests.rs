@@ -18,6 +18,7 @@ fn doc(question: &str, topic: &str, content: &str) -> ResearchDoc {
         },
         topic: topic.into(),
         content: content.into(),
+        truncated: false,
     }
 }
 
