@@ -136,6 +136,9 @@ pub(super) async fn run_batch(
                 if let Some(file) = &row.transcript.file {
                     outln!("\nResearch saved to {}", file.display());
                 }
+                if let Some(warning) = &row.warning {
+                    eprintln!("warning: {warning}");
+                }
             }
             _ => out!("{}", report.summary()),
         }

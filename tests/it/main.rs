@@ -33,6 +33,7 @@ mod seed_flow;
 mod sharding;
 mod shipping;
 mod shutdown;
+mod streaming;
 mod supervision;
 mod telemetry;
 mod testkit_model_server;

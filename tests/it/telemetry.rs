@@ -78,6 +78,10 @@ fn check_export(receiver: &OtlpReceiver, agentry: &Agentry, model: &ModelServer)
         assert_eq!(chat.attr_str("agentry.route"), Some("cloud"));
         assert!(chat.attr("gen_ai.response.finish_reasons").is_some_and(|v| v.is_array()), "{tree}");
         assert_eq!(chat.attr("gen_ai.request.temperature").and_then(|v| v.as_f64()), Some(0.1));
+        // Streamed: when the first chunk came, as an attribute and an event.
+        let first = chat.attr("gen_ai.response.time_to_first_chunk").and_then(|v| v.as_f64());
+        assert!(first.is_some_and(|s| s >= 0.0), "{chat:?}");
+        assert_eq!(chat.events.iter().filter(|e| e.name == "gen_ai.first_chunk").count(), 1, "{chat:?}");
     }
     let tokens = |key: &str| chats.iter().filter_map(|c| c.attr_i64(key)).sum::<i64>();
 
@@ -125,6 +129,12 @@ fn check_export(receiver: &OtlpReceiver, agentry: &Agentry, model: &ModelServer)
     let duration = receiver.metric(names::OPERATION_DURATION).expect("operation duration");
     assert_eq!(duration.unit, "s");
     assert_eq!(duration.total_count(), 3);
+    let first_chunk = receiver.metric(names::TIME_TO_FIRST_CHUNK).expect("time to first chunk");
+    assert_eq!(first_chunk.unit, "s");
+    assert_eq!(first_chunk.total_count(), 3, "one per streamed call");
+    let point = first_chunk.point(&[("gen_ai.request.model", "gpt-test"), ("agentry.route", "cloud")]);
+    let buckets = point.and_then(|p| p.histogram()).map(|h| h.explicit_bounds.clone());
+    assert_eq!(buckets.as_deref(), Some(names::GENAI_DURATION_BUCKETS));
     let mcp = receiver.metric(names::MCP_OPERATION_DURATION).expect("mcp duration");
     assert_eq!(mcp.unit, "s");
     assert_eq!(mcp.points[0].histogram().expect("histogram").explicit_bounds, names::MCP_DURATION_BUCKETS);
