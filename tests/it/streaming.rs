@@ -54,8 +54,12 @@ async fn requests_ask_for_a_stream_with_its_usage_unless_streaming_is_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_that_ends_before_its_finish_reason_is_retried_never_saved() {
-    let half = sse(&[chunk(json!({"role": "assistant", "content": ""}), None), chunk(json!({"content": "Half an"}), None)], "");
-    let model = ModelServer::start(Arc::new(Queue::new([half, Reply::text("The whole answer.")]))).await.expect("model");
+    let half = sse(
+        &[chunk(json!({"role": "assistant", "content": ""}), None), chunk(json!({"content": "Half an"}), None)],
+        "",
+    );
+    let model =
+        ModelServer::start(Arc::new(Queue::new([half, Reply::text("The whole answer.")]))).await.expect("model");
     let agentry = Agentry::new().env("AGENTRY__MODEL__RETRY_MIN_DELAY", "1ms");
     let run = run_one(&model, &agentry).await;
     run.expect_code(0);
