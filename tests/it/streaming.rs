@@ -135,3 +135,19 @@ async fn an_answer_cut_off_at_max_tokens_is_saved_truncated_with_a_warning() {
     assert!(file.contains("\ntruncated: true\n---\n"), "{file}");
     assert!(run.stderr.contains("warning: the final answer was cut off"), "the warning is shown:\n{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_does_not_begin_within_the_first_token_timeout_is_retried() {
+    // Far longer than the first-chunk timeout: the first request is given up long before.
+    let slow = Reply::text("Too late.").delayed(std::time::Duration::from_secs(600));
+    let model = ModelServer::start(Arc::new(Queue::new([slow, Reply::text("In time.")]))).await.expect("model");
+    let agentry = Agentry::new()
+        .env("AGENTRY__MODEL__FIRST_TOKEN_TIMEOUT", "300ms")
+        .env("AGENTRY__MODEL__RETRY_MIN_DELAY", "1ms");
+    let run = run_one(&model, &agentry).await;
+    run.expect_code(0);
+    assert_eq!(model.request_count(), 2);
+    assert!(run.stderr.contains("did not begin its answer within 300ms (model.first_token_timeout)"), "{}", run.stderr);
+    let file = std::fs::read_to_string(&agentry.research_files("definitions")[0]).expect("file");
+    assert!(file.contains("In time."), "{file}");
+}
