@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench --bench e2e                       # S1–S5, 3 runs each
 //! cargo bench --bench e2e -- --runs 5 --scenarios S1,S3 --out target/bench
+//! cargo bench --bench e2e -- --scenarios S2,S3,S4 --stream false   # one JSON answer per call
 //! ```
 //!
 //! Per scenario and run: wall time; the ideal time `ceil(N/C) × (model calls per question ×
@@ -336,6 +337,8 @@ fn main() {
     let wanted: Vec<String> =
         flag("--scenarios").map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
     let out = PathBuf::from(flag("--out").unwrap_or_else(|| "target/bench".into()));
+    // model.stream: streamed answers (the default) or one JSON answer per call.
+    let stream = flag("--stream").is_none_or(|s| s != "false");
     std::fs::create_dir_all(&out).expect("out dir");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
@@ -353,7 +356,7 @@ fn main() {
             format!(
                 "[batch]\nquestions_file = \"q.txt\"\nconcurrency = {c}\n\
                  [secrets]\ndir = \"{secrets}\"\n\
-                 [model]\nfallback = \"local\"\nrequest_timeout = \"60s\"\nmax_tokens = {max_tokens}\n[model.local]\nbase_url = \"{model}\"\nmodel = \"bench\"\n\
+                 [model]\nfallback = \"local\"\nstream = {stream}\nrequest_timeout = \"60s\"\nmax_tokens = {max_tokens}\n[model.local]\nbase_url = \"{model}\"\nmodel = \"bench\"\n\
                  [[mcp.servers]]\nname = \"search\"\nurl = \"{search}\"\ntools = [\"search\"]\n",
                 c = scenario.concurrency,
                 max_tokens = scenario.limits.map_or(1500, |l| l.max_tokens),
@@ -395,11 +398,11 @@ fn main() {
         }));
     }
     let header = format!(
-        "agentry {} end-to-end benchmark, {cores} cores, median (min–max) of {runs} runs\n\n",
+        "agentry {} end-to-end benchmark, {cores} cores, model.stream = {stream}, median (min–max) of {runs} runs\n\n",
         env!("CARGO_PKG_VERSION")
     );
     println!("\n{header}{table}");
     std::fs::write(out.join("bench.md"), format!("{header}{table}")).expect("bench.md");
-    let json = json!({"cores": cores, "runs": runs, "scenarios": all});
+    let json = json!({"cores": cores, "runs": runs, "stream": stream, "scenarios": all});
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json).expect("json")).expect("bench.json");
 }
