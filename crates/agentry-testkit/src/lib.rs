@@ -6,6 +6,8 @@
 //!   every request and the peak number in flight.
 //!   Its hostile replies (an echoed key, HTML, bodies cut short, stalled or endless) are here too,
 //!   and OpenAI-style rate limits in front of any behaviour ([`model_server::rate_limit`]).
+//!   It streams when asked, one SSE event per body write, in the demo's pieces or ragged ones,
+//!   slowly, stalled or ended early ([`model_server::stream`]).
 //! - [`search`]: the demo's MCP search server with a fixed latency per call, for benchmarks.
 //! - [`hostile_mcp`]: MCP servers that misbehave on purpose (tool names the model would refuse,
 //!   malformed JSON-RPC over legacy SSE and Streamable HTTP).

@@ -17,6 +17,14 @@
 //! short ([`Reply::CutShort`]), one that stalls ([`Reply::Stall`]) or never ends
 //! ([`Reply::EndlessBody`]), a dropped connection ([`Reply::Disconnect`]).
 //!
+//! A request with `"stream": true` is answered as OpenAI streams: `chat.completion.chunk`s as
+//! SSE events, one body write each, then `data: [DONE]`; see [`stream`]. The pieces and pace are
+//! the demo's unless a [`StreamStyle`] says otherwise ([`ModelServer::with_stream_style`], or
+//! [`Reply::Pieces`] for one reply), and a stream can be hostile too: slow but alive
+//! ([`Reply::Trickle`]), stalled after some events with the connection open
+//! ([`Reply::StallAfter`]), ended cleanly before its finish reason ([`Reply::EndAfter`]), written
+//! in writes cut inside lines and UTF-8 characters ([`Reply::SplitWrites`]).
+//!
 //! With [`RateLimits`] ([`ModelServer::with_rate_limits`]) it enforces OpenAI-style
 //! requests and tokens per window in front of the behaviour, with `x-ratelimit-*` headers on
 //! every answer and OpenAI's 429s; see [`rate_limit`].
@@ -45,13 +53,14 @@
 //! ```
 
 pub mod rate_limit;
+pub mod stream;
 mod validate;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentry::demo::loopback::Loopback;
@@ -60,13 +69,17 @@ use agentry::demo::scripted::{ScriptedReply, ScriptedResearcher};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::response::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use stream::{Overrides, Writing};
+use tokio_util::sync::CancellationToken;
 use validate::validate;
 
 pub use rate_limit::{RateLimitCounts, RateLimits};
+pub use stream::{CallOrder, StreamStyle};
 
 /// Model name listed by `GET /v1/models` even before any request names one.
 pub const DEMO_MODEL: &str = "agentry-demo";
@@ -177,6 +190,51 @@ pub enum Reply {
     Disconnect,
     /// Wait this long (counted as in flight), then send the inner reply.
     Delay(Duration, Box<Reply>),
+    /// The inner reply's body slowly: each body write (each event of a stream, the whole body
+    /// of any other reply, or each piece of either with [`SplitWrites`](Reply::SplitWrites))
+    /// `every` after the one before, the first `every` after the headers.
+    Trickle {
+        /// The reply that trickles.
+        reply: Box<Reply>,
+        /// The wait before each body write.
+        every: Duration,
+    },
+    /// The inner reply's headers and first `events` events (a body that is not a stream is one
+    /// event), then nothing: the connection stays open until the client goes or the server
+    /// stops, which drops it.
+    StallAfter {
+        /// The reply that stalls.
+        reply: Box<Reply>,
+        /// How many events are sent.
+        events: usize,
+    },
+    /// The inner reply's headers and first `events` events, then a clean end of the body: a
+    /// stream cut before its finish reason and `[DONE]` (when `events` is below its count).
+    EndAfter {
+        /// The reply that ends early.
+        reply: Box<Reply>,
+        /// How many events are sent.
+        events: usize,
+    },
+    /// The inner reply's body in writes of at most `bytes` bytes (a 0 counts as 1), cut
+    /// anywhere: inside an SSE line, inside a multi-byte UTF-8 character.
+    SplitWrites {
+        /// The reply that is split.
+        reply: Box<Reply>,
+        /// The largest write.
+        bytes: usize,
+    },
+    /// When streamed, the inner reply's text and arguments in pieces of `sizes` characters, taken
+    /// in turn, and its tool calls in `calls` order (see [`StreamStyle`]). Unstreamed: the
+    /// inner reply.
+    Pieces {
+        /// The reply that is cut.
+        reply: Box<Reply>,
+        /// Characters per piece, in turn.
+        sizes: Vec<usize>,
+        /// The order of the calls' pieces.
+        calls: CallOrder,
+    },
 }
 
 impl Reply {
@@ -271,6 +329,31 @@ impl Reply {
     /// Sends `self` after waiting `delay`.
     pub fn delayed(self, delay: Duration) -> Self {
         Reply::Delay(delay, Box::new(self))
+    }
+
+    /// `self`, each body write `every` after the one before.
+    pub fn trickle(self, every: Duration) -> Self {
+        Reply::Trickle { reply: Box::new(self), every }
+    }
+
+    /// `self`'s first `events` events, then a stall with the connection open.
+    pub fn stall_after(self, events: usize) -> Self {
+        Reply::StallAfter { reply: Box::new(self), events }
+    }
+
+    /// `self`'s first `events` events, then a clean end.
+    pub fn end_after(self, events: usize) -> Self {
+        Reply::EndAfter { reply: Box::new(self), events }
+    }
+
+    /// `self` in body writes of at most `bytes` bytes.
+    pub fn split_writes(self, bytes: usize) -> Self {
+        Reply::SplitWrites { reply: Box::new(self), bytes }
+    }
+
+    /// `self`, streamed in pieces of `sizes` characters in turn, its calls in `calls` order.
+    pub fn in_pieces(self, sizes: impl IntoIterator<Item = usize>, calls: CallOrder) -> Self {
+        Reply::Pieces { reply: Box::new(self), sizes: sizes.into_iter().collect(), calls }
     }
 }
 
@@ -482,6 +565,9 @@ struct Shared {
     cached_tokens: AtomicU64,
     started: u64,
     rate_limits: Mutex<Option<rate_limit::Limiter>>,
+    stream_style: Mutex<StreamStyle>,
+    /// Cancelled when the server stops (a stalled stream then drops its connection).
+    stopping: OnceLock<CancellationToken>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -507,7 +593,8 @@ impl Shared {
 }
 
 /// Counts a request as in flight until dropped (also when the client goes
-/// away and the handler future is cancelled).
+/// away and the handler future is cancelled). A body written event by event
+/// (a stream, a trickled or stalled body) holds it until it ends.
 struct InFlight(Arc<Shared>);
 
 impl InFlight {
@@ -561,6 +648,8 @@ impl ModelServer {
             cached_tokens: AtomicU64::new(0),
             started,
             rate_limits: Mutex::new(None),
+            stream_style: Mutex::new(StreamStyle::default()),
+            stopping: OnceLock::new(),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
@@ -568,7 +657,11 @@ impl ModelServer {
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&shared));
-        let server = Loopback::start(addr, "test model server", |_| router).await?;
+        let server = Loopback::start(addr, "test model server", |stopping| {
+            let _ = shared.stopping.set(stopping.clone());
+            router
+        })
+        .await?;
         Ok(ModelServer { server, shared })
     }
 
@@ -609,6 +702,18 @@ impl ModelServer {
         lock(&self.shared.rate_limits).as_ref().map(rate_limit::Limiter::counts).unwrap_or_default()
     }
 
+    /// Streams answers in `style` (builder form of [`set_stream_style`](Self::set_stream_style)).
+    pub fn with_stream_style(self, style: StreamStyle) -> Self {
+        self.set_stream_style(style);
+        self
+    }
+
+    /// How answers to `"stream": true` are cut and paced from now on (a reply's own
+    /// [`Reply::Pieces`], [`Reply::Trickle`] and [`Reply::SplitWrites`] win over it).
+    pub fn set_stream_style(&self, style: StreamStyle) {
+        *lock(&self.shared.stream_style) = style;
+    }
+
     /// Requires `Authorization: Bearer <key>` (builder form of
     /// [`set_accepted_key`](Self::set_accepted_key)).
     pub fn require_key(self, key: Option<String>) -> Self {
@@ -642,7 +747,8 @@ impl ModelServer {
         lock(&self.shared.requests).len()
     }
 
-    /// Chat-completion requests being handled right now.
+    /// Chat-completion requests being handled right now: a stream until its last event is
+    /// written (or its client goes).
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
@@ -789,7 +895,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         at,
         status: None,
     });
-    let _in_flight = InFlight::enter(&shared);
+    let in_flight = InFlight::enter(&shared);
 
     let Prepared { body, mut reply, rate_limit_headers, refused } =
         match prepare(&shared, number, parsed, bearer.as_deref()) {
@@ -805,14 +911,39 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     if latency > 0 && !refused {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
+    let streamed = body.get("stream") == Some(&Value::Bool(true));
+    let stopping = shared.stopping.get().cloned().unwrap_or_default();
+    let mut overrides = Overrides::default();
     let mut response = loop {
         match reply {
             Reply::Delay(delay, inner) => {
                 tokio::time::sleep(delay).await;
                 reply = *inner;
             }
+            Reply::Trickle { reply: inner, every } => {
+                overrides.trickle(every);
+                reply = *inner;
+            }
+            Reply::StallAfter { reply: inner, events } => {
+                overrides.stall_after(events);
+                reply = *inner;
+            }
+            Reply::EndAfter { reply: inner, events } => {
+                overrides.end_after(events);
+                reply = *inner;
+            }
+            Reply::SplitWrites { reply: inner, bytes } => {
+                overrides.split_writes(bytes);
+                reply = *inner;
+            }
+            Reply::Pieces { reply: inner, sizes, calls } => {
+                overrides.pieces(sizes, calls);
+                reply = *inner;
+            }
             Reply::CutShort { reply, after } => {
-                let whole = render(&shared, number, &body, bearer.as_deref(), *reply);
+                let style = overrides.style(&lock(&shared.stream_style), streamed);
+                let rendered = render(&shared, number, &body, bearer.as_deref(), *reply, &style);
+                let whole = deliver(rendered, Writing::plain(), stopping, in_flight).await;
                 break cut_short(whole, after).await;
             }
             Reply::Disconnect => {
@@ -820,7 +951,11 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
                 // connection before a complete response is written.
                 return Response::new(Body::from_stream(futures::stream::once(async { Err::<Bytes, _>(aborted()) })));
             }
-            other => break render(&shared, number, &body, bearer.as_deref(), other),
+            other => {
+                let style = overrides.style(&lock(&shared.stream_style), streamed);
+                let rendered = render(&shared, number, &body, bearer.as_deref(), other, &style);
+                break deliver(rendered, overrides.writing(&style), stopping, in_flight).await;
+            }
         }
     };
     response.headers_mut().extend(rate_limit_headers);
@@ -828,14 +963,33 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     response
 }
 
-/// The response for a reply that needs no waiting.
-fn render(shared: &Shared, number: u64, body: &Value, bearer: Option<&str>, reply: Reply) -> Response {
+/// A reply's response before it is written out.
+enum Rendered {
+    /// A stream: its head and its SSE events.
+    Stream(Parts, Vec<Bytes>),
+    /// A response whose body is in memory: one event.
+    Whole(Response),
+    /// A body hostile on its own (endless, stalled, aborted), sent as it is.
+    Fixed(Response),
+}
+
+/// What a reply that needs no waiting sends, a stream cut in `style`'s pieces. Inside
+/// [`Reply::CutShort`] the reply is rendered whole: the waits and early ends wrapped around it
+/// are not kept, its pieces are.
+fn render(
+    shared: &Shared,
+    number: u64,
+    body: &Value,
+    bearer: Option<&str>,
+    reply: Reply,
+    style: &StreamStyle,
+) -> Rendered {
     match reply {
         Reply::Message { content, tool_calls, finish_reason } => {
-            completion_response(shared, number, body, content, tool_calls, finish_reason)
+            completion(shared, number, body, content, tool_calls, finish_reason, style)
         }
         Reply::Error { status, retry_after, kind, code, message } => {
-            error_response(status, &kind, None, code.as_deref(), &message, retry_after)
+            Rendered::Whole(error_response(status, &kind, None, code.as_deref(), &message, retry_after))
         }
         Reply::EchoKey { status } => {
             let key = bearer.unwrap_or("(none)");
@@ -843,23 +997,49 @@ fn render(shared: &Shared, number: u64, body: &Value, bearer: Option<&str>, repl
                 "The API key {key} is not allowed to use this model in this organization. \
                  Request headers: Authorization: Bearer {key}"
             );
-            error_response(status, "invalid_request_error", None, None, &message, None)
+            Rendered::Whole(error_response(status, "invalid_request_error", None, None, &message, None))
         }
-        Reply::Malformed(text) => raw_response(200, "application/json", text),
-        Reply::Raw { status, content_type, body } => raw_response(status, &content_type, body),
+        Reply::Malformed(text) => Rendered::Whole(raw_response(200, "application/json", text)),
+        Reply::Raw { status, content_type, body } => Rendered::Whole(raw_response(status, &content_type, body)),
         Reply::EndlessBody => {
             let blanks = Bytes::from(vec![b' '; 64 * 1024]);
             let chunks = std::iter::once(Bytes::from_static(b"{\"choices\":[")).chain(std::iter::repeat(blanks));
-            streamed(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+            Rendered::Fixed(streamed(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))))
         }
         Reply::Stall(head) => {
             let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
-            streamed(futures::StreamExt::chain(head, futures::stream::pending()))
+            Rendered::Fixed(streamed(futures::StreamExt::chain(head, futures::stream::pending())))
         }
-        Reply::Delay(_, inner) | Reply::CutShort { reply: inner, .. } => render(shared, number, body, bearer, *inner),
-        Reply::Disconnect => {
-            Response::new(Body::from_stream(futures::stream::once(async { Err::<Bytes, _>(aborted()) })))
+        Reply::Pieces { reply: inner, sizes, calls } => {
+            let style = StreamStyle { pieces: sizes, calls, ..style.clone() };
+            render(shared, number, body, bearer, *inner, &style)
         }
+        Reply::Delay(_, inner)
+        | Reply::CutShort { reply: inner, .. }
+        | Reply::Trickle { reply: inner, .. }
+        | Reply::StallAfter { reply: inner, .. }
+        | Reply::EndAfter { reply: inner, .. }
+        | Reply::SplitWrites { reply: inner, .. } => render(shared, number, body, bearer, *inner, style),
+        Reply::Disconnect => Rendered::Fixed(Response::new(Body::from_stream(futures::stream::once(async {
+            Err::<Bytes, _>(aborted())
+        })))),
+    }
+}
+
+/// `rendered` written out: at once in one piece when `writing` is plain and the body is not a
+/// stream (with its `Content-Length`), else event by event as `writing` says, the request
+/// counted in flight until the last event is written (a model still generating).
+async fn deliver(rendered: Rendered, writing: Writing, stopping: CancellationToken, in_flight: InFlight) -> Response {
+    match rendered {
+        Rendered::Fixed(response) => response,
+        Rendered::Whole(response) if writing.is_plain() => response,
+        Rendered::Whole(response) => {
+            let (mut parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.unwrap_or_default();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, writing.body(vec![bytes], stopping, in_flight))
+        }
+        Rendered::Stream(parts, events) => Response::from_parts(parts, writing.body(events, stopping, in_flight)),
     }
 }
 
@@ -943,14 +1123,16 @@ fn prepare(
     Ok(Prepared { body, reply, rate_limit_headers, refused: refused_now })
 }
 
-fn completion_response(
+/// The completion: the JSON body, or with `"stream": true` its SSE events in `style`'s pieces.
+fn completion(
     shared: &Shared,
     number: u64,
     body: &Value,
     content: Option<String>,
     tool_calls: Vec<ScriptedToolCall>,
     finish_reason: Option<String>,
-) -> Response {
+    style: &StreamStyle,
+) -> Rendered {
     let tool_calls = tool_calls
         .into_iter()
         .map(|call| CallOut {
@@ -969,18 +1151,21 @@ fn completion_response(
         cached_tokens: shared.cached_tokens.load(Ordering::SeqCst),
     };
     let whole = shape::completion_body(&completion);
-    let mut response = if body.get("stream") == Some(&Value::Bool(true)) {
-        let include_usage = body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-        let events: String =
-            shape::stream_chunks(&whole, include_usage).iter().map(|chunk| format!("data: {chunk}\n\n")).collect();
-        ([(header::CONTENT_TYPE, "text/event-stream")], format!("{events}data: [DONE]\n\n")).into_response()
+    let streamed = body.get("stream") == Some(&Value::Bool(true));
+    let mut response = if streamed {
+        [(header::CONTENT_TYPE, "text/event-stream")].into_response()
     } else {
-        axum::Json(whole).into_response()
+        axum::Json(&whole).into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&format!("req_demo_{number}")) {
         response.headers_mut().insert("x-request-id", value);
     }
-    response
+    if !streamed {
+        return Rendered::Whole(response);
+    }
+    let include_usage = body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+    let (head, _) = response.into_parts();
+    Rendered::Stream(head, stream::sse_events(&whole, include_usage, style))
 }
 
 async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
