@@ -1,6 +1,8 @@
 //! `agentry-testkit serve model|search`: one test peer as its own process, for trials by hand.
 //! Prints `READY <url>` once listening; stops on Ctrl-C or SIGTERM. The model server enforces
-//! OpenAI-style rate limits with `--rpm N --tpm N [--window 60s] [--no-headers]`.
+//! OpenAI-style rate limits with `--rpm N --tpm N [--window 60s] [--no-headers]`, and streams as
+//! the demo unless `--stream-pieces 1,3,2 --stream-interleave --stream-trickle 5ms
+//! --stream-split-writes 3` say otherwise.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentry::demo::scripted::ScriptedResearcher;
-use agentry_testkit::model_server::{ModelServer, RateLimits};
+use agentry_testkit::model_server::{CallOrder, ModelServer, RateLimits, StreamStyle};
 use agentry_testkit::search::SlowSearchServer;
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,8 @@ enum Peer {
         accept_key_file: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        stream: StreamArgs,
     },
     /// The demo's MCP search server (Streamable HTTP).
     Search {
@@ -77,12 +81,42 @@ impl LimitArgs {
     }
 }
 
+/// How answers to `"stream": true` are cut and paced (the demo's way unless set).
+#[derive(Debug, clap::Args)]
+struct StreamArgs {
+    /// Characters per piece of text or tool-call arguments, taken in turn (e.g. 1,3,2; the
+    /// demo's: 16).
+    #[arg(long, value_delimiter = ',')]
+    stream_pieces: Vec<usize>,
+    /// Parallel tool calls take turns, one piece of each by index.
+    #[arg(long)]
+    stream_interleave: bool,
+    /// A wait before each body write of a stream: a slow model.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    stream_trickle: Duration,
+    /// Body writes of at most this many bytes, cut inside lines and UTF-8 characters.
+    #[arg(long, value_name = "BYTES")]
+    stream_split_writes: Option<usize>,
+}
+
+impl StreamArgs {
+    fn style(&self) -> StreamStyle {
+        let demo = StreamStyle::default();
+        StreamStyle {
+            pieces: if self.stream_pieces.is_empty() { demo.pieces } else { self.stream_pieces.clone() },
+            calls: if self.stream_interleave { CallOrder::Interleaved } else { CallOrder::Sequential },
+            trickle: self.stream_trickle,
+            split_writes: self.stream_split_writes,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli::Serve { peer } = Cli::parse();
     let served = match peer {
-        Peer::Model { listen, latency, accept_key_file, limits } => {
-            serve_model(listen, latency, accept_key_file, limits.limits()).await
+        Peer::Model { listen, latency, accept_key_file, limits, stream } => {
+            serve_model(listen, latency, accept_key_file, limits.limits(), stream.style()).await
         }
         Peer::Search { listen, latency } => match SlowSearchServer::start_on(listen, latency).await {
             Ok(server) => {
@@ -108,8 +142,14 @@ async fn serve_model(
     latency: Duration,
     key_file: Option<PathBuf>,
     limits: Option<RateLimits>,
+    style: StreamStyle,
 ) -> std::io::Result<()> {
-    let server = Arc::new(ModelServer::start_on(listen, Arc::new(ScriptedResearcher)).await?.with_latency(latency));
+    let server = Arc::new(
+        ModelServer::start_on(listen, Arc::new(ScriptedResearcher))
+            .await?
+            .with_latency(latency)
+            .with_stream_style(style),
+    );
     server.set_rate_limits(limits);
     println!("READY {}", server.base_url());
     if let Some(path) = key_file {
