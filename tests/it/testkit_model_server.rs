@@ -1,10 +1,15 @@
 //! Drives the test kit's model server over real HTTP with reqwest: it must answer like the real API.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentry_testkit::model_server::{FnBehaviour, ModelServer, Queue, Reply, ScriptedToolCall};
+use agentry::llm::stream::{Assembler, ChatChunk, Incomplete};
+use agentry::llm::wire::ChatResponse;
+use agentry_testkit::model_server::{CallOrder, FnBehaviour, ModelServer, Queue, Reply, ScriptedToolCall};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{Value, json};
+use sse_stream::SseStream;
 
 fn request_body() -> Value {
     json!({
@@ -387,12 +392,147 @@ async fn hostile_bodies_come_as_scripted() {
     server.shutdown().await;
 }
 
-/// `"stream": true` is answered as OpenAI streams: chunks that agentry's assembler builds back
-/// into the very answer the same reply gives unstreamed (text, tool calls, usage).
+/// The request, asking for a stream with its usage chunk.
+pub fn stream_request(body: &Value) -> Value {
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    streamed
+}
+
+/// A streamed body as the client read it.
+pub struct Received {
+    /// The body's pieces as they came off the connection.
+    pub frames: Vec<Bytes>,
+    /// Each SSE event's `data` (sse-stream's parse), `[DONE]` included.
+    pub events: Vec<String>,
+    /// What ended the body, if it did not end cleanly.
+    pub error: Option<String>,
+}
+
+impl Received {
+    /// Whether each event came in body pieces of its own (no piece holds parts of two).
+    pub fn events_written_alone(&self) -> bool {
+        let mut piece_ends = std::collections::BTreeSet::new();
+        let mut at = 0;
+        for frame in &self.frames {
+            at += frame.len();
+            piece_ends.insert(at);
+        }
+        let body = self.frames.concat();
+        let event_ends =
+            body.windows(2).enumerate().filter(|(_, pair)| pair.starts_with(b"\n\n")).map(|(at, _)| at + 2);
+        event_ends.into_iter().all(|end| piece_ends.contains(&end))
+    }
+
+    /// The `chat.completion.chunk`s (every event but `[DONE]`).
+    pub fn chunks(&self) -> Vec<Value> {
+        let chunks = self.events.iter().filter(|data| *data != "[DONE]");
+        chunks.map(|data| serde_json::from_str(data).expect("a chunk is JSON")).collect()
+    }
+}
+
+/// Reads `response`'s SSE events with sse-stream until the body ends (or fails), keeping the
+/// body's pieces.
+pub async fn receive(response: reqwest::Response) -> Received {
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&frames);
+    let body = response.bytes_stream().inspect(move |frame| {
+        if let Ok(frame) = frame {
+            seen.lock().expect("frames").push(frame.clone());
+        }
+    });
+    let mut sse = std::pin::pin!(SseStream::from_bytes_stream(body));
+    let (mut events, mut error) = (Vec::new(), None);
+    while let Some(event) = sse.next().await {
+        match event {
+            Ok(event) => events.push(event.data.unwrap_or_default()),
+            Err(failure) => {
+                error = Some(failure.to_string());
+                break;
+            }
+        }
+    }
+    let frames = std::mem::take(&mut *frames.lock().expect("frames"));
+    Received { frames, events, error }
+}
+
+/// What agentry's Assembler builds of a stream's events, and the text it showed as it went.
+pub fn assemble(received: &Received) -> (Result<ChatResponse, Incomplete>, String) {
+    let mut assembler = Assembler::default();
+    let mut shown = String::new();
+    for chunk in received.chunks() {
+        let chunk: ChatChunk = serde_json::from_value(chunk).expect("a chat.completion.chunk");
+        shown.extend(assembler.push(chunk));
+    }
+    (assembler.finish(), shown)
+}
+
+/// What an answer says, however it came, but its call ids (every answer gets its own).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Said {
+    pub content: Option<String>,
+    /// Each call's name and arguments, in order.
+    pub calls: Vec<(String, String)>,
+    pub finish_reason: Option<String>,
+    /// Prompt and completion tokens.
+    pub usage: Option<(u64, u64)>,
+}
+
+impl Said {
+    /// What an unstreamed `chat.completion` body says.
+    pub fn of_body(body: &Value) -> Self {
+        let choice = &body["choices"][0];
+        let calls = choice["message"]["tool_calls"].as_array().into_iter().flatten();
+        Said {
+            content: choice["message"]["content"].as_str().map(str::to_owned),
+            calls: calls.map(|call| (text(&call["function"]["name"]), text(&call["function"]["arguments"]))).collect(),
+            finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
+            usage: usage_of(&body["usage"]),
+        }
+    }
+
+    /// What the Assembler's answer says.
+    pub fn of_response(response: &ChatResponse) -> Self {
+        let choice = &response.choices[0];
+        let calls = choice.message.tool_calls.iter().flatten();
+        Said {
+            content: choice.message.content.clone(),
+            calls: calls.map(|call| (call.function.name.clone(), call.function.arguments.clone())).collect(),
+            finish_reason: choice.finish_reason.clone(),
+            usage: response.usage.map(|usage| (usage.prompt_tokens, usage.completion_tokens)),
+        }
+    }
+}
+
+/// A JSON string's text (empty when it is not one).
+pub fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// A `usage` object's prompt and completion tokens.
+pub fn usage_of(usage: &Value) -> Option<(u64, u64)> {
+    Some((usage["prompt_tokens"].as_u64()?, usage["completion_tokens"].as_u64()?))
+}
+
+/// Text and three parallel calls whose arguments hold multi-byte characters and JSON escapes.
+pub fn multilingual_reply() -> Reply {
+    Reply::Message {
+        content: Some("Voilà : 日本の機械学習 🚀🤖, « ça marche » — naïve café.".into()),
+        tool_calls: vec![
+            ScriptedToolCall::new("search", &json!({"query": "機械学習 \"définition\"\n🚀"})),
+            ScriptedToolCall::new("search", &json!({"query": "é\\path 日本 🧪", "limit": 3})),
+            ScriptedToolCall::new("save_research", &json!({"title": "Ünïcödé", "body": "line\nnext \"q\" \\ end 🤖"})),
+        ],
+        finish_reason: None,
+    }
+}
+
+/// `"stream": true` is answered as OpenAI streams, one event per body write: chunks that
+/// agentry's assembler builds back into the very answer the same reply gives unstreamed (text,
+/// tool calls, usage).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_streamed_answer_assembles_into_the_unstreamed_one() {
-    use agentry::llm::stream::{Assembler, ChatChunk};
-
     let reply = || Reply::Message {
         content: Some("Machine learning is learning from data, not rules.".into()),
         tool_calls: vec![ScriptedToolCall::new("search", &json!({"query": "machine learning definition"}))],
@@ -402,34 +542,186 @@ async fn a_streamed_answer_assembles_into_the_unstreamed_one() {
     let client = reqwest::Client::new();
     let plain = json_of(post(&client, &server, None, &request_body()).await).await;
 
-    let mut streamed = request_body();
-    streamed["stream"] = json!(true);
-    streamed["stream_options"] = json!({"include_usage": true});
-    let response = post(&client, &server, None, &streamed).await;
+    let response = post(&client, &server, None, &stream_request(&request_body())).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let text = response.text().await.expect("body");
-    let mut events: Vec<&str> =
-        text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.trim_start_matches("data: ")).collect();
-    assert_eq!(events.pop(), Some("[DONE]"));
-    let mut assembler = Assembler::default();
-    let mut shown = String::new();
-    for event in &events {
-        let chunk: ChatChunk = serde_json::from_str(event).expect("a chunk");
-        shown.extend(assembler.push(chunk));
-    }
-    assert!(events.len() > 4, "in pieces: {events:?}");
-    let assembled = assembler.finish().expect("whole");
-    let message = &plain["choices"][0]["message"];
-    assert_eq!(shown, message["content"].as_str().expect("text"), "the text as written, no arguments");
-    let calls = assembled.choices[0].message.tool_calls.clone().expect("calls");
-    assert_eq!(calls[0].function.name, "search");
-    assert_eq!(calls[0].function.arguments, message["tool_calls"][0]["function"]["arguments"].as_str().expect("args"));
-    assert_eq!(assembled.choices[0].finish_reason.as_deref(), plain["choices"][0]["finish_reason"].as_str());
-    let usage = assembled.usage.expect("the usage chunk");
-    assert_eq!(usage.prompt_tokens, plain["usage"]["prompt_tokens"].as_u64().expect("usage"));
+    assert_eq!(response.content_length(), None, "no length: the events are written as they come");
+    let received = receive(response).await;
+    assert_eq!(received.error, None);
+    assert!(received.events.len() > 4, "in pieces: {:?}", received.events);
+    assert_eq!(received.events.last().map(String::as_str), Some("[DONE]"));
+    assert!(received.events_written_alone(), "one write per event, not {} writes", received.frames.len());
+    let (assembled, shown) = assemble(&received);
+    let assembled = assembled.expect("whole");
+    assert_eq!(Said::of_response(&assembled), Said::of_body(&plain));
+    assert_eq!(shown, text(&plain["choices"][0]["message"]["content"]), "the text as written, no arguments");
 
     // stream_options without a stream is the real API's 400.
     let mut wrong = request_body();
     wrong["stream_options"] = json!({"include_usage": true});
     assert_eq!(post(&client, &server, None, &wrong).await.status(), 400);
+}
+
+/// A stream as ragged as a valid one gets, its body written a few bytes at a time (cut inside
+/// SSE lines and inside multi-byte characters), its text and arguments in uneven pieces (cut
+/// inside JSON escapes), its three calls interleaved: read with sse-stream and assembled, it is
+/// the unstreamed answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ragged_stream_split_at_every_byte_assembles_into_the_unstreamed_answer() {
+    let sizes = [1, 2, 3, 5];
+    let ragged = |bytes| multilingual_reply().in_pieces([1, 4, 2, 7, 1, 3], CallOrder::Interleaved).split_writes(bytes);
+    let server = ModelServer::start(Arc::new(Queue::new(
+        std::iter::once(multilingual_reply()).chain(sizes.map(ragged)).collect::<Vec<_>>(),
+    )))
+    .await
+    .expect("server");
+    let client = reqwest::Client::new();
+    let plain = json_of(post(&client, &server, None, &request_body()).await).await;
+    let said = Said::of_body(&plain);
+    assert_eq!(said.calls.len(), 3);
+
+    for bytes in sizes {
+        let received = receive(post(&client, &server, None, &stream_request(&request_body())).await).await;
+        assert_eq!(received.error, None, "{bytes}-byte writes");
+        assert!(received.frames.iter().all(|frame| frame.len() <= bytes), "{bytes}-byte writes");
+        assert!(
+            received.frames.iter().any(|frame| std::str::from_utf8(frame).is_err()),
+            "{bytes}-byte writes cut a multi-byte character"
+        );
+        let (assembled, shown) = assemble(&received);
+        assert_eq!(Said::of_response(&assembled.expect("whole")), said, "{bytes}-byte writes");
+        assert_eq!(Some(shown), said.content);
+
+        let deltas: Vec<(u64, String)> = received
+            .chunks()
+            .iter()
+            .flat_map(|chunk| chunk["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
+            .map(|call| (call["index"].as_u64().expect("an index"), text(&call["function"]["arguments"])))
+            .collect();
+        let order: Vec<u64> = deltas.iter().map(|(index, _)| *index).take(6).collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2], "the calls take turns");
+        let mid_escape = |piece: &String| piece.chars().rev().take_while(|c| *c == '\\').count() % 2 == 1;
+        assert!(deltas.iter().any(|(_, piece)| mid_escape(piece)), "a piece ends inside a JSON escape: {deltas:?}");
+    }
+}
+
+/// EndAfter: the first events, then a clean end: no finish reason, no `[DONE]`, which agentry's
+/// assembler calls cut. Unstreamed, the body ends after as many events: none is an empty body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_ends_early_is_cut() {
+    let long = || Reply::text("A long answer that the stream does not finish, in many pieces.");
+    let server =
+        ModelServer::start(Arc::new(Queue::new([long().end_after(3), long().end_after(0)]))).await.expect("server");
+    let client = reqwest::Client::new();
+
+    let received = receive(post(&client, &server, None, &stream_request(&request_body())).await).await;
+    assert_eq!(received.error, None, "a clean end");
+    assert_eq!(received.events.len(), 3, "{:?}", received.events);
+    assert!(received.chunks().iter().all(|chunk| chunk["choices"][0]["finish_reason"].is_null()));
+    let (assembled, shown) = assemble(&received);
+    assert_eq!(assembled.expect_err("cut"), Incomplete::Cut { chunks: 3 });
+    assert_eq!(shown, "A long answer that the stream do", "the two pieces that came");
+
+    let empty = post(&client, &server, None, &request_body()).await;
+    assert_eq!(empty.status(), 200);
+    assert_eq!(empty.text().await.expect("a clean end"), "");
+}
+
+/// StallAfter: the first events, then nothing with the connection open (unstreamed, the whole
+/// body and no end); the stall ends when the server stops, dropping the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_stalls_sends_its_first_events_then_nothing() {
+    let answer = "An answer that stalls after its second piece.";
+    let server = ModelServer::start(Arc::new(Queue::new([
+        Reply::text(answer).stall_after(2),
+        Reply::text(answer).stall_after(1),
+    ])))
+    .await
+    .expect("server");
+    let client = reqwest::Client::new();
+    let response = post(&client, &server, None, &stream_request(&request_body())).await;
+    let mut events = std::pin::pin!(SseStream::from_bytes_stream(response.bytes_stream()));
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next()).await.expect("an event comes");
+        first.push(event.expect("not the end").expect("an event").data.unwrap_or_default());
+    }
+    let chunk: Value = serde_json::from_str(&first[1]).expect("a chunk");
+    assert_eq!(chunk["choices"][0]["delta"]["content"], "An answer that s");
+    let next = tokio::time::timeout(Duration::from_millis(300), events.next()).await;
+    assert!(next.is_err(), "nothing after the second event: {next:?}");
+    assert_eq!(server.in_flight(), 1, "a stalled stream is still in flight");
+
+    let mut unstreamed = post(&client, &server, None, &request_body()).await;
+    let mut body = Vec::new();
+    let whole: Value = loop {
+        let piece = tokio::time::timeout(Duration::from_secs(30), unstreamed.chunk()).await.expect("the body comes");
+        body.extend_from_slice(&piece.expect("read").expect("more body"));
+        if let Ok(whole) = serde_json::from_slice(&body) {
+            break whole;
+        }
+    };
+    assert_eq!(whole["choices"][0]["message"]["content"], answer);
+    assert!(tokio::time::timeout(Duration::from_millis(300), unstreamed.chunk()).await.is_err(), "no end");
+    assert_eq!(server.in_flight(), 2);
+    drop(unstreamed);
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while server.in_flight() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "a client that goes ends its stall");
+
+    server.shutdown().await;
+    let dropped = tokio::time::timeout(Duration::from_secs(30), events.next()).await.expect("the stall ends");
+    assert!(matches!(dropped, Some(Err(_))), "the connection drops: {dropped:?}");
+}
+
+/// Trickle: each body write waits its turn, so a stream's first event is read while the server
+/// is still writing the rest (the request is in flight until its last event); the answer is
+/// the same. Unstreamed, the headers come first and the body after the wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_stream_arrives_one_event_at_a_time() {
+    let every = Duration::from_millis(100);
+    let answer = "A slow model, still writing.";
+    let server = ModelServer::start(Arc::new(Queue::new([
+        Reply::text(answer),
+        Reply::text(answer).in_pieces([4], CallOrder::Sequential).trickle(every),
+        Reply::text(answer).trickle(every),
+    ])))
+    .await
+    .expect("server");
+    let client = reqwest::Client::new();
+    let plain = json_of(post(&client, &server, None, &request_body()).await).await;
+
+    let response = post(&client, &server, None, &stream_request(&request_body())).await;
+    let mut sse = std::pin::pin!(SseStream::from_bytes_stream(response.bytes_stream()));
+    let mut received = Received { frames: Vec::new(), events: Vec::new(), error: None };
+    let mut in_flight = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), sse.next()).await.expect("the next event") {
+        received.events.push(event.expect("an event").data.unwrap_or_default());
+        in_flight.push(server.in_flight());
+    }
+    // Eleven events a tenth of a second apart: the first is read a second before the last is.
+    assert_eq!(received.events.len(), 11, "{:?}", received.events);
+    assert_eq!(in_flight[0], 1, "the first event came while the server was still writing: {in_flight:?}");
+    let (assembled, _) = assemble(&received);
+    assert_eq!(Said::of_response(&assembled.expect("whole")), Said::of_body(&plain));
+    settled(&server).await;
+
+    let unstreamed = post(&client, &server, None, &request_body()).await;
+    assert_eq!(server.in_flight(), 1, "the headers come before the body is written");
+    assert_eq!(Said::of_body(&json_of(unstreamed).await), Said::of_body(&plain));
+    settled(&server).await;
+}
+
+/// Waits (at most 30 s) until no request is in flight.
+async fn settled(server: &ModelServer) {
+    let settled = tokio::time::timeout(Duration::from_secs(30), async {
+        while server.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "{} requests still in flight", server.in_flight());
 }
