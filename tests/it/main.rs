@@ -37,5 +37,6 @@ mod streaming;
 mod supervision;
 mod telemetry;
 mod testkit_model_server;
+mod testkit_openai_stream;
 mod testkit_rate_limited;
 mod tools_and_files;
