@@ -187,28 +187,37 @@ pub fn live_pids(needle: &str, parent: Option<u32>) -> Vec<u32> {
         .collect()
 }
 
-/// A running process's standard error, read as it comes, so a test can wait for a line before
-/// its next step (a signal sent before the previous one was answered would be merged with it).
-pub struct StderrWatch {
+/// A running process's standard error (or output), read as it comes, so a test can wait for a
+/// line before its next step (a signal sent before the previous one was answered would be
+/// merged with it).
+pub struct OutputWatch {
     text: std::sync::Arc<std::sync::Mutex<String>>,
     changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl StderrWatch {
+impl OutputWatch {
     /// Takes `child`'s standard error (the `Run` that `Agentry::finish` returns then has none).
-    pub fn take(child: &mut tokio::process::Child) -> Self {
+    pub fn stderr(child: &mut tokio::process::Child) -> Self {
+        Self::watch(child.stderr.take().expect("stderr is piped"))
+    }
+
+    /// Takes `child`'s standard output.
+    pub fn stdout(child: &mut tokio::process::Child) -> Self {
+        Self::watch(child.stdout.take().expect("stdout is piped"))
+    }
+
+    fn watch(mut output: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Self {
         use tokio::io::AsyncReadExt;
-        let mut stderr = child.stderr.take().expect("stderr is piped");
         let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let changed = std::sync::Arc::new(tokio::sync::Notify::new());
         let (sink, notify) = (text.clone(), changed.clone());
         tokio::spawn(async move {
             let mut buffer = [0u8; 4096];
-            while let Ok(read) = stderr.read(&mut buffer).await {
+            while let Ok(read) = output.read(&mut buffer).await {
                 if read == 0 {
                     break;
                 }
-                sink.lock().expect("stderr text").push_str(&String::from_utf8_lossy(&buffer[..read]));
+                sink.lock().expect("output text").push_str(&String::from_utf8_lossy(&buffer[..read]));
                 notify.notify_waiters();
             }
         });
@@ -217,11 +226,11 @@ impl StderrWatch {
 
     /// Everything read so far.
     pub fn text(&self) -> String {
-        self.text.lock().expect("stderr text").clone()
+        self.text.lock().expect("output text").clone()
     }
 
-    /// Waits (at most 60 s) until the standard error contains `needle`; panics with what it
-    /// holds otherwise.
+    /// Waits (at most 60 s) until the output contains `needle`; panics with what it holds
+    /// otherwise.
     pub async fn wait_for(&self, needle: &str) {
         let found = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
@@ -233,7 +242,7 @@ impl StderrWatch {
             }
         })
         .await;
-        assert!(found.is_ok(), "no {needle:?} on stderr within 60 s:\n{}", self.text());
+        assert!(found.is_ok(), "no {needle:?} within 60 s:\n{}", self.text());
     }
 }
 

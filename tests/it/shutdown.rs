@@ -180,7 +180,7 @@ async fn a_second_sigterm_exits_at_once_with_the_report_and_no_process_left() {
     let path = agentry.file("c.toml", &text);
     let mut child = agentry.spawn(&["run", "-c", path.to_str().expect("utf-8")]);
     let pid = child.id().expect("pid");
-    let stderr = crate::harness::StderrWatch::take(&mut child);
+    let stderr = crate::harness::OutputWatch::stderr(&mut child);
     tokio::time::timeout(Duration::from_secs(60), async {
         while model.request_count() < 3 || model.in_flight() < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -226,7 +226,7 @@ async fn signals_during_the_shutdown_are_answered_and_a_second_one_exits_at_once
     let path = agentry.file("c.toml", &text);
     let mut child = agentry.spawn(&["run", "-c", path.to_str().expect("utf-8")]);
     let pid = child.id().expect("pid");
-    let stderr = crate::harness::StderrWatch::take(&mut child);
+    let stderr = crate::harness::OutputWatch::stderr(&mut child);
     let report = agentry.dir().join("definitions/report.json");
     tokio::time::timeout(Duration::from_secs(60), async {
         while !report.exists() || crate::harness::live_pids(&stubborn, None).is_empty() {
@@ -276,7 +276,7 @@ async fn a_question_interrupted_after_its_save_is_answered_by_the_file() {
     let path = path.to_str().expect("utf-8");
     let mut child = agentry.spawn(&["run", "-c", path]);
     let pid = child.id().expect("pid");
-    let stderr = crate::harness::StderrWatch::take(&mut child);
+    let stderr = crate::harness::OutputWatch::stderr(&mut child);
     tokio::time::timeout(Duration::from_secs(60), async {
         while agentry.research_files("out").is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
