@@ -151,3 +151,63 @@ async fn a_stream_that_does_not_begin_within_the_first_token_timeout_is_retried(
     let file = std::fs::read_to_string(&agentry.research_files("definitions")[0]).expect("file");
     assert!(file.contains("In time."), "{file}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_stalls_past_the_idle_timeout_is_retried() {
+    let stalled = Reply::text("Stalled after its first words.").stall_after(3);
+    let model = ModelServer::start(Arc::new(Queue::new([stalled, Reply::text("Whole.")]))).await.expect("model");
+    let agentry =
+        Agentry::new().env("AGENTRY__MODEL__IDLE_TIMEOUT", "300ms").env("AGENTRY__MODEL__RETRY_MIN_DELAY", "1ms");
+    let run = run_one(&model, &agentry).await;
+    run.expect_code(0);
+    assert_eq!(model.request_count(), 2);
+    assert!(run.stderr.contains("stopped sending the response: nothing for 300ms"), "{}", run.stderr);
+    let report = agentry.report("definitions/report.json");
+    assert_eq!(report["questions"][0]["retries"], 1, "{report}");
+    let file = std::fs::read_to_string(&agentry.research_files("definitions")[0]).expect("file");
+    assert!(file.contains("Whole.") && !file.contains("Stalled"), "{file}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_stream_that_keeps_writing_is_never_cut() {
+    // 40 events 100 ms apart: the answer takes over ten idle timeouts, and each gap is a third
+    // of one. Nothing may cut it: one request, no retry.
+    let text = "A slow model writes its answer a few words at a time, and it is still alive. ".repeat(8);
+    let slow = Reply::text(text.trim()).trickle(std::time::Duration::from_millis(100));
+    let model = ModelServer::start(Arc::new(Queue::new([slow]))).await.expect("model");
+    let agentry = Agentry::new().env("AGENTRY__MODEL__IDLE_TIMEOUT", "300ms");
+    let run = run_one(&model, &agentry).await;
+    run.expect_code(0);
+    assert_eq!(model.request_count(), 1, "{}", run.stderr);
+    let report = agentry.report("definitions/report.json");
+    assert_eq!(report["questions"][0]["retries"], 0, "{report}");
+    assert!(report["questions"][0]["duration_s"].as_f64().is_some_and(|s| s > 1.2), "{report}");
+    let file = std::fs::read_to_string(&agentry.research_files("definitions")[0]).expect("file");
+    assert!(file.contains(text.trim()), "{file}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_prints_the_answer_as_it_is_written_and_ctrl_c_drops_it_at_once() {
+    // The stream stops after its first words and never goes on (the connection stays open,
+    // and the timeouts are long): what ask printed by then was printed as it came.
+    let answer = "First words of the answer, then much more, and the last words.";
+    let stalled = Reply::text(answer).stall_after(3);
+    let model = ModelServer::start(Arc::new(Queue::new([stalled]))).await.expect("model");
+    // A batch's grace would keep the question for 10 minutes: ask drops it at once.
+    let agentry = Agentry::new()
+        .env("AGENTRY__MODEL__IDLE_TIMEOUT", "10m")
+        .env("AGENTRY__MODEL__FIRST_TOKEN_TIMEOUT", "10m")
+        .env("AGENTRY__BATCH__SHUTDOWN_GRACE", "10m");
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, ""));
+    let mut child = agentry.spawn(&["ask", "-c", path.to_str().expect("utf-8"), "Define streaming"]);
+    let stdout = crate::harness::OutputWatch::stdout(&mut child);
+    stdout.wait_for("First words of the answer").await;
+    assert!(!stdout.text().contains("last words"), "{}", stdout.text());
+    assert_eq!(model.request_count(), 1);
+    // Ctrl-C: the question is dropped with its connection, no grace, no file.
+    crate::harness::signal(child.id().expect("pid"), "INT");
+    let run = Agentry::finish(child).await;
+    assert_eq!(run.code, 1, "interrupted: {}", run.stderr);
+    assert!(agentry.research_files("definitions").is_empty());
+    assert!(!stdout.text().contains("last words"), "{}", stdout.text());
+}
