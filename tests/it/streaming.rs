@@ -211,3 +211,38 @@ async fn ask_prints_the_answer_as_it_is_written_and_ctrl_c_drops_it_at_once() {
     assert!(agentry.research_files("definitions").is_empty());
     assert!(!stdout.text().contains("last words"), "{}", stdout.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_ragged_streams_writes_what_a_batch_over_whole_answers_writes() {
+    use agentry::demo::scripted::ScriptedResearcher;
+    use agentry::demo::search_server::SearchServer;
+    use agentry_testkit::model_server::StreamStyle;
+
+    // Pieces of 1–7 characters cut inside JSON escapes, calls interleaved, writes of 3 bytes
+    // cutting multi-byte characters: the researcher's search, save and answer come through whole.
+    let ragged = ModelServer::start(Arc::new(ScriptedResearcher::new()))
+        .await
+        .expect("model")
+        .with_stream_style(StreamStyle::ragged());
+    let search = SearchServer::start().await.expect("search");
+    let questions = "[batch]\nquestions = [\"Define Machine Learning\", \"What is the actor model?\", \
+                     \"Qu'est-ce que l'été ? 日本語 🦀\"]\n";
+    let mut bodies = Vec::new();
+    for stream in ["true", "false"] {
+        let agentry = Agentry::new().env("AGENTRY__MODEL__STREAM", stream);
+        let path = agentry.file("c.toml", &config(&ragged.base_url(), Some(&search.url()), questions));
+        agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+        let mut files: Vec<String> = agentry
+            .research_files("definitions")
+            .iter()
+            .map(|file| std::fs::read_to_string(file).expect("file"))
+            // The write-up, not the front matter (its time differs).
+            .map(|text| text.split("\n---\n").nth(1).unwrap_or_default().to_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 3);
+        bodies.push(files);
+    }
+    assert!(ragged.requests().iter().any(|r| r.body["stream"] == true));
+    assert_eq!(bodies[0], bodies[1], "streamed and whole answers give the same research");
+}
