@@ -32,7 +32,7 @@
 //! Every chat-completion request is recorded ([`ModelServer::requests`]) and
 //! concurrency is measured ([`ModelServer::peak_in_flight`]), so integration
 //! tests can assert on exactly what the agent sent and how. Request validation
-//! is in [`validate`]; the completion body is the demo's
+//! is in the `validate` module; the completion body is the demo's
 //! ([`agentry::demo::model::completion_body`]), so both answer alike.
 //!
 //! ```no_run
