@@ -192,7 +192,10 @@ pub fn stream_chunks(whole: &Value, include_usage: bool) -> Vec<Value> {
         })
     };
     let message = &whole["choices"][0]["message"];
-    let mut chunks = vec![chunk(serde_json::json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    // The text begins with "", an answer of calls alone with null (as its message has).
+    let begins = if message["content"].is_null() { Value::Null } else { Value::from("") };
+    let mut chunks =
+        vec![chunk(serde_json::json!({"role": "assistant", "content": begins, "refusal": null}), Value::Null)];
     for piece in pieces(message["content"].as_str().unwrap_or_default()) {
         chunks.push(chunk(serde_json::json!({"content": piece}), Value::Null));
     }
@@ -301,5 +304,26 @@ mod tests {
         assert_eq!(body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "search");
         assert_eq!(body["usage"]["total_tokens"], body["usage"]["prompt_tokens"].as_u64().unwrap_or(0) + 3);
         assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    }
+
+    #[test]
+    fn a_stream_begins_as_openai_begins_one() {
+        let answer = |content: Option<&str>, calls: Vec<CallOut>| Completion {
+            id: "chatcmpl-1".into(),
+            model: json!("m"),
+            content: content.map(str::to_owned),
+            tool_calls: calls,
+            finish_reason: None,
+            prompt_tokens: 1,
+            cached_tokens: 0,
+        };
+        // Text: the first chunk's content is "" (the text begins); calls alone: null, as in the
+        // unstreamed message (OpenAI's SDK reads "" as text).
+        let text = stream_chunks(&completion_body(&answer(Some("Hi"), Vec::new())), true);
+        assert_eq!(text[0]["choices"][0]["delta"]["content"], "");
+        let call = CallOut { id: "call_1".into(), name: "search".into(), arguments: "{}".into() };
+        let calls = stream_chunks(&completion_body(&answer(None, vec![call])), true);
+        assert_eq!(calls[0]["choices"][0]["delta"]["content"], Value::Null);
+        assert_eq!(calls[0]["choices"][0]["delta"]["role"], "assistant");
     }
 }

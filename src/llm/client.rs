@@ -427,7 +427,8 @@ impl ChatClient {
                 }
                 Ok(Some(Ok(event))) => event,
             };
-            // Comments (keep-alives) and events without data carry no chunk.
+            // An event without data carries no chunk. (Comment lines, `: keep-alive`, make no
+            // event at all: a server that only keeps the connection alive is not writing.)
             let Some(data) = event.data else { continue };
             received += data.len();
             if received > MAX_RESPONSE_BYTES {
@@ -456,9 +457,11 @@ impl ChatClient {
                 log.show(Shown::Text(text));
             }
         }
-        let response = assembler
-            .finish()
-            .map_err(|incomplete| LlmError::Incomplete { url: shown.to_owned(), problem: incomplete.to_string() })?;
+        let response = assembler.finish().map_err(|incomplete| match incomplete.is_cut() {
+            true => LlmError::Incomplete { url: shown.to_owned(), problem: incomplete.to_string() },
+            // Wrong, not cut: the next stream of this server would be wrong the same way.
+            false => LlmError::Protocol { url: shown.to_owned(), message: incomplete.to_string() },
+        })?;
         Ok(Completion { response, time_to_first_chunk })
     }
 

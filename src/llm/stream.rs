@@ -183,6 +183,17 @@ pub enum Incomplete {
     },
 }
 
+impl Incomplete {
+    /// The stream was cut short (asking again may give the whole answer), rather than wrong in
+    /// a way every stream of this server will be.
+    pub fn is_cut(&self) -> bool {
+        match self {
+            Self::Cut { .. } | Self::Unended => true,
+            Self::ToolCall { .. } => false,
+        }
+    }
+}
+
 /// Builds the answer from a stream's chunks, as they come.
 #[derive(Debug, Default)]
 pub struct Assembler {
@@ -194,7 +205,8 @@ pub struct Assembler {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     chunks: usize,
-    done: bool,
+    /// `[DONE]` came, or the usage with or after the finish reason.
+    ended: bool,
 }
 
 #[derive(Debug, Default)]
@@ -216,6 +228,10 @@ impl Assembler {
         }
         if chunk.usage.is_some() {
             self.usage = chunk.usage;
+            // The usage of the whole answer comes with or after its finish reason (a server may
+            // send the usage so far on every chunk before).
+            let finishes = chunk.choices.iter().any(|c| c.index == 0 && c.finish_reason.is_some());
+            self.ended |= finishes || self.finish_reason.is_some();
         }
         let choice = chunk.choices.into_iter().find(|choice| choice.index == 0)?;
         if choice.finish_reason.is_some() {
@@ -243,7 +259,7 @@ impl Assembler {
 
     /// The stream said `[DONE]`.
     pub fn done(&mut self) {
-        self.done = true;
+        self.ended = true;
     }
 
     /// Whether a chunk came yet.
@@ -252,13 +268,13 @@ impl Assembler {
     }
 
     /// The whole answer, or why the chunks so far are not one. An answer is whole when its
-    /// `finish_reason` came and then either its usage or `[DONE]` (some servers send no usage
-    /// chunk; one that sends neither may have been cut before it).
+    /// `finish_reason` came and, with it or after it, its usage or `[DONE]` (some servers send
+    /// no usage chunk; one that sends neither may have been cut before it).
     pub fn finish(self) -> Result<ChatResponse, Incomplete> {
         let Some(finish_reason) = self.finish_reason else {
             return Err(Incomplete::Cut { chunks: self.chunks });
         };
-        if !self.done && self.usage.is_none() {
+        if !self.ended {
             return Err(Incomplete::Unended);
         }
         let mut tool_calls = Vec::with_capacity(self.calls.len());
@@ -374,6 +390,28 @@ mod tests {
         let (mut assembler, _) = assemble(&[HEAD, stop]);
         assembler.done();
         assert!(assembler.finish().is_ok(), "[DONE] ends it, usage or not");
+    }
+
+    #[test]
+    fn a_usage_on_every_chunk_does_not_end_a_stream_cut_after_its_finish_reason() {
+        // vLLM's continuous usage stats: every chunk carries the usage so far.
+        let (assembler, _) = assemble(&[
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        ]);
+        assert_eq!(assembler.finish().expect_err("cut after the finish"), Incomplete::Unended);
+        let (assembler, _) = assemble(&[
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        ]);
+        let response = assembler.finish().expect("the finish chunk carries the final usage");
+        assert_eq!(response.usage.map(|u| u.completion_tokens), Some(2));
+    }
+
+    #[test]
+    fn a_call_without_a_name_is_a_wrong_stream_not_a_cut_one() {
+        assert!(!Incomplete::ToolCall { index: 0, missing: "name" }.is_cut());
+        assert!(Incomplete::Cut { chunks: 3 }.is_cut() && Incomplete::Unended.is_cut());
     }
 
     #[test]

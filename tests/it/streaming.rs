@@ -246,3 +246,27 @@ async fn a_batch_over_ragged_streams_writes_what_a_batch_over_whole_answers_writ
     assert!(ragged.requests().iter().any(|r| r.body["stream"] == true));
     assert_eq!(bodies[0], bodies[1], "streamed and whole answers give the same research");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_tool_call_without_a_name_fails_at_once_instead_of_being_retried() {
+    let nameless = sse(
+        &[
+            chunk(json!({"role": "assistant", "content": null}), None),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"arguments": "{}"}}]}),
+                None,
+            ),
+            chunk(json!({}), Some("tool_calls")),
+        ],
+        "data: [DONE]\n\n",
+    );
+    let model = ModelServer::start(Arc::new(Queue::new([nameless, Reply::text("never")]))).await.expect("model");
+    let agentry = Agentry::new();
+    run_one(&model, &agentry).await.expect_code(1);
+    assert_eq!(model.request_count(), 1, "every stream of this server would be wrong the same way");
+    let report = agentry.report("definitions/report.json");
+    assert_eq!(report["questions"][0]["error_type"], "protocol_error", "{report}");
+    assert!(
+        report["questions"][0]["error"].as_str().is_some_and(|e| e.contains("tool call 0 of the stream has no name"))
+    );
+}

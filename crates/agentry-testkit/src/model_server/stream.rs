@@ -4,9 +4,9 @@
 //! By default a stream is the demo's ([`agentry::demo::model::stream_chunks`]): the role, the
 //! text and then each call's arguments in 16-character pieces (a call's id and name in its first
 //! piece), the finish reason, the usage chunk, `[DONE]`, each event written as soon as the one
-//! before; but an answer without text starts with `"content": null`, as OpenAI's does. A [`StreamStyle`], for the whole server ([`ModelServer::with_stream_style`]) or for
-//! one reply ([`Reply::Pieces`], [`Reply::Trickle`], [`Reply::SplitWrites`]), cuts and paces it
-//! otherwise:
+//! before (an answer without text starts with `"content": null`, as OpenAI's does). A
+//! [`StreamStyle`], for the whole server ([`ModelServer::with_stream_style`]) or for one reply
+//! ([`Reply::Pieces`], [`Reply::Trickle`], [`Reply::SplitWrites`]), cuts and paces it otherwise:
 //!
 //! ```text
 //! pieces [1, 3, 2]            "Ma" "chi" "n" "e l" "ea" …     text and arguments, in characters
@@ -233,18 +233,13 @@ pub(super) fn sse_events(whole: &Value, include_usage: bool, style: &StreamStyle
 
 /// The `chat.completion.chunk`s of the completion `whole`: the demo's, with the text and the
 /// arguments cut in `style`'s pieces and the calls in its order. The demo's first chunk (the
-/// role) and its last ones (the finish reason, the usage) are kept, but for an answer without
-/// text the first says `"content": null`, as OpenAI's does: OpenAI's SDK reads `""` there as
-/// the text, and then differs from the unstreamed answer's `null`.
+/// role) and its last ones (the finish reason, the usage) are kept.
 fn chunks(whole: &Value, include_usage: bool, style: &StreamStyle) -> Vec<Value> {
     let demo = shape::stream_chunks(whole, include_usage);
-    let Some(mut first) = demo.first().cloned() else {
+    let Some(first) = demo.first().cloned() else {
         return demo;
     };
     let message = &whole["choices"][0]["message"];
-    if message["content"].is_null() {
-        first["choices"][0]["delta"]["content"] = Value::Null;
-    }
     let finish_at = demo.iter().position(|chunk| !chunk["choices"][0]["finish_reason"].is_null()).unwrap_or(demo.len());
     let with_delta = |delta: Value| {
         let mut chunk = first.clone();
