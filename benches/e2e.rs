@@ -12,7 +12,8 @@
 //! Per scenario and run: wall time; the ideal time `ceil(N/C) × (model calls per question ×
 //! model latency + tool latency)` and efficiency = ideal / wall; agentry's user+sys CPU per
 //! question (getrusage of the waited child); its peak RSS (`VmHWM`, sampled every 5 ms);
-//! questions per second; time from process start to the first model request. Every run is verified: N research files and N `ok` rows, so a fast
+//! questions per second; time from process start to the first model request; the model peer's
+//! own CPU per question (what streaming costs the other side). Every run is verified: N research files and N `ok` rows, so a fast
 //! wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
 //! with every run, to `<out>/bench.json` and `<out>/bench.md`.
 //!
@@ -116,6 +117,8 @@ struct Measured {
     first_request_ms: f64,
     /// Share of model requests refused with 429 (rate-limited scenarios).
     refused: f64,
+    /// The model server's CPU per question: what streaming costs the other side.
+    model_peer_cpu_ms_per_question: f64,
 }
 
 /// One peer (the test kit's model server, or the demo's search server with a latency) in its
@@ -152,6 +155,16 @@ impl Peer {
         let url =
             line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("{kind}: unexpected {line:?}")).to_owned();
         Peer { child, url, input, output }
+    }
+
+    /// The peer's user+sys CPU so far, in seconds (`/proc/<pid>/stat`).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command (which may hold spaces) start after its ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+        // USER_HZ is 100 on Linux.
+        ticks / 100.0
     }
 
     fn ask(&mut self, command: &str) -> String {
@@ -235,6 +248,7 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Me
     let out = dir.join(format!("out-{run}"));
     model.ask("reset");
     let cpu_before = cpu_seconds();
+    let model_cpu_before = model.cpu_seconds();
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
@@ -266,6 +280,7 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Me
     };
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
+    let model_cpu = model.cpu_seconds() - model_cpu_before;
     assert!(status.success(), "{}: agentry exited with {status}", scenario.name);
 
     // Verify the run: N research files and N ok rows.
@@ -304,6 +319,7 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Me
         questions_per_s: scenario.questions as f64 / wall,
         first_request_ms: first_request,
         refused: if scenario.limits.is_some() { refused / (accepted + refused).max(1.0) } else { f64::NAN },
+        model_peer_cpu_ms_per_question: model_cpu * 1000.0 / scenario.questions as f64,
     }
 }
 
@@ -342,7 +358,7 @@ fn main() {
     std::fs::create_dir_all(&out).expect("out dir");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
-    let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms | refused |\n|---|---|---|---|---|---|---|---|---|---|---|\n".to_string();
+    let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms | refused | model peer CPU ms/question |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n".to_string();
     let mut all = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
         let mut model = Peer::start("model", scenario.model_latency, scenario.limits);
@@ -373,7 +389,7 @@ fn main() {
             measured.push(m);
         }
         table.push_str(&format!(
-            "| {} {} | {} | {} | {} / {} ms | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} {} | {} | {} | {} / {} ms | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             scenario.name,
             scenario.what,
             scenario.questions,
@@ -387,6 +403,7 @@ fn main() {
             cell(measured.iter().map(|m| m.questions_per_s), 0),
             cell(measured.iter().map(|m| m.first_request_ms), 0),
             cell(measured.iter().map(|m| m.refused * 100.0), 1).replace(')', "%)"),
+            cell(measured.iter().map(|m| m.model_peer_cpu_ms_per_question), 2),
         ));
         all.push(json!({
             "scenario": scenario.name,
