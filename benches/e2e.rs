@@ -13,8 +13,8 @@
 //! model latency + tool latency)` and efficiency = ideal / wall; agentry's user+sys CPU per
 //! question (getrusage of the waited child); its peak RSS (`VmHWM`, sampled every 5 ms);
 //! questions per second; time from process start to the first model request; the model peer's
-//! own CPU per question (what streaming costs the other side). Every run is verified: N research files and N `ok` rows, so a fast
-//! wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
+//! own CPU per question (what streaming costs the other side). Every run is verified: N
+//! research files and N `ok` rows, so a fast wrong run cannot pass. Medians with min–max are printed as a markdown table and written,
 //! with every run, to `<out>/bench.json` and `<out>/bench.md`.
 //!
 //! S5 runs against the model server's OpenAI-style rate limits, the token limit binding: its
