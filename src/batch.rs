@@ -22,6 +22,7 @@
 //!   printed on stdout.
 
 pub mod budget;
+pub mod journal;
 pub mod shard;
 
 use std::collections::HashSet;
@@ -35,7 +36,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::research_writer::write_file_atomically;
+use crate::actors::research_writer::{Settled, write_file_atomically, write_file_atomically_with};
 use crate::agent::{self, AgentContext, Recorder, Transcript};
 use crate::batch::budget::{Budget, BudgetReport};
 use crate::config::BatchSettings;
@@ -55,6 +56,8 @@ pub struct Planned {
     pub id: String,
     /// Already answered in this file (skipped).
     pub done: Option<PathBuf>,
+    /// Answered in this file before and asked again (`--force`): the new answer replaces it.
+    pub replaces: Option<PathBuf>,
 }
 
 /// A problem with the questions themselves.
@@ -83,7 +86,7 @@ pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) 
         questions
             .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
     }
-    let answered = if force { Default::default() } else { research::scan(&settings.output_dir) };
+    let answered = research::scan(&settings.output_dir);
     let mut seen = HashSet::new();
     let all: Vec<Planned> = questions
         .into_iter()
@@ -93,7 +96,11 @@ pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) 
             seen.insert(id.clone()).then_some((question, id))
         })
         .enumerate()
-        .map(|(index, (question, id))| Planned { index, done: answered.get(&id).cloned(), question, id })
+        .map(|(index, (question, id))| {
+            let earlier = answered.get(&id).cloned();
+            let (done, replaces) = if force { (None, earlier) } else { (earlier, None) };
+            Planned { index, done, replaces, question, id }
+        })
         .collect();
     if all.is_empty() {
         return Err(PlanError::Empty);
@@ -169,7 +176,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn empty(planned: &Planned, status: Status) -> Self {
+    pub(crate) fn empty(planned: &Planned, status: Status) -> Self {
         Row {
             index: planned.index,
             question: planned.question.clone(),
@@ -248,8 +255,26 @@ pub struct Report {
     /// The budget and what the model calls spent, per route.
     #[serde(default)]
     pub budget: BudgetReport,
-    /// One row per question, in the order given.
+    /// One row per question, in the order given (when written from a journal, the journal's
+    /// rows take their place).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub questions: Vec<Row>,
+}
+
+/// A report whose rows come from an iterator as they are written.
+#[derive(Serialize)]
+struct WithRows<'a, I: Iterator<Item = Row>> {
+    #[serde(flatten)]
+    head: &'a Report,
+    #[serde(serialize_with = "rows_as_they_come")]
+    questions: std::cell::RefCell<Option<I>>,
+}
+
+fn rows_as_they_come<I: Iterator<Item = Row>, S: serde::Serializer>(
+    rows: &std::cell::RefCell<Option<I>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(rows.borrow_mut().take().into_iter().flatten())
 }
 
 impl Report {
@@ -266,17 +291,44 @@ impl Report {
         write_file_atomically(path, &json)
     }
 
+    /// Writes `report.json` atomically: this report (its totals those of the whole batch) with
+    /// the rows of the journal at `journal` in question order, streamed (never all in memory).
+    pub fn write_from_journal(&self, path: &Path, journal: &Path) -> Result<(), String> {
+        let rows = journal::rows_in_order(journal).map_err(|error| error.to_string())?;
+        let failed = std::cell::RefCell::new(None);
+        let rows = rows.map_while(|row| row.map_err(|error| *failed.borrow_mut() = Some(error.to_string())).ok());
+        let report = WithRows { head: self, questions: std::cell::RefCell::new(Some(rows)) };
+        write_file_atomically_with(path, |out| {
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")
+        })
+        .map_err(|error| error.to_string())?;
+        failed.into_inner().map_or(Ok(()), Err)
+    }
+
     /// The short table for stdout.
     pub fn summary(&self) -> String {
+        self.summary_of(self.questions.iter().cloned())
+    }
+
+    /// [`Self::summary`] with `rows` (in question order) for this report's rows. A batch of
+    /// more than [`SUMMARY_ROWS`] questions shows only the rows not answered (the report has
+    /// them all), at most that many.
+    pub fn summary_of(&self, rows: impl Iterator<Item = Row>) -> String {
         use std::fmt::Write;
+        let all = self.totals.questions <= SUMMARY_ROWS;
+        let shown: Vec<Row> = rows
+            .filter(|row| all || !matches!(row.status, Status::Ok) && row.reason != Some(SkipReason::Answered))
+            .take(SUMMARY_ROWS)
+            .collect();
         let mut out = String::new();
-        let width = self.questions.iter().map(|r| r.question.chars().count().min(48)).max().unwrap_or(8).max(8);
+        let width = shown.iter().map(|r| r.question.chars().count().min(48)).max().unwrap_or(8).max(8);
         let _ = writeln!(
             out,
             "{:<9} {:<width$} {:>6} {:>5} {:>8}  file / error",
             "status", "question", "secs", "tools", "tokens"
         );
-        for row in &self.questions {
+        for row in &shown {
             let question: String = row.question.chars().take(48).collect();
             let status = row.status.as_str();
             let detail = match (&row.error, &row.transcript.file) {
@@ -293,6 +345,14 @@ impl Report {
             );
         }
         let t = &self.totals;
+        if !all {
+            let unanswered = t.failed + t.interrupted + t.skipped_for_budget;
+            let _ = writeln!(
+                out,
+                "({} of the {unanswered} questions not answered shown; every row is in the report)",
+                shown.len()
+            );
+        }
         let for_budget = match t.skipped_for_budget {
             0 => String::new(),
             n => format!(" ({n} for the budget)"),
@@ -309,6 +369,9 @@ impl Report {
         out
     }
 }
+
+/// Rows the summary shows at most (a larger batch shows only those not answered).
+pub const SUMMARY_ROWS: usize = 50;
 
 /// `spent 12345 tokens (1024 cached input), cost 0.0123 (cloud: …; local: …); budget: …`.
 fn budget_line(budget: &BudgetReport) -> String {
@@ -354,7 +417,8 @@ pub struct RunOptions {
     pub output_dir: PathBuf,
 }
 
-/// Answers the planned questions; the report has one row per planned question.
+/// Answers the planned questions; the report has one row per planned question (kept in
+/// memory: for a library caller; the CLI writes them to a journal with [`Rows::journaled`]).
 pub async fn run(
     context: &AgentContext,
     planned: Vec<Planned>,
@@ -362,11 +426,12 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Report {
     let rows = Rows::new(&planned, &context.settings.name, options);
-    run_recorded(context, planned, &rows, options, shutdown).await
+    run_recorded(context, planned, &rows, options, shutdown).await;
+    rows.report()
 }
 
-/// [`run`], keeping every row in `rows` as it goes (finished rows, and what the questions in
-/// flight did so far), so a report can be written from them before the batch ends
+/// [`run`], putting each row in `rows` as it finishes (its journal, or memory) and keeping
+/// what the questions in flight did so far, so a report can be written before the batch ends
 /// ([`Rows::snapshot`]).
 pub async fn run_recorded(
     context: &AgentContext,
@@ -374,7 +439,7 @@ pub async fn run_recorded(
     rows: &Rows,
     options: &RunOptions,
     shutdown: &CancellationToken,
-) -> Report {
+) {
     let progress = Progress::new(planned.len() as u64, options.progress);
     let budget = rows.budget();
     let mut work = Vec::new();
@@ -409,43 +474,51 @@ pub async fn run_recorded(
         rows.finish(index, row);
     }
     progress.done();
-    rows.report()
 }
 
-/// The batch's rows as they stand, shared between the batch and whoever must write the report
-/// before it ends (a second signal): each question is waiting, in flight (with the transcript
-/// its agent writes) or finished.
+/// The batch's rows, shared between the batch and whoever must write the report before it
+/// ends (a second signal). Only the questions in flight are held (with the transcript their
+/// agent writes); a finished row goes to the journal (`report.jsonl`) at once and is counted
+/// in the totals, so memory does not grow with the number of questions.
 #[derive(Clone)]
 pub struct Rows(Arc<Mutex<Board>>);
 
 struct Board {
-    /// The report without its rows.
+    /// The report without its rows; its totals are those of the rows finished so far.
     head: Report,
     started: std::time::Instant,
-    /// When the batch started, for the files it wrote ([`Report::answer_by_saved_files`]).
-    since: SystemTime,
     /// What the batch may spend and has spent.
     budget: Budget,
     /// Where the answers are shown as they are written (a single question's run).
     echo: Option<Echo>,
-    questions: Vec<Question>,
+    /// The questions, for the rows of those not finished at a second signal.
+    planned: Arc<[Planned]>,
+    /// By index: its row is in the sink.
+    finished: Vec<bool>,
+    running: std::collections::HashMap<usize, Running>,
+    sink: Sink,
+    /// The row of a one-question batch, kept too: its answer is printed.
+    single: Option<Row>,
 }
 
-enum Question {
-    /// Not started (its row says so).
-    Waiting(Row),
-    /// In flight: its row so far and what its agent did.
-    Running {
-        row: Row,
-        transcript: Recorder,
-        log: Arc<CallLog>,
-        started: std::time::Instant,
-    },
-    Finished(Row),
+/// A question in flight: its row so far and what its agent did.
+struct Running {
+    row: Row,
+    transcript: Recorder,
+    log: Arc<CallLog>,
+    started: std::time::Instant,
+}
+
+/// Where finished rows go.
+enum Sink {
+    /// Kept (a library caller's batch).
+    Memory(Vec<Row>),
+    /// Appended to `report.jsonl`.
+    Journal(journal::Journal),
 }
 
 impl Rows {
-    /// One waiting row per planned question.
+    /// The rows of `planned`, none finished yet, kept in memory.
     pub fn new(planned: &[Planned], agent: &str, options: &RunOptions) -> Self {
         let head = Report {
             agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -454,22 +527,30 @@ impl Rows {
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             agent: agent.to_owned(),
             output_dir: options.output_dir.clone(),
-            totals: Totals::default(),
+            totals: Totals { questions: planned.len(), ..Totals::default() },
             secrets: Vec::new(),
             restarts: Default::default(),
             budget: BudgetReport::default(),
             questions: Vec::new(),
         };
-        let questions = planned.iter().map(|item| Question::Waiting(not_started(item))).collect();
         let board = Board {
             head,
             started: std::time::Instant::now(),
-            since: SystemTime::now(),
             budget: Budget::default(),
             echo: None,
-            questions,
+            planned: planned.to_vec().into(),
+            finished: vec![false; planned.len()],
+            running: Default::default(),
+            sink: Sink::Memory(Vec::new()),
+            single: None,
         };
         Self(Arc::new(Mutex::new(board)))
+    }
+
+    /// The same rows, each appended to `journal` as it finishes instead of kept.
+    pub fn journaled(self, journal: journal::Journal) -> Self {
+        self.board().sink = Sink::Journal(journal);
+        self
     }
 
     /// The same rows, the batch held to `budget` (without one, spend is counted at no price).
@@ -500,64 +581,97 @@ impl Rows {
             None => CallLog::default(),
         };
         let (transcript, log) = (Recorder::default(), Arc::new(log));
-        if let Some(Question::Waiting(row)) = board.questions.get(index) {
-            let row = Row { status: Status::Interrupted, error: None, ..row.clone() };
-            let running = Question::Running {
-                row,
-                transcript: transcript.clone(),
-                log: log.clone(),
-                started: std::time::Instant::now(),
-            };
-            board.questions[index] = running;
+        if let Some(item) = board.planned.get(index) {
+            let row = Row { error: None, ..not_started(item) };
+            let running =
+                Running { row, transcript: transcript.clone(), log: log.clone(), started: std::time::Instant::now() };
+            board.running.insert(index, running);
         }
         (transcript, log)
     }
 
+    /// Question `index` ended with `row`: counted, and written to the sink.
     fn finish(&self, index: usize, row: Row) {
-        if let Some(question) = self.board().questions.get_mut(index) {
-            *question = Question::Finished(row);
+        let mut board = self.board();
+        board.running.remove(&index);
+        match board.finished.get_mut(index) {
+            // One row per question: a question that ends after a second signal wrote its row
+            // keeps that row.
+            Some(true) => return,
+            Some(done) => *done = true,
+            None => {}
+        }
+        board.head.totals.add(&row);
+        if board.planned.len() == 1 {
+            board.single = Some(row.clone());
+        }
+        match &mut board.sink {
+            Sink::Memory(rows) => rows.push(row),
+            Sink::Journal(journal) => journal.append(&row),
         }
     }
 
-    /// The report of a finished batch.
+    /// The rows kept in memory, as a report (a library caller's batch).
     fn report(&self) -> Report {
-        self.snapshot("not finished")
+        let mut board = self.board();
+        let mut report = board.head.clone();
+        report.totals.duration_s = board.started.elapsed().as_secs_f64();
+        report.budget = board.budget.report();
+        if let Sink::Memory(rows) = &mut board.sink {
+            report.questions = std::mem::take(rows);
+            report.questions.sort_by_key(|row| row.index);
+        }
+        report
     }
 
-    /// When the batch started: research files written since are this run's.
-    pub fn since(&self) -> SystemTime {
-        self.board().since
+    /// The report of a finished batch without its rows (they are in the journal), its totals
+    /// those of every row, and the one row of a one-question batch.
+    pub fn finished(&self) -> (Report, Option<Row>) {
+        let mut board = self.board();
+        let mut head = board.head.clone();
+        head.totals.duration_s = board.started.elapsed().as_secs_f64();
+        head.budget = board.budget.report();
+        if let Sink::Journal(journal) = &mut board.sink
+            && let Err(error) = journal.finish()
+        {
+            tracing::error!(%error, "the report journal is incomplete");
+        }
+        (head, board.single.take())
     }
 
-    /// The report as things stand: finished rows as they are; the questions in flight
-    /// `interrupted` with what they did so far (`ok` with a warning when their research was
-    /// saved: the file is the answer), with `why` as their error; the rest `interrupted`, not
-    /// started.
-    pub fn snapshot(&self, why: &str) -> Report {
-        let board = self.board();
-        let questions = board
-            .questions
-            .iter()
-            .map(|question| match question {
-                Question::Waiting(row) | Question::Finished(row) => row.clone(),
-                Question::Running { row, transcript, log, started } => {
-                    let mut row = row.clone();
-                    row.duration_s = started.elapsed().as_secs_f64();
-                    row.transcript = transcript.snapshot();
-                    row.transcript.retries = log.retries();
-                    row.transcript.rate_limited = log.rate_limited();
+    /// Writes a row for every question not finished yet: those in flight `interrupted` with
+    /// what they did so far (`ok` with a warning when their research was saved: the file is
+    /// the answer), with `why` as their error; the rest `interrupted`, not started. Then every
+    /// question has its row in the sink.
+    pub fn snapshot(&self, why: &str) {
+        let running: Vec<(usize, Row)> = {
+            let board = self.board();
+            board
+                .running
+                .iter()
+                .map(|(index, running)| {
+                    let mut row = running.row.clone();
+                    row.duration_s = running.started.elapsed().as_secs_f64();
+                    row.transcript = running.transcript.snapshot();
+                    row.transcript.retries = running.log.retries();
+                    row.transcript.rate_limited = running.log.rate_limited();
                     match row.transcript.file {
                         Some(_) => answered_by_file(&mut row, why),
                         None => row.error = Some(why.to_owned()),
                     }
-                    row
-                }
-            })
-            .collect();
-        let mut report = Report { questions, budget: board.budget.report(), ..board.head.clone() };
-        report.totals = totals(&report.questions, board.started.elapsed().as_secs_f64());
-        report.answer_by_saved_files(board.since);
-        report
+                    (*index, row)
+                })
+                .collect()
+        };
+        for (index, row) in running {
+            self.finish(index, row);
+        }
+        let planned = self.board().planned.clone();
+        for (index, item) in planned.iter().enumerate() {
+            if !self.board().finished.get(index).copied().unwrap_or(true) {
+                self.finish(index, not_started(item));
+            }
+        }
     }
 }
 
@@ -590,51 +704,26 @@ fn answered_by_file(row: &mut Row, error: &str) {
     row.warning = Some(format!("answered by the research saved before this: {error}"));
 }
 
-impl Report {
-    /// Applies what the research writer found when the files reached the disk: a question
-    /// whose file could not be written failed after all; a file another process's name pushed
-    /// aside is where it really is.
-    pub fn apply_writes(&mut self, ended: &crate::actors::research_writer::Ended) {
-        for row in &mut self.questions {
-            if let Some(error) = ended.failed.get(&row.question_id) {
-                row.status = Status::Failed;
-                row.transcript.file = None;
-                row.error_type = Some("save_failed".into());
-                row.error = Some(error.clone());
-            } else if let Some(path) = ended.moved.get(&row.question_id) {
-                row.transcript.file = Some(path.clone());
-            }
+/// What the research writer says of a question's file, on its row: a write that failed makes
+/// the question failed after all; a file that landed (in a turn cut short, say, so the agent
+/// never heard back) answers it; a file another process's name pushed aside is where it is.
+fn settle(row: &mut Row, settled: Settled) {
+    match settled {
+        Settled { failed: Some(error), .. } => {
+            row.status = Status::Failed;
+            row.reason = None;
+            row.transcript.file = None;
+            row.error_type = Some("save_failed".into());
+            row.error = Some(error);
         }
-        self.totals = totals(&self.questions, self.totals.duration_s);
-    }
-
-    /// The research file is the answer, from the directory's side: a question that ended
-    /// (failed, interrupted) with no file in its row, while a file of its written since `since`
-    /// is in the output directory (saved in a turn cut short, so the agent never heard back),
-    /// is answered by that file: `ok` with a warning. The directory and a rerun then agree
-    /// with the report. Reads the directory only when such a row exists.
-    pub fn answer_by_saved_files(&mut self, since: SystemTime) {
-        let cut = |row: &Row| {
-            matches!(row.status, Status::Failed | Status::Interrupted)
-                && row.transcript.file.is_none()
-                && row.error.as_deref() != Some(NOT_STARTED)
-        };
-        if !self.questions.iter().any(cut) {
-            return;
-        }
-        // File times are kept at the kernel's tick, which may lag the clock read at the start.
-        let since = since.checked_sub(Duration::from_secs(1)).unwrap_or(since);
-        let files = research::scan(&self.output_dir);
-        for row in self.questions.iter_mut().filter(|row| cut(row)) {
-            let Some(file) = files.get(&row.question_id) else { continue };
-            let written = std::fs::metadata(file).and_then(|m| m.modified());
-            if written.is_ok_and(|at| at >= since) {
+        Settled { file: Some(file), .. } => {
+            if matches!(row.status, Status::Failed | Status::Interrupted) {
                 let error = row.error.take().unwrap_or_else(|| row.status.as_str().to_owned());
                 answered_by_file(row, &error);
-                row.transcript.file = Some(file.clone());
             }
+            row.transcript.file = Some(file);
         }
-        self.totals = totals(&self.questions, self.totals.duration_s);
+        Settled { file: None, failed: None } => {}
     }
 }
 
@@ -692,26 +781,33 @@ pub fn merge(reports: Vec<Report>) -> Report {
 fn totals(rows: &[Row], duration_s: f64) -> Totals {
     let mut totals = Totals { questions: rows.len(), duration_s, ..Totals::default() };
     for row in rows {
-        match row.status {
-            Status::Ok => totals.ok += 1,
-            Status::Failed => totals.failed += 1,
-            Status::Skipped => totals.skipped += 1,
-            Status::Interrupted => totals.interrupted += 1,
-        }
-        if row.reason == Some(SkipReason::Budget) {
-            totals.skipped_for_budget += 1;
-        }
-        totals.input_tokens += row.transcript.input_tokens;
-        totals.cached_input_tokens += row.transcript.cached_input_tokens;
-        totals.output_tokens += row.transcript.output_tokens;
-        totals.cost += row.transcript.cost;
-        totals.tool_calls += u64::from(row.transcript.tool_calls);
-        if row.transcript.rate_limited > 0 {
-            let route = row.transcript.route.clone().unwrap_or_else(|| "unknown".into());
-            *totals.rate_limited.entry(route).or_default() += u64::from(row.transcript.rate_limited);
-        }
+        totals.add(row);
     }
     totals
+}
+
+impl Totals {
+    /// Counts a finished row (not in `questions`: that is the batch's size).
+    fn add(&mut self, row: &Row) {
+        match row.status {
+            Status::Ok => self.ok += 1,
+            Status::Failed => self.failed += 1,
+            Status::Skipped => self.skipped += 1,
+            Status::Interrupted => self.interrupted += 1,
+        }
+        if row.reason == Some(SkipReason::Budget) {
+            self.skipped_for_budget += 1;
+        }
+        self.input_tokens += row.transcript.input_tokens;
+        self.cached_input_tokens += row.transcript.cached_input_tokens;
+        self.output_tokens += row.transcript.output_tokens;
+        self.cost += row.transcript.cost;
+        self.tool_calls += u64::from(row.transcript.tool_calls);
+        if row.transcript.rate_limited > 0 {
+            let route = row.transcript.route.clone().unwrap_or_else(|| "unknown".into());
+            *self.rate_limited.entry(route).or_default() += u64::from(row.transcript.rate_limited);
+        }
+    }
 }
 
 async fn answer_one(
@@ -743,7 +839,10 @@ async fn answer_one(
     if let Some(trace_id) = &trace_id {
         span.record("trace_id", trace_id.as_str());
     }
-    let question = item.question.clone();
+    let (question, item_id) = (item.question.clone(), item.id.clone());
+    if let Some(file) = &item.replaces {
+        context.writer.replaces(&item.id, file.clone()).await;
+    }
     let mut row = Row::empty(&item, Status::Failed);
     let started = std::time::Instant::now();
     // The question's one deadline: every request and call it starts takes what is left of it.
@@ -812,6 +911,8 @@ async fn answer_one(
             row.error = Some(error);
         }
     }
+    // The row is final once the question's file is on disk (or is not).
+    settle(&mut row, context.writer.settle(&item_id).await);
     row.trace_id = trace_id;
     if !matches!(row.status, Status::Ok | Status::Skipped) {
         span.record("otel.status_code", "ERROR");
@@ -887,7 +988,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, (id, status))| {
-                let planned = Planned { index, question: format!("Q {id}"), id: (*id).to_owned(), done: None };
+                let planned =
+                    Planned { index, question: format!("Q {id}"), id: (*id).to_owned(), done: None, replaces: None };
                 let mut row = Row::empty(&planned, *status);
                 row.transcript.file = Some(PathBuf::from(format!("out/{id}.md")));
                 row
@@ -909,18 +1011,25 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_fails_its_row_and_a_moved_file_is_followed() {
-        let mut report = report(&[("q-a", Status::Ok), ("q-b", Status::Ok), ("q-c", Status::Ok)]);
-        let mut ended = crate::actors::research_writer::Ended::default();
-        ended.failed.insert("q-b".into(), "cannot write out/q-b.md: disk full".into());
-        ended.moved.insert("q-c".into(), PathBuf::from("out/q-c-2.md"));
-        report.apply_writes(&ended);
-        assert_eq!(report.questions[1].status, Status::Failed);
-        assert_eq!(report.questions[1].transcript.file, None);
-        assert!(report.questions[1].error.as_deref().is_some_and(|e| e.contains("disk full")));
-        assert_eq!(report.questions[2].transcript.file, Some(PathBuf::from("out/q-c-2.md")));
-        assert_eq!((report.totals.ok, report.totals.failed), (2, 1));
-        assert_eq!(report.exit_code(), 1);
+    fn what_the_writer_settles_is_final_on_the_row() {
+        let mut report =
+            report(&[("q-a", Status::Ok), ("q-b", Status::Ok), ("q-c", Status::Ok), ("q-d", Status::Failed)]);
+        let [a, b, c, d] = &mut report.questions[..] else { panic!("four rows") };
+        settle(a, Settled::default());
+        settle(b, Settled { file: None, failed: Some("cannot write out/q-b.md: disk full".into()) });
+        settle(c, Settled { file: Some(PathBuf::from("out/q-c-2.md")), failed: None });
+        // Saved in a turn cut short: the agent never heard back, the file landed.
+        d.transcript.file = None;
+        d.error = Some("no answer within agent.question_timeout (1s)".into());
+        settle(d, Settled { file: Some(PathBuf::from("out/q-d.md")), failed: None });
+        let rows = &report.questions;
+        assert_eq!(rows[0].transcript.file, Some(PathBuf::from("out/q-a.md")), "nothing to change");
+        assert_eq!((rows[1].status, rows[1].transcript.file.clone()), (Status::Failed, None));
+        assert!(rows[1].error.as_deref().is_some_and(|e| e.contains("disk full")));
+        assert_eq!(rows[1].error_type.as_deref(), Some("save_failed"));
+        assert_eq!(rows[2].transcript.file, Some(PathBuf::from("out/q-c-2.md")), "the file where it went");
+        assert_eq!((rows[3].status, rows[3].error.clone()), (Status::Ok, None), "the file is the answer");
+        assert!(rows[3].warning.as_deref().is_some_and(|w| w.contains("question_timeout")), "{:?}", rows[3]);
     }
 
     #[test]

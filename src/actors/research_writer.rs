@@ -7,14 +7,17 @@
 //!   the same directory, fsync, rename, fsync of the directory) runs behind, on the blocking
 //!   pool, a few at a time (creating files in one directory serialises in the kernel anyway;
 //!   more at once only spin). A question never waits for the disk.
-//! - **Durability before the report**: [`ResearchWriterHandle::drain`] waits for every write;
-//!   the batch calls it before writing `report.json`, and a write that failed turns its
-//!   question's row into a failure ([`Outcomes`]).
+//! - **Durability before the report**: [`ResearchWriterHandle::settle`] waits for a question's
+//!   writes when it ends and says where its file is (or why there is none), so its report row
+//!   is final when written; [`ResearchWriterHandle::drain`] waits for every write.
 //! - **Exactly one file per question**: a second save for the same question replaces the
-//!   first file (same name), it never adds one.
-//! - **Names**: [`research::safe_stem`] of the topic; a name held by another question gets
-//!   `-2`, `-3`, … in order of arrival.
-//! - **Supervisor**: the root, restart at once (names are re-read from the directory).
+//!   first file (same name), it never adds one; a question asked again (`--force`) replaces the
+//!   file an earlier run wrote ([`ResearchWriterHandle::replaces`]).
+//! - **Names**: [`research::safe_stem`] of the topic; a name held by a file in the directory or
+//!   reserved by a question in flight gets `-2`, `-3`, … in order of arrival.
+//! - **Memory**: only the questions in flight: what a question reserved is forgotten when it
+//!   settles (the directory then holds its name).
+//! - **Supervisor**: the root, restart at once.
 //! - **Shutdown**: writes in flight finish in their blocking tasks (a rename is atomic, so a
 //!   file is either absent or complete).
 
@@ -66,6 +69,15 @@ pub struct Ended {
     pub moved: std::collections::HashMap<String, PathBuf>,
 }
 
+/// Where a settled question's file is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The file its last write that landed put on disk.
+    pub file: Option<PathBuf>,
+    /// Why its write failed (when none landed).
+    pub failed: Option<String>,
+}
+
 /// Writes on the blocking pool at once.
 const WRITES_AT_ONCE: usize = 4;
 
@@ -102,6 +114,15 @@ impl Outcomes {
 pub(crate) enum ResearchWriterMsg {
     /// Write a research file.
     Save(Box<ResearchDoc>, RpcReplyPort<Result<PathBuf, WriterError>>),
+    /// The question ended: its last write, to wait for.
+    Settle(String, RpcReplyPort<Option<oneshot::Receiver<Option<PathBuf>>>>),
+    /// A question asked again keeps the file an earlier run wrote for it.
+    Replaces {
+        /// The question.
+        question_id: String,
+        /// Its file.
+        file: PathBuf,
+    },
     /// Another process took the reserved name first; the file went to `to`.
     Moved {
         /// The question.
@@ -113,11 +134,13 @@ pub(crate) enum ResearchWriterMsg {
     },
 }
 
+/// Per question in flight (until it settles): its file, the names reserved, its last write.
 pub(crate) struct ResearchWriterState {
     outcomes: Arc<Outcomes>,
     dir: Arc<Path>,
     by_question: HashMap<String, PathBuf>,
-    taken: HashSet<PathBuf>,
+    /// Names given to questions in flight whose files may not be on disk yet.
+    reserved: HashSet<PathBuf>,
     /// Per question, where its latest accepted write will have put the file: the next write of
     /// the same question waits for it and goes to the same place, so saves land in order.
     last_write: HashMap<String, oneshot::Receiver<Option<PathBuf>>>,
@@ -137,16 +160,20 @@ impl Actor for ResearchWriter {
     ) -> Result<ResearchWriterState, ActorProcessingErr> {
         let outcomes = args.outcomes.clone();
         let dir = args.dir.clone();
-        let (by_question, taken) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dir)?;
             remove_dead_temporaries(&dir);
-            let by_question = research::scan(&dir);
-            let taken = std::fs::read_dir(&dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
-            Ok((by_question, taken))
+            Ok(())
         })
         .await?
         .map_err(|e| format!("output directory {}: {e}", args.dir.display()))?;
-        Ok(ResearchWriterState { dir: args.dir.into(), by_question, taken, outcomes, last_write: HashMap::new() })
+        Ok(ResearchWriterState {
+            dir: args.dir.into(),
+            by_question: HashMap::new(),
+            reserved: HashSet::new(),
+            outcomes,
+            last_write: HashMap::new(),
+        })
     }
 
     async fn handle(
@@ -158,10 +185,22 @@ impl Actor for ResearchWriter {
         let (doc, reply) = match message {
             ResearchWriterMsg::Save(doc, reply) => (doc, reply),
             ResearchWriterMsg::Moved { question_id, from, to } => {
-                state.taken.insert(to.clone());
+                // Only while the question is in flight: a settled one holds nothing.
                 if state.by_question.get(&question_id) == Some(&from) {
+                    state.reserved.insert(to.clone());
                     state.by_question.insert(question_id, to);
                 }
+                return Ok(());
+            }
+            ResearchWriterMsg::Replaces { question_id, file } => {
+                state.by_question.insert(question_id, file);
+                return Ok(());
+            }
+            ResearchWriterMsg::Settle(question_id, reply) => {
+                if let Some(path) = state.by_question.remove(&question_id) {
+                    state.reserved.remove(&path);
+                }
+                let _ = reply.send(state.last_write.remove(&question_id));
                 return Ok(());
             }
         };
@@ -190,7 +229,6 @@ impl Actor for ResearchWriter {
                     (None, true) => write_atomically(&dir, &path, text.as_bytes(), Replace::Yes).map(|()| path.clone()),
                     (None, false) => write_new(&dir, &path, text.as_bytes()),
                 };
-                let _ = done.send(written.as_ref().ok().cloned().or(earlier.clone()));
                 if let Ok(actual) = &written
                     && *actual != path
                 {
@@ -207,6 +245,8 @@ impl Actor for ResearchWriter {
                         "a later save of this question was not written; the earlier one stands"),
                     _ => outcomes.finished(&doc.provenance.question_id, &path, &written),
                 }
+                // Last: whoever waits for this write then finds how it ended in the outcomes.
+                let _ = done.send(written.as_ref().ok().cloned().or(earlier.clone()));
             })
             .await;
             if let Err(error) = written {
@@ -225,11 +265,13 @@ impl ResearchWriterState {
             return (path.clone(), true);
         }
         let stem = research::safe_stem(&doc.topic);
+        // Free: not reserved by a question in flight, and not in the directory.
+        let free = |candidate: &PathBuf| !self.reserved.contains(candidate) && candidate.symlink_metadata().is_err();
         let path = (1..)
             .map(|n| if n == 1 { self.dir.join(format!("{stem}.md")) } else { self.dir.join(format!("{stem}-{n}.md")) })
-            .find(|candidate| !self.taken.contains(candidate))
+            .find(free)
             .unwrap_or_else(|| self.dir.join(format!("{}.md", doc.provenance.question_id)));
-        self.taken.insert(path.clone());
+        self.reserved.insert(path.clone());
         self.by_question.insert(doc.provenance.question_id.clone(), path.clone());
         (path, false)
     }
@@ -262,9 +304,23 @@ fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> 
 /// (`.agentry-<pid>-XXXXXX.tmp`), so a later run can tell a killed run's leftovers from a live
 /// process's write.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8], replace: Replace) -> std::io::Result<()> {
+    write_atomically_with(dir, path, replace, |out| out.write_all(bytes))
+}
+
+/// [`write_atomically`] of what `write` writes (through a buffer).
+fn write_atomically_with(
+    dir: &Path,
+    path: &Path,
+    replace: Replace,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let prefix = format!(".agentry-{}-", std::process::id());
     let mut file = tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempfile_in(dir)?;
-    file.write_all(bytes)?;
+    {
+        let mut out = std::io::BufWriter::new(file.as_file_mut());
+        write(&mut out)?;
+        out.flush()?;
+    }
     file.as_file().sync_data()?;
     match replace {
         Replace::Yes => file.persist(path).map_err(|e| e.error)?,
@@ -294,12 +350,20 @@ fn remove_dead_temporaries(dir: &Path) {
 
 /// Writes `bytes` to `path` atomically (used for the report too).
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// Writes what `write` writes to `path` atomically (a report streamed from its journal).
+pub fn write_file_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir)?;
-    write_atomically(dir, path, bytes, Replace::Yes)
+    write_atomically_with(dir, path, Replace::Yes, write)
 }
 
 /// What callers hold.
@@ -325,7 +389,44 @@ impl ResearchWriterHandle {
         self.outcomes.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Accepts a research file; returns its path. The file is on disk after [`Self::drain`].
+    /// The question ended: waits for its writes and says where its file is (also for a save
+    /// whose reply the question never heard, its turn cut short), or why there is none; then
+    /// forgets the question.
+    pub async fn settle(&self, question_id: &str) -> Settled {
+        let id = question_id.to_owned();
+        let last = self
+            .slot
+            .call("research-writer", RESTART_WAIT, Duration::from_secs(60), |reply| {
+                ResearchWriterMsg::Settle(id, reply)
+            })
+            .await;
+        let file = match last {
+            Ok(Some(landed)) => landed.await.ok().flatten(),
+            Ok(None) => None,
+            Err(unreachable) => {
+                tracing::warn!(%unreachable, "cannot settle a question's research file");
+                None
+            }
+        };
+        let mut ended = self.outcomes.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.moved.remove(question_id);
+        Settled { file, failed: ended.failed.remove(question_id) }
+    }
+
+    /// `question_id`, asked again, replaces `file` (an earlier run's) instead of adding one.
+    pub async fn replaces(&self, question_id: &str, file: PathBuf) {
+        let message = ResearchWriterMsg::Replaces { question_id: question_id.to_owned(), file };
+        let sent = match self.slot.current("research-writer", RESTART_WAIT).await {
+            Ok(writer) => writer.cast(message).map_err(|error| error.to_string()),
+            Err(unreachable) => Err(unreachable.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "the research writer did not take a question's earlier file");
+        }
+    }
+
+    /// Accepts a research file; returns its path. The file is on disk after [`Self::settle`]
+    /// of its question (or [`Self::drain`]).
     pub async fn save(&self, doc: ResearchDoc) -> Result<PathBuf, WriterError> {
         self.slot
             .call("research-writer", RESTART_WAIT, Duration::from_secs(60), |reply| {

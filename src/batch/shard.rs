@@ -66,6 +66,11 @@ impl Shard {
     pub fn report_name(&self) -> String {
         format!("report-shard-{}-of-{}.json", self.index, self.count)
     }
+
+    /// The file name of this shard's journal (its rows as they finish).
+    pub fn journal_name(&self) -> String {
+        format!("report-shard-{}-of-{}.jsonl", self.index, self.count)
+    }
 }
 
 impl FromStr for Shard {

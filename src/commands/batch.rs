@@ -14,6 +14,7 @@ use crate::actors::mcp_session::ServerTools;
 use crate::actors::secret_keeper::EnvLookup;
 use crate::app::Runtime;
 use crate::batch::budget::{Budget, Prices};
+use crate::batch::journal::Journal;
 use crate::batch::shard::Shard;
 use crate::batch::{self, Planned, RunOptions};
 use crate::config::Settings;
@@ -77,7 +78,16 @@ pub(super) async fn run_batch(
         output_dir: settings.batch.output_dir.clone(),
     };
     let connect_timeout = settings.mcp.connect_timeout;
+    let journal_path = settings.batch.output_dir.join(match shard {
+        Some(shard) => shard.journal_name(),
+        None => JOURNAL.to_owned(),
+    });
     let mut rows = batch::Rows::new(&planned, &settings.agent.name, &options).with_budget(budget(&settings, shard));
+    if mode != Mode::Ask {
+        let journal =
+            Journal::create(&journal_path).map_err(|source| CliError::Write { path: journal_path.clone(), source })?;
+        rows = rows.journaled(journal);
+    }
     // One question to answer now: its answer is printed as the model writes it.
     let printer = AnswerPrinter::default();
     let one_question = planned.len() == 1 && planned[0].done.is_none();
@@ -86,7 +96,7 @@ pub(super) async fn run_batch(
     }
     let runtime = Runtime::start(settings, env).await?;
     if mode != Mode::Ask {
-        signals.set_last_words(report_what_is_known(rows.clone(), report_path.clone(), shard));
+        signals.set_last_words(report_what_is_known(rows.clone(), report_path.clone(), journal_path.clone(), shard));
     }
     tracing::info!(route = %runtime.describe_route(), "starting");
     tokio::select! {
@@ -102,11 +112,12 @@ pub(super) async fn run_batch(
     }
     signals.enter(Phase::Answering);
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
-    let mut report = batch::run_recorded(&runtime.agent_context(label), planned, &rows, &options, &shutdown).await;
+    batch::run_recorded(&runtime.agent_context(label), planned, &rows, &options, &shutdown).await;
     signals.enter(Phase::Finishing);
-    // Every research file is on disk before the report says so.
-    report.apply_writes(&runtime.writer.drain(Duration::from_secs(120)).await);
-    report.answer_by_saved_files(rows.since());
+    // Each question's row waited for its own file; nothing should be left, but a write still
+    // running ends before the report is written.
+    let _ = runtime.writer.drain(Duration::from_secs(120)).await;
+    let (mut report, single) = rows.finished();
     report.shard = shard.map(|s| s.to_string());
     report.secrets = runtime.secret_summary();
     report.restarts = runtime.restarts();
@@ -115,20 +126,21 @@ pub(super) async fn run_batch(
     // only where it was written; a report that could not be is a failure.
     let written = match mode {
         Mode::Ask => None,
-        Mode::Run { .. } | Mode::Demo => match signals.instead_of_last_words(|| report.write(&report_path)) {
-            Ok(()) => Some(&report_path),
-            Err(error) => {
-                eprintln!("error: cannot write the report {}: {error}", report_path.display());
-                None
+        Mode::Run { .. } | Mode::Demo => {
+            match signals.instead_of_last_words(|| report.write_from_journal(&report_path, &journal_path)) {
+                Ok(()) => Some(&report_path),
+                Err(error) => {
+                    eprintln!("error: cannot write the report {}: {error}", report_path.display());
+                    None
+                }
             }
-        },
+        }
     };
     stop(runtime, &shutdown).await;
     let report_failed = mode != Mode::Ask && written.is_none();
-    let single = report.questions.len() == 1 && report.totals.skipped == 0;
-    if single || mode == Mode::Ask {
-        let row = &report.questions[0];
-        match (&row.transcript.answer, &row.error) {
+    let answered_alone = report.totals.questions == 1 && report.totals.skipped == 0;
+    match single.filter(|_| answered_alone || mode == Mode::Ask) {
+        Some(row) => match (&row.transcript.answer, &row.error) {
             (Some(answer), None) => {
                 if !printer.printed_answer() {
                     outln!("{answer}");
@@ -140,13 +152,18 @@ pub(super) async fn run_batch(
                     eprintln!("warning: {warning}");
                 }
             }
-            _ => out!("{}", report.summary()),
+            _ => out!("{}", report.summary_of(std::iter::once(row.clone()))),
+        },
+        None => {
+            if mode == Mode::Demo {
+                outln!("agentry DEMO (scripted model, embedded corpus):");
+            }
+            let rows = batch::journal::rows_in_order(&journal_path).map_err(|error| error.to_string());
+            match rows {
+                Ok(rows) => out!("{}", report.summary_of(rows.map_while(Result::ok))),
+                Err(error) => eprintln!("error: {error}"),
+            }
         }
-    } else {
-        if mode == Mode::Demo {
-            outln!("agentry DEMO (scripted model, embedded corpus):");
-        }
-        out!("{}", report.summary());
     }
     if let Some(path) = written {
         outln!("Report: {}", path.display());
@@ -196,13 +213,23 @@ async fn stop(runtime: Runtime, shutdown: &CancellationToken) {
     }
 }
 
-/// What a second signal writes before the process ends: the report from the rows as they
-/// stand (no secrets or restart counts: there is no time to ask the actors).
-fn report_what_is_known(rows: batch::Rows, path: PathBuf, shard: Option<Shard>) -> impl FnOnce() + Send + 'static {
+/// The journal of a batch that is not sharded, in its output directory.
+const JOURNAL: &str = "report.jsonl";
+
+/// What a second signal writes before the process ends: a row for every question not finished
+/// (those in flight with what they did so far), then the report from the journal (no secrets
+/// or restart counts: there is no time to ask the actors).
+fn report_what_is_known(
+    rows: batch::Rows,
+    path: PathBuf,
+    journal: PathBuf,
+    shard: Option<Shard>,
+) -> impl FnOnce() + Send + 'static {
     move || {
-        let mut report = rows.snapshot("interrupted: the process was stopped by a second signal");
+        rows.snapshot("interrupted: the process was stopped by a second signal");
+        let (mut report, _) = rows.finished();
         report.shard = shard.map(|s| s.to_string());
-        match report.write(&path) {
+        match report.write_from_journal(&path, &journal) {
             Ok(()) => eprintln!("Report (what was known at the second signal): {}", path.display()),
             Err(error) => eprintln!("error: cannot write the report {}: {error}", path.display()),
         }

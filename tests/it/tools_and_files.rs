@@ -79,8 +79,8 @@ async fn hostile_topics_stay_inside_the_output_directory() {
         assert!(!name.starts_with('.') && !name.contains(['\0', '/']) && name.len() <= 100, "{name:?}");
     }
     assert!(!agentry.dir().join("etc").exists() && !agentry.dir().join("out/etc").exists());
-    // Everything in the directory is accounted for: three files, the report and the directory's
-    // lock (it stays, as a lock file should), no temp files.
+    // Everything in the directory is accounted for: three files, the report, its journal and
+    // the directory's lock (it stays, as a lock file should), no temp files.
     let mut entries: Vec<String> = std::fs::read_dir(agentry.dir().join("out/research"))
         .expect("dir")
         .filter_map(Result::ok)
@@ -88,7 +88,7 @@ async fn hostile_topics_stay_inside_the_output_directory() {
         .filter(|name| !name.ends_with(".md"))
         .collect();
     entries.sort();
-    assert_eq!(entries, [".agentry.lock", "report.json"]);
+    assert_eq!(entries, [".agentry.lock", "report.json", "report.jsonl"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

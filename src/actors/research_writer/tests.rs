@@ -113,6 +113,8 @@ async fn names_and_files_already_in_the_directory_are_respected_on_start() {
     std::fs::write(&earlier, rendered).expect("write");
 
     let (writer, _) = start(dir.path()).await;
+    // Asked again (--force): the batch hands the writer the question's earlier file.
+    writer.replaces(&research::question_id("Define Rust"), earlier.clone()).await;
     let ml = writer.save(doc("Define machine learning", "Machine Learning", "new")).await.expect("accepted");
     let rust = writer.save(doc("Define Rust", "The Rust language", "this run")).await.expect("accepted");
     assert_eq!(name_of(&ml), "machine-learning-2.md", "a name already in the directory is taken");
@@ -176,7 +178,8 @@ async fn replacing_a_file_whose_name_became_a_directory_fails_in_drain_naming_th
     let earlier = dir.path().join("rust.md");
     std::fs::write(&earlier, research::render(&doc(question, "Rust", "old"), SystemTime::UNIX_EPOCH)).expect("write");
     let (writer, _) = start(dir.path()).await;
-    // After the scan: the question's file is now a directory (root ignores permissions, but a
+    writer.replaces(&research::question_id(question), earlier.clone()).await;
+    // After the plan: the question's file is now a directory (root ignores permissions, but a
     // file cannot be renamed over a directory).
     std::fs::remove_file(&earlier).expect("remove");
     std::fs::create_dir(&earlier).expect("mkdir");
@@ -233,4 +236,39 @@ async fn two_saves_for_one_question_in_quick_succession_leave_one_file_with_the_
         assert_eq!(md_files(dir.path()), ["rust.md"], "{ended:?}");
         assert!(std::fs::read_to_string(&path).expect("the file").contains("second"));
     }
+}
+
+#[tokio::test]
+async fn settling_waits_for_the_question_s_file_says_where_it_is_and_forgets_the_question() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (writer, outcomes) = start(dir.path()).await;
+    let gate = hold_writes(&outcomes).await;
+    let question = "Define Rust";
+    let reserved = writer.save(doc(question, "Rust", "text")).await.expect("accepted");
+    let id = research::question_id(question);
+    let settle = writer.settle(&id);
+    tokio::pin!(settle);
+    assert!(futures::poll!(&mut settle).is_pending(), "settled before the file was on disk");
+    drop(gate);
+    let settled = settle.await;
+    assert_eq!(settled, Settled { file: Some(reserved.clone()), failed: None });
+    assert!(std::fs::read_to_string(&reserved).expect("on disk").contains("text"));
+    // Forgotten: the same topic for another question takes the next name (the file holds this
+    // one), and a question that saved nothing settles with nothing.
+    let other = writer.save(doc("What is Rust?", "Rust", "other")).await.expect("accepted");
+    assert_eq!(name_of(&other), "rust-2.md");
+    assert_eq!(writer.settle(&research::question_id("Never saved")).await, Settled::default());
+}
+
+#[tokio::test]
+async fn a_failed_write_settles_with_its_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (writer, _) = start(&out).await;
+    std::fs::remove_dir_all(&out).expect("the directory vanishes");
+    let question = "Define Rust";
+    writer.save(doc(question, "Rust", "text")).await.expect("accepted before the disk");
+    let settled = writer.settle(&research::question_id(question)).await;
+    assert_eq!(settled.file, None);
+    assert!(settled.failed.is_some_and(|error| error.contains("rust.md")), "the file is named");
 }
