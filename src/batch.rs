@@ -306,6 +306,26 @@ impl Report {
         failed.into_inner().map_or(Ok(()), Err)
     }
 
+    /// A report made of a journal's rows (a killed run's `report.jsonl`, say): the rows in
+    /// question order, their totals, the journal's directory as the output directory; what only
+    /// the end of a run knows (start time, secrets, restarts, budget) is left empty.
+    pub fn from_journal(path: &Path) -> Result<Self, journal::ReadError> {
+        let questions = journal::rows_in_order(path)?.collect::<Result<Vec<Row>, _>>()?;
+        Ok(Report {
+            agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
+            shard: None,
+            demo: false,
+            started_at: String::new(),
+            agent: String::new(),
+            output_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            totals: totals(&questions, 0.0),
+            secrets: Vec::new(),
+            restarts: Default::default(),
+            budget: BudgetReport::default(),
+            questions,
+        })
+    }
+
     /// The short table for stdout.
     pub fn summary(&self) -> String {
         self.summary_of(self.questions.iter().cloned())
@@ -454,24 +474,36 @@ pub async fn run_recorded(
         }
     }
     let budget = &budget;
-    let mut finished = futures::stream::iter(work)
+    let mut answering = futures::stream::iter(work)
         .map(|(index, item)| async move {
-            let row = if shutdown.is_cancelled() {
+            let ended = if shutdown.is_cancelled() {
                 record_question(Status::Interrupted);
-                not_started(&item)
+                Err(not_started(&item))
             } else if let Some(why) = budget.exhausted() {
                 record_question(Status::Skipped);
-                skipped_for_budget(&item, why)
+                Err(skipped_for_budget(&item, why))
             } else {
                 let (transcript, log) = rows.start(index);
-                answer_one(context, item, options, shutdown, &transcript, &log, budget).await
+                Ok(answer_one(context, item, options, shutdown, &transcript, &log, budget).await)
             };
-            (index, row)
+            (index, ended)
         })
         .buffer_unordered(options.concurrency.max(1));
-    while let Some((index, row)) = finished.next().await {
+    // Questions whose rows wait for their files, outside the batch's places.
+    let mut settling = futures::stream::FuturesUnordered::new();
+    let finish = |index: usize, row: Row| {
         progress.finished_paced(&row, context.model.pacing());
         rows.finish(index, row);
+    };
+    loop {
+        tokio::select! {
+            Some((index, ended)) = answering.next() => match ended {
+                Ok(asked) => settling.push(async move { (index, settle_one(context, asked).await) }),
+                Err(row) => finish(index, row),
+            },
+            Some((index, row)) = settling.next(), if !settling.is_empty() => finish(index, row),
+            else => break,
+        }
     }
     progress.done();
 }
@@ -818,7 +850,7 @@ async fn answer_one(
     transcript: &Recorder,
     log: &Arc<CallLog>,
     budget: &Budget,
-) -> Row {
+) -> Asked {
     let agent_name = &context.settings.name;
     // One trace per question: the root has no parent, whatever span the batch runs in.
     let span = tracing::info_span!(
@@ -839,7 +871,7 @@ async fn answer_one(
     if let Some(trace_id) = &trace_id {
         span.record("trace_id", trace_id.as_str());
     }
-    let (question, item_id) = (item.question.clone(), item.id.clone());
+    let question = item.question.clone();
     if let Some(file) = &item.replaces {
         context.writer.replaces(&item.id, file.clone()).await;
     }
@@ -911,9 +943,24 @@ async fn answer_one(
             row.error = Some(error);
         }
     }
-    // The row is final once the question's file is on disk (or is not).
-    settle(&mut row, context.writer.settle(&item_id).await);
     row.trace_id = trace_id;
+    Asked { row, span }
+}
+
+/// A question its agent is done with; its row is final once its file is settled.
+struct Asked {
+    row: Row,
+    /// The question's trace, ended with the row.
+    span: tracing::Span,
+}
+
+/// The row of `asked`, once the research writer says where its file is (or why there is none):
+/// waited for outside the question's place in the batch, so a slow disk does not hold back the
+/// next question.
+async fn settle_one(context: &AgentContext, asked: Asked) -> Row {
+    let Asked { mut row, span } = asked;
+    let settled = context.writer.settle(&row.question_id).await;
+    settle(&mut row, settled);
     if !matches!(row.status, Status::Ok | Status::Skipped) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", row.error_type.as_deref().unwrap_or("interrupted"));
