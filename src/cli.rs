@@ -95,9 +95,15 @@ pub struct RunArgs {
 /// `agentry report ...`
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
+    /// Print the summary table of a report (or of the journal a killed run left).
+    Show {
+        /// A `report.json` or `report.jsonl` [default: definitions/report.json, or the journal
+        /// beside it when there is no report].
+        path: Option<PathBuf>,
+    },
     /// Combine shard reports into one report (rows in the original question order).
     Merge {
-        /// Shard reports (`report-shard-*-of-*.json`).
+        /// Shard reports (`report-shard-*-of-*.json`, or their journals `.jsonl`).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Where to write the merged report.

@@ -81,6 +81,13 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// A journal (`report.jsonl`) that cannot be read.
+    #[error(transparent)]
+    NotAJournal {
+        /// Which line, and why.
+        #[from]
+        source: crate::batch::journal::ReadError,
+    },
     /// An input file is not an agentry report.
     #[error("{}: not an agentry report: {source}", path.display())]
     NotAReport {
@@ -169,6 +176,7 @@ async fn dispatch(cli: Cli, signals: &Signals) -> Result<ExitCode, CliError> {
         Command::Config { command: ConfigCommand::Check { common } } => config_check::config_check(&common),
         Command::Demo(args) => demo::demo(args, signals).await,
         Command::Report { command: ReportCommand::Merge { inputs, output } } => report::merge(&inputs, &output),
+        Command::Report { command: ReportCommand::Show { path } } => report::show(path.as_deref()),
     }
 }
 

@@ -27,6 +27,7 @@ mod model_errors;
 mod observability_config;
 mod rate_limits;
 mod release_binary;
+mod report_journal;
 mod rotation;
 mod secrets_containment;
 mod seed_flow;
