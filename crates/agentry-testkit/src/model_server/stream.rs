@@ -221,36 +221,61 @@ fn split(bytes: &Bytes, size: usize) -> impl Iterator<Item = Bytes> + '_ {
 }
 
 /// The SSE events of the completion `whole` streamed in `style`'s pieces: `data: <chunk>` each,
-/// then `data: [DONE]`.
+/// then `data: [DONE]`. The fields every chunk shares are rendered once, around each delta:
+/// the peer's cost per event stays small next to the client's it is measured against.
 pub(super) fn sse_events(whole: &Value, include_usage: bool, style: &StreamStyle) -> Vec<Bytes> {
-    chunks(whole, include_usage, style)
-        .iter()
-        .map(|chunk| format!("data: {chunk}\n\n"))
-        .chain(std::iter::once("data: [DONE]\n\n".to_owned()))
-        .map(Bytes::from)
+    let Stream { first, deltas, last } = stream(whole, include_usage, style);
+    let mut frame = first.clone();
+    frame["choices"][0]["delta"] = Value::Null;
+    let frame = frame.to_string();
+    let (head, tail) = frame.split_once(r#""delta":null"#).unwrap_or((&frame, ""));
+    let event = |chunk: &Value| Bytes::from(format!("data: {chunk}\n\n"));
+    std::iter::once(event(&first))
+        .chain(deltas.iter().map(|delta| Bytes::from(format!("data: {head}\"delta\":{delta}{tail}\n\n"))))
+        .chain(last.iter().map(event))
+        .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
         .collect()
 }
 
+/// A stream: the demo's first chunk (the role), the deltas of the text and the calls, the
+/// demo's last chunks (the finish reason, the usage).
+struct Stream {
+    first: Value,
+    deltas: Vec<Value>,
+    last: Vec<Value>,
+}
+
 /// The `chat.completion.chunk`s of the completion `whole`: the demo's, with the text and the
-/// arguments cut in `style`'s pieces and the calls in its order. The demo's first chunk (the
-/// role) and its last ones (the finish reason, the usage) are kept.
+/// arguments cut in `style`'s pieces and the calls in its order.
+#[cfg(test)]
 fn chunks(whole: &Value, include_usage: bool, style: &StreamStyle) -> Vec<Value> {
-    let demo = shape::stream_chunks(whole, include_usage);
-    let Some(first) = demo.first().cloned() else {
-        return demo;
-    };
-    let message = &whole["choices"][0]["message"];
-    let finish_at = demo.iter().position(|chunk| !chunk["choices"][0]["finish_reason"].is_null()).unwrap_or(demo.len());
+    let Stream { first, deltas, last } = stream(whole, include_usage, style);
     let with_delta = |delta: Value| {
         let mut chunk = first.clone();
         chunk["choices"][0]["delta"] = delta;
         chunk
     };
+    let middle: Vec<Value> = deltas.into_iter().map(with_delta).collect();
+    std::iter::once(first.clone()).chain(middle).chain(last).collect()
+}
+
+fn stream(whole: &Value, include_usage: bool, style: &StreamStyle) -> Stream {
+    let message = &whole["choices"][0]["message"];
+    // The demo's frame of this answer: its stream without the text and calls.
+    let mut bare = whole.clone();
+    if let Some(bare) = bare.pointer_mut("/choices/0/message").and_then(Value::as_object_mut) {
+        bare.remove("tool_calls");
+        if bare.get("content").is_some_and(|content| !content.is_null()) {
+            bare.insert("content".into(), Value::from(""));
+        }
+    }
+    let mut demo = shape::stream_chunks(&bare, include_usage);
+    let first = if demo.is_empty() { Value::Null } else { demo.remove(0) };
     let mut cutter = Cutter::new(&style.pieces);
-    let mut middle: Vec<Value> = cutter
+    let mut deltas: Vec<Value> = cutter
         .cut(message["content"].as_str().unwrap_or_default())
         .into_iter()
-        .map(|piece| with_delta(json!({"content": piece})))
+        .map(|piece| json!({"content": piece}))
         .collect();
     let calls: Vec<Vec<Value>> = message["tool_calls"]
         .as_array()
@@ -267,18 +292,17 @@ fn chunks(whole: &Value, include_usage: bool, style: &StreamStyle) -> Vec<Value>
                         .into_iter()
                         .map(|piece| json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})),
                 )
-                .map(&with_delta)
                 .collect()
         })
         .collect();
     match style.calls {
-        CallOrder::Sequential => middle.extend(calls.into_iter().flatten()),
+        CallOrder::Sequential => deltas.extend(calls.into_iter().flatten()),
         CallOrder::Interleaved => {
             let turns = calls.iter().map(Vec::len).max().unwrap_or(0);
-            middle.extend((0..turns).flat_map(|turn| calls.iter().filter_map(move |call| call.get(turn))).cloned());
+            deltas.extend((0..turns).flat_map(|turn| calls.iter().filter_map(move |call| call.get(turn))).cloned());
         }
     }
-    std::iter::once(first.clone()).chain(middle).chain(demo[finish_at..].iter().cloned()).collect()
+    Stream { first, deltas, last: demo }
 }
 
 /// Cuts texts in pieces of the given sizes in turn, the turn going on from one text to the next.
@@ -347,6 +371,24 @@ mod tests {
                 Some((call["index"].as_u64(), piece.to_owned()))
             })
             .collect()
+    }
+
+    #[test]
+    fn the_events_are_the_chunks_framed_once() {
+        let whole = whole(Some("Hé, 日本 and 🦀 \"quoted\""), &[("search", r#"{"q":"\"x\""}"#), ("save", "{}")]);
+        for (style, include_usage) in [(StreamStyle::default(), true), (StreamStyle::ragged(), false)] {
+            let events = sse_events(&whole, include_usage, &style);
+            let data: Vec<&str> = events
+                .iter()
+                .map(|event| {
+                    std::str::from_utf8(event).expect("utf-8").strip_prefix("data: ").expect("data").trim_end()
+                })
+                .collect();
+            assert_eq!(data.last(), Some(&"[DONE]"));
+            let parsed: Vec<Value> =
+                data[..data.len() - 1].iter().map(|chunk| serde_json::from_str(chunk).expect("a chunk")).collect();
+            assert_eq!(parsed, chunks(&whole, include_usage, &style));
+        }
     }
 
     #[test]
