@@ -414,6 +414,47 @@ mod tests {
         assert!(Incomplete::Cut { chunks: 3 }.is_cut() && Incomplete::Unended.is_cut());
     }
 
+    /// A stream as llama.cpp's server (the engine behind Docker Model Runner) sent it for a
+    /// tool call, recorded by hand (Gemma 3 270M; `model` is the file's path, ids have no
+    /// `call_` prefix, the role chunk says content null, no `usage: null` keys, `timings` beside
+    /// the usage), the id and `created` fields trimmed.
+    #[test]
+    fn llama_cpp_s_tool_call_stream_assembles() {
+        let chunk = |choices: &str| {
+            format!(
+                r#"{{"choices":{choices},"created":1,"id":"chatcmpl-R","model":"/models/gemma-3-270m-q4_k_m.gguf","system_fingerprint":"b0-unknown","object":"chat.completion.chunk"}}"#
+            )
+        };
+        let piece = |arguments: &str| {
+            chunk(&format!(
+                r#"[{{"finish_reason":null,"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":{}}}}}]}}}}]"#,
+                serde_json::json!(arguments)
+            ))
+        };
+        let mut lines = vec![
+            chunk(r#"[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}]"#),
+            chunk(
+                r#"[{"finish_reason":null,"index":0,"delta":{"tool_calls":[{"index":0,"id":"92CuZPzId5FfoWX3ozeKnWJpJHhvwD7q","type":"function","function":{"name":"search","arguments":"{"}}]}}]"#,
+            ),
+        ];
+        lines.extend(["\"", "query", "\":", " \"", "latest", " news", "\"}"].map(piece));
+        lines.push(chunk(r#"[{"finish_reason":"tool_calls","index":0,"delta":{}}]"#));
+        let usage = chunk("[]").replace(
+            r#""object":"chat.completion.chunk""#,
+            r#""object":"chat.completion.chunk","usage":{"completion_tokens":36,"prompt_tokens":294,"total_tokens":330,"prompt_tokens_details":{"cached_tokens":224}},"timings":{"cache_n":224,"prompt_n":70,"predicted_per_second":5.2}"#,
+        );
+        lines.push(usage);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let (assembler, shown) = assemble(&lines);
+        assert!(shown.is_empty());
+        let response = assembler.finish().expect("whole: its usage came after the finish reason");
+        let call = &response.choices[0].message.tool_calls.as_ref().expect("a call")[0];
+        assert_eq!((call.id.as_str(), call.function.name.as_str()), ("92CuZPzId5FfoWX3ozeKnWJpJHhvwD7q", "search"));
+        assert_eq!(call.function.arguments, r#"{"query": "latest news"}"#);
+        assert_eq!(response.choices[0].message.content, None);
+        assert_eq!(response.usage.map(|u| (u.prompt_tokens, u.cached_tokens())), Some((294, 224)));
+    }
+
     #[test]
     fn a_refusal_is_kept_whole() {
         let (assembler, shown) = assemble(&[
