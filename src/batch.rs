@@ -77,8 +77,18 @@ pub enum PlanError {
     Empty,
 }
 
+/// The questions a batch will answer or skip.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// This shard's share, in order, each once.
+    pub questions: Vec<Planned>,
+    /// Questions dropped because an earlier one in the list was the same (case and spacing
+    /// aside).
+    pub duplicates: usize,
+}
+
 /// Reads and deduplicates the questions; keeps this shard's share; marks the answered ones.
-pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) -> Result<Vec<Planned>, PlanError> {
+pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) -> Result<Plan, PlanError> {
     let mut questions: Vec<String> = settings.questions.iter().map(|q| q.trim().to_owned()).collect();
     if !settings.questions_file.as_os_str().is_empty() {
         let path = &settings.questions_file;
@@ -88,12 +98,15 @@ pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) 
     }
     let answered = research::scan(&settings.output_dir);
     let mut seen = HashSet::new();
+    let mut duplicates = 0;
     let all: Vec<Planned> = questions
         .into_iter()
         .filter(|q| !q.is_empty())
         .filter_map(|question| {
             let id = research::question_id(&question);
-            seen.insert(id.clone()).then_some((question, id))
+            let first = seen.insert(id.clone());
+            duplicates += usize::from(!first);
+            first.then_some((question, id))
         })
         .enumerate()
         .map(|(index, (question, id))| {
@@ -105,7 +118,8 @@ pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) 
     if all.is_empty() {
         return Err(PlanError::Empty);
     }
-    Ok(all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(&p.id))).collect())
+    let questions = all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(&p.id))).collect();
+    Ok(Plan { questions, duplicates })
 }
 
 /// How a question ended.
@@ -209,6 +223,9 @@ pub struct Totals {
     pub skipped_for_budget: usize,
     /// Interrupted.
     pub interrupted: usize,
+    /// Questions dropped as repeats of an earlier one (not in `questions`).
+    #[serde(default)]
+    pub duplicates: usize,
     /// Input tokens.
     pub input_tokens: u64,
     /// Of the input tokens, those read from the provider's prompt cache.
@@ -377,9 +394,14 @@ impl Report {
             0 => String::new(),
             n => format!(" ({n} for the budget)"),
         };
+        let duplicates = match t.duplicates {
+            0 => String::new(),
+            1 => " (1 duplicate dropped)".to_owned(),
+            n => format!(" ({n} duplicates dropped)"),
+        };
         let _ = writeln!(
             out,
-            "{} questions: {} ok, {} failed, {} skipped{for_budget}, {} interrupted in {:.1}s; {} tokens in, {} out",
+            "{} questions{duplicates}: {} ok, {} failed, {} skipped{for_budget}, {} interrupted in {:.1}s; {} tokens in, {} out",
             t.questions, t.ok, t.failed, t.skipped, t.interrupted, t.duration_s, t.input_tokens, t.output_tokens
         );
         let budget = &self.budget;
@@ -439,14 +461,9 @@ pub struct RunOptions {
 
 /// Answers the planned questions; the report has one row per planned question (kept in
 /// memory: for a library caller; the CLI writes them to a journal with [`Rows::journaled`]).
-pub async fn run(
-    context: &AgentContext,
-    planned: Vec<Planned>,
-    options: &RunOptions,
-    shutdown: &CancellationToken,
-) -> Report {
-    let rows = Rows::new(&planned, &context.settings.name, options);
-    run_recorded(context, planned, &rows, options, shutdown).await;
+pub async fn run(context: &AgentContext, plan: Plan, options: &RunOptions, shutdown: &CancellationToken) -> Report {
+    let rows = Rows::new(&plan, &context.settings.name, options);
+    run_recorded(context, plan, &rows, options, shutdown).await;
     rows.report()
 }
 
@@ -455,15 +472,15 @@ pub async fn run(
 /// ([`Rows::snapshot`]).
 pub async fn run_recorded(
     context: &AgentContext,
-    planned: Vec<Planned>,
+    plan: Plan,
     rows: &Rows,
     options: &RunOptions,
     shutdown: &CancellationToken,
 ) {
-    let progress = Progress::new(planned.len() as u64, options.progress);
+    let progress = Progress::new(plan.questions.len() as u64, options.progress);
     let budget = rows.budget();
     let mut work = Vec::new();
-    for (index, item) in planned.into_iter().enumerate() {
+    for (index, item) in plan.questions.into_iter().enumerate() {
         if item.done.is_some() {
             let row = Row::empty(&item, Status::Skipped);
             record_question(Status::Skipped);
@@ -550,8 +567,9 @@ enum Sink {
 }
 
 impl Rows {
-    /// The rows of `planned`, none finished yet, kept in memory.
-    pub fn new(planned: &[Planned], agent: &str, options: &RunOptions) -> Self {
+    /// The rows of `plan`, none finished yet, kept in memory.
+    pub fn new(plan: &Plan, agent: &str, options: &RunOptions) -> Self {
+        let planned = &plan.questions;
         let head = Report {
             agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
             shard: None,
@@ -559,7 +577,7 @@ impl Rows {
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             agent: agent.to_owned(),
             output_dir: options.output_dir.clone(),
-            totals: Totals { questions: planned.len(), ..Totals::default() },
+            totals: Totals { questions: planned.len(), duplicates: plan.duplicates, ..Totals::default() },
             secrets: Vec::new(),
             restarts: Default::default(),
             budget: BudgetReport::default(),

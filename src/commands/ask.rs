@@ -11,6 +11,6 @@ use crate::config::Overrides;
 pub(super) async fn ask(question: String, common: CommonArgs, signals: &Signals) -> Result<ExitCode, CliError> {
     let overrides = Overrides { questions: Some(vec![question]), ..Overrides::default() };
     let settings = settings(&common, overrides)?;
-    let planned = batch::plan(&settings.batch, true, None)?;
-    run_batch(settings, planned, process_env(), Mode::Ask, signals).await
+    let plan = batch::plan(&settings.batch, true, None)?;
+    run_batch(settings, plan, process_env(), Mode::Ask, signals).await
 }

@@ -16,7 +16,7 @@ use crate::app::Runtime;
 use crate::batch::budget::{Budget, Prices};
 use crate::batch::journal::Journal;
 use crate::batch::shard::Shard;
-use crate::batch::{self, Planned, RunOptions};
+use crate::batch::{self, Plan, RunOptions};
 use crate::config::Settings;
 
 /// How the outcome is shown.
@@ -30,7 +30,7 @@ pub(super) enum Mode {
     Demo,
 }
 
-/// Starts the actors, answers `planned`, writes the report, prints the outcome.
+/// Starts the actors, answers `plan`, writes the report, prints the outcome.
 ///
 /// Signals (see `signals`): the first one stops the start (every question `interrupted`), or
 /// stops starting questions and gives those in flight `batch.shutdown_grace`, or, after the
@@ -38,7 +38,7 @@ pub(super) enum Mode {
 /// the rows as they stand and exits at once.
 pub(super) async fn run_batch(
     mut settings: Settings,
-    planned: Vec<Planned>,
+    plan: Plan,
     env: EnvLookup,
     mode: Mode,
     signals: &Signals,
@@ -82,7 +82,7 @@ pub(super) async fn run_batch(
         Some(shard) => shard.journal_name(),
         None => JOURNAL.to_owned(),
     });
-    let mut rows = batch::Rows::new(&planned, &settings.agent.name, &options).with_budget(budget(&settings, shard));
+    let mut rows = batch::Rows::new(&plan, &settings.agent.name, &options).with_budget(budget(&settings, shard));
     if mode != Mode::Ask {
         let journal =
             Journal::create(&journal_path).map_err(|source| CliError::Write { path: journal_path.clone(), source })?;
@@ -90,7 +90,7 @@ pub(super) async fn run_batch(
     }
     // One question to answer now: its answer is printed as the model writes it.
     let printer = AnswerPrinter::default();
-    let one_question = planned.len() == 1 && planned[0].done.is_none();
+    let one_question = plan.questions.len() == 1 && plan.questions[0].done.is_none();
     if mode == Mode::Ask || one_question {
         rows = rows.showing(printer.echo());
     }
@@ -112,7 +112,7 @@ pub(super) async fn run_batch(
     }
     signals.enter(Phase::Answering);
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
-    batch::run_recorded(&runtime.agent_context(label), planned, &rows, &options, &shutdown).await;
+    batch::run_recorded(&runtime.agent_context(label), plan, &rows, &options, &shutdown).await;
     signals.enter(Phase::Finishing);
     // Each question's row waited for its own file; nothing should be left, but a write still
     // running ends before the report is written.

@@ -59,7 +59,7 @@ pub(super) async fn demo(args: DemoArgs, signals: &Signals) -> Result<ExitCode, 
     let endpoint = McpEndpoint::StreamableHttp(search.endpoint());
     settings.mcp.servers = vec![McpServerSettings::new("demo-search", endpoint).with_tools(&[SEARCH_TOOL])];
     settings.mcp.connect_timeout = Duration::from_secs(10);
-    let planned = batch::plan(&settings.batch, args.force, None)?;
+    let plan = batch::plan(&settings.batch, args.force, None)?;
     let no_env: EnvLookup = Arc::new(|_: &str| None);
-    run_batch(settings, planned, no_env, Mode::Demo, signals).await
+    run_batch(settings, plan, no_env, Mode::Demo, signals).await
 }

@@ -15,9 +15,9 @@ pub(super) async fn run(args: RunArgs, signals: &Signals) -> Result<ExitCode, Cl
         Some(shard) => Some(shard),
         None => Shard::from_env(&|name| std::env::var(name).ok()).map_err(CliError::Usage)?,
     };
-    let planned = batch::plan(&settings.batch, args.force, shard)?;
+    let plan = batch::plan(&settings.batch, args.force, shard)?;
     if let Some(shard) = shard {
-        tracing::info!(%shard, questions = planned.len(), "answering this shard's share");
+        tracing::info!(%shard, questions = plan.questions.len(), "answering this shard's share");
     }
-    run_batch(settings, planned, process_env(), Mode::Run { shard }, signals).await
+    run_batch(settings, plan, process_env(), Mode::Run { shard }, signals).await
 }

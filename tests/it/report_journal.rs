@@ -115,3 +115,19 @@ async fn report_show_prints_the_summary_of_a_report_and_its_exit_code() {
     missing.expect_code(2);
     assert!(missing.stderr.contains("nowhere.json"), "{}", missing.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_questions_are_asked_once_and_counted() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|_| Reply::text("An answer.")))).await.expect("model");
+    let agentry = Agentry::new();
+    agentry.file("more.txt", "Define Rust\n  define   rust \nDefine Go\n# a comment\n");
+    let extra = "[batch]\nquestions = [\"Define Go\", \"Define Zig\"]\nquestions_file = \"more.txt\"\n";
+    let path = agentry.file("c.toml", &config(&model.base_url(), None, extra));
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+    assert_eq!(model.request_count(), 3, "Go, Zig and Rust, once each");
+    let report = agentry.report("definitions/report.json");
+    assert_eq!(report["totals"]["questions"], 3, "{report}");
+    assert_eq!(report["totals"]["duplicates"], 2, "{report}");
+    assert!(run.stdout.contains("2 duplicates dropped"), "{}", run.stdout);
+}
