@@ -96,7 +96,7 @@ pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) 
         questions
             .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
     }
-    let answered = research::scan(&settings.output_dir);
+    let answered = answered(&settings.output_dir);
     let mut seen = HashSet::new();
     let mut duplicates = 0;
     let all: Vec<Planned> = questions
@@ -120,6 +120,52 @@ pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) 
     }
     let questions = all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(&p.id))).collect();
     Ok(Plan { questions, duplicates })
+}
+
+/// The questions answered in `dir`, by id, without reading every research file: the rows of
+/// the journals there (`*.jsonl`) name the answered questions' files, and a file they name
+/// that is still in the directory answers its question; only the research files no row names
+/// (a run killed between a file and its row, a journal deleted by hand, files of older
+/// versions) are opened, for their `question_id`. A file the rows name that is gone answers
+/// nothing: the directory is the truth.
+fn answered(dir: &Path) -> std::collections::HashMap<String, PathBuf> {
+    use std::collections::{HashMap, HashSet};
+    use std::ffi::OsString;
+
+    let Ok(entries) = std::fs::read_dir(dir) else { return HashMap::new() };
+    let (mut files, mut journals) = (HashSet::<OsString>::new(), Vec::new());
+    for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+        match (path.extension().and_then(|e| e.to_str()), path.file_name()) {
+            (Some("md"), Some(name)) => {
+                files.insert(name.to_owned());
+            }
+            (Some("jsonl"), _) => journals.push(path),
+            _ => {}
+        }
+    }
+    let mut answered = HashMap::new();
+    for journal in &journals {
+        let Ok(rows) = journal::rows(journal) else { continue };
+        // A line that is not a row ends this journal's part: its files are then opened.
+        for row in rows.map_while(Result::ok) {
+            let answers = row.status == Status::Ok || row.reason == Some(SkipReason::Answered);
+            let name = row.transcript.file.as_deref().and_then(Path::file_name);
+            if let (true, Some(name)) = (answers, name)
+                && files.contains(name)
+            {
+                answered.insert(row.question_id, dir.join(name));
+            }
+        }
+    }
+    let named: HashSet<OsString> =
+        answered.values().filter_map(|path: &PathBuf| path.file_name()).map(ToOwned::to_owned).collect();
+    for name in files.difference(&named) {
+        let path = dir.join(name);
+        if let Some(id) = research::front_matter_id(&path) {
+            answered.entry(id).or_insert(path);
+        }
+    }
+    answered
 }
 
 /// How a question ended.

@@ -28,8 +28,7 @@
 //! so finding it reads one short line whatever the question's length; files written before it
 //! moved up (question first) are still read, line by line to the end of the front matter.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde_json::json;
@@ -133,22 +132,9 @@ pub fn read_question_id(text: &str) -> Option<String> {
     question_id_in(text.lines().map(str::to_owned))
 }
 
-/// The research files in `dir`, by question id. Unreadable or foreign files are skipped.
-pub fn scan(dir: &Path) -> HashMap<String, PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return HashMap::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|e| e == "md"))
-        .filter_map(|path| Some((front_matter_id(&path)?, path)))
-        .collect()
-}
-
 /// The `question_id` of a research file, read line by line (it is the first line of the front
 /// matter in files written now; older files have it after the question).
-fn front_matter_id(path: &Path) -> Option<String> {
+pub fn front_matter_id(path: &Path) -> Option<String> {
     use std::io::BufRead;
     question_id_in(std::io::BufReader::new(std::fs::File::open(path).ok()?).lines().map_while(Result::ok))
 }
@@ -225,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn scan_finds_long_questions_in_new_and_old_files() {
+    fn ids_are_found_for_long_questions_in_new_and_old_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let long = format!("Define {}", "very ".repeat(5000));
         let provenance = Provenance {
@@ -243,9 +229,9 @@ mod tests {
         let old = format!("---\nquestion: {}\nquestion_id: \"q-0123456789ab\"\n---\n\nbody\n", json!(long));
         std::fs::write(dir.path().join("old.md"), old).expect("write");
         std::fs::write(dir.path().join("foreign.md"), "# notes\nquestion_id: \"q-feedfeedfeed\"\n").expect("write");
-        let found = scan(dir.path());
-        assert_eq!(found.get(&question_id(&long)), Some(&dir.path().join("new.md")));
-        assert_eq!(found.get("q-0123456789ab"), Some(&dir.path().join("old.md")));
-        assert_eq!(found.len(), 2, "a file without front matter is not ours: {found:?}");
+        let id = |name: &str| front_matter_id(&dir.path().join(name));
+        assert_eq!(id("new.md"), Some(question_id(&long)));
+        assert_eq!(id("old.md").as_deref(), Some("q-0123456789ab"));
+        assert_eq!(id("foreign.md"), None, "a file without front matter is not ours");
     }
 }

@@ -131,3 +131,52 @@ async fn duplicate_questions_are_asked_once_and_counted() {
     assert_eq!(report["totals"]["duplicates"], 2, "{report}");
     assert!(run.stdout.contains("2 duplicates dropped"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_over_a_thousand_answered_questions_reads_the_journal_and_asks_only_the_missing() {
+    let model = ModelServer::start(Arc::new(FnBehaviour::new(|request| {
+        Reply::text(format!("Answer to question {}.", index_of(request)))
+    })))
+    .await
+    .expect("model");
+    let agentry = Agentry::new();
+    let batch = |n: usize| {
+        let list: String = (0..n).map(|i| format!("Question {i}\n")).collect();
+        agentry.file("questions.txt", &list);
+        config(&model.base_url(), None, "[batch]\nconcurrency = 16\nquestions_file = \"questions.txt\"\n")
+    };
+    let path = agentry.file("c.toml", &batch(1000));
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+    assert_eq!(model.request_count(), 1000);
+    let dir = agentry.dir().join("definitions");
+    let file_of = |i: usize| {
+        let report = agentry.report("definitions/report.json");
+        let row = &report["questions"][i];
+        assert_eq!(row["question"], format!("Question {i}"));
+        agentry.dir().join(row["file"].as_str().expect("file"))
+    };
+    // The directory is the truth: a file deleted by hand is asked again.
+    std::fs::remove_file(file_of(3)).expect("delete");
+    // The journal is what the rerun reads: a file it names is not opened (this one no longer
+    // has a front matter, and still answers its question).
+    std::fs::write(file_of(5), "edited by hand\n").expect("edit");
+    // A file no row names (its row lost) is opened for its question_id.
+    let journal = std::fs::read_to_string(dir.join("report.jsonl")).expect("journal");
+    let kept: String =
+        journal.lines().filter(|line| !line.contains("\"Question 7\"")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("report.jsonl"), kept).expect("journal");
+
+    let path = agentry.file("c.toml", &batch(1001));
+    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(0);
+    let asked: Vec<usize> = model.requests()[1000..]
+        .iter()
+        .map(|r| {
+            let question = r.body["messages"][1]["content"].as_str().unwrap_or_default().to_owned();
+            question.trim_start_matches("Question ").parse().unwrap_or(usize::MAX)
+        })
+        .collect();
+    assert_eq!(asked.len(), 2, "only the deleted one and the new one: {asked:?}");
+    assert!(asked.contains(&3) && asked.contains(&1000), "{asked:?}");
+    let report = agentry.report("definitions/report.json");
+    assert_eq!((report["totals"]["ok"].as_u64(), report["totals"]["skipped"].as_u64()), (Some(2), Some(999)));
+}
