@@ -7,6 +7,8 @@
 //! cargo bench --bench e2e                       # S1–S5, 3 runs each
 //! cargo bench --bench e2e -- --runs 5 --scenarios S1,S3 --out target/bench
 //! cargo bench --bench e2e -- --scenarios S2,S3,S4 --stream false   # one JSON answer per call
+//! cargo bench --bench e2e -- --scenarios S6          # scale: N = 10,000 and 100,000, once each
+//! cargo bench --bench e2e -- --scenarios S6 --huge   # and N = 1,000,000 (minutes, ~4 GB of files)
 //! ```
 //!
 //! Per scenario and run: wall time; the ideal time `ceil(N/C) × (model calls per question ×
@@ -105,7 +107,76 @@ const SCENARIOS: &[Scenario] = &[
         tool_latency: Duration::ZERO,
         limits: Some(Limits { requests: 10_000, tokens: 40_000, window: Duration::from_secs(2), max_tokens: 200 }),
     },
+    // S6 "scale" (opt-in: --scenarios S6, once each; S6-1M only with --huge): memory and CPU
+    // per question as N grows, and a rerun's start over the N answered.
+    Scenario {
+        name: "S6-10k",
+        what: "scale",
+        questions: 10_000,
+        concurrency: 500,
+        model_latency: Duration::ZERO,
+        tool_latency: Duration::ZERO,
+        limits: None,
+    },
+    Scenario {
+        name: "S6-100k",
+        what: "scale",
+        questions: 100_000,
+        concurrency: 500,
+        model_latency: Duration::ZERO,
+        tool_latency: Duration::ZERO,
+        limits: None,
+    },
+    Scenario {
+        name: "S6-1M",
+        what: "scale",
+        questions: 1_000_000,
+        concurrency: 500,
+        model_latency: Duration::ZERO,
+        tool_latency: Duration::ZERO,
+        limits: None,
+    },
 ];
+
+/// Whether `scenario` runs: the S6 ones only when asked for (S6-1M only with `--huge`), the
+/// others by default or when named.
+fn chosen(scenario: &Scenario, wanted: &[String], huge: bool) -> bool {
+    let named = wanted.iter().any(|w| scenario.name == w || scenario.name.starts_with(&format!("{w}-")));
+    match scenario.name {
+        "S6-1M" => huge && named,
+        name if name.starts_with("S6") => named,
+        _ => wanted.is_empty() || named,
+    }
+}
+
+/// A rerun over the answered output of `run`: one more question in the list; returns the
+/// time from start to the model server's first request, and the wall time, in ms.
+fn rerun_start(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> (f64, f64) {
+    let mut questions = std::fs::read_to_string(dir.join("q.txt")).expect("questions");
+    questions.push_str("A question the first run did not have\n");
+    std::fs::write(dir.join("q-rerun.txt"), questions).expect("questions");
+    let config =
+        std::fs::read_to_string(dir.join("bench.toml")).expect("config").replace("\"q.txt\"", "\"q-rerun.txt\"");
+    std::fs::write(dir.join("rerun.toml"), config).expect("config");
+    model.ask("reset");
+    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
+    let started = Instant::now();
+    let status = Command::new(env!("CARGO_BIN_EXE_agentry"))
+        .args(["run", "-c", dir.join("rerun.toml").to_str().expect("utf-8")])
+        .args(["--output-dir", dir.join(format!("out-{run}")).to_str().expect("utf-8")])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("agentry runs");
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(status.success(), "{}: the rerun exited with {status}", scenario.name);
+    let first: f64 = model.ask("first").parse().unwrap_or(0.0);
+    (if first > 0.0 { first - started_unix_ms } else { f64::NAN }, wall_ms)
+}
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Measured {
@@ -360,7 +431,10 @@ fn main() {
 
     let mut table = "| scenario | N | C | model / tool latency | wall s | efficiency | CPU ms/question | peak RSS MB | questions/s | first request ms | refused | model peer CPU ms/question |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n".to_string();
     let mut all = Vec::new();
-    for scenario in SCENARIOS.iter().filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name)) {
+    let huge = args.iter().any(|a| a == "--huge");
+    let mut reruns = String::new();
+    for scenario in SCENARIOS.iter().filter(|s| chosen(s, &wanted, huge)) {
+        let runs = if scenario.name.starts_with("S6") { 1 } else { runs };
         let mut model = Peer::start("model", scenario.model_latency, scenario.limits);
         let search = Peer::start("search", scenario.tool_latency, None);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -387,6 +461,14 @@ fn main() {
             let m = run_once(scenario, dir.path(), run, &mut model);
             eprintln!("{} run {run}/{runs}: {m:?}", scenario.name);
             measured.push(m);
+        }
+        if scenario.name.starts_with("S6") {
+            let (first_ms, wall_ms) = rerun_start(scenario, dir.path(), runs, &mut model);
+            eprintln!("{} rerun: first request {first_ms:.0} ms, wall {wall_ms:.0} ms", scenario.name);
+            reruns.push_str(&format!(
+                "| {} rerun over {} answered (+1 new) | {first_ms:.0} | {wall_ms:.0} |\n",
+                scenario.name, scenario.questions
+            ));
         }
         table.push_str(&format!(
             "| {} {} | {} | {} | {} / {} ms | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -418,6 +500,9 @@ fn main() {
         "agentry {} end-to-end benchmark, {cores} cores, model.stream = {stream}, median (min–max) of {runs} runs\n\n",
         env!("CARGO_PKG_VERSION")
     );
+    if !reruns.is_empty() {
+        table.push_str(&format!("\n| rerun | first request ms | wall ms |\n|---|---|---|\n{reruns}"));
+    }
     println!("\n{header}{table}");
     std::fs::write(out.join("bench.md"), format!("{header}{table}")).expect("bench.md");
     let json = json!({"cores": cores, "runs": runs, "stream": stream, "scenarios": all});
