@@ -508,34 +508,26 @@ pub struct RunOptions {
 /// Answers the planned questions; the report has one row per planned question (kept in
 /// memory: for a library caller; the CLI writes them to a journal with [`Rows::journaled`]).
 pub async fn run(context: &AgentContext, plan: Plan, options: &RunOptions, shutdown: &CancellationToken) -> Report {
-    let rows = Rows::new(&plan, &context.settings.name, options);
-    run_recorded(context, plan, &rows, options, shutdown).await;
+    let rows = Rows::new(plan, &context.settings.name, options);
+    run_recorded(context, &rows, options, shutdown).await;
     rows.report()
 }
 
 /// [`run`], putting each row in `rows` as it finishes (its journal, or memory) and keeping
 /// what the questions in flight did so far, so a report can be written before the batch ends
 /// ([`Rows::snapshot`]).
-pub async fn run_recorded(
-    context: &AgentContext,
-    plan: Plan,
-    rows: &Rows,
-    options: &RunOptions,
-    shutdown: &CancellationToken,
-) {
-    let progress = Progress::new(plan.questions.len() as u64, options.progress);
+pub async fn run_recorded(context: &AgentContext, rows: &Rows, options: &RunOptions, shutdown: &CancellationToken) {
+    // The questions are the rows' (one copy for the batch): each is cloned as it starts.
+    let planned = rows.planned();
+    let progress = Progress::new(planned.len() as u64, options.progress);
     let budget = rows.budget();
-    let mut work = Vec::new();
-    for (index, item) in plan.questions.into_iter().enumerate() {
-        if item.done.is_some() {
-            let row = Row::empty(&item, Status::Skipped);
-            record_question(Status::Skipped);
-            progress.finished(&row);
-            rows.finish(index, row);
-        } else {
-            work.push((index, item));
-        }
+    for (index, item) in planned.iter().enumerate().filter(|(_, item)| item.done.is_some()) {
+        let row = Row::empty(item, Status::Skipped);
+        record_question(Status::Skipped);
+        progress.finished(&row);
+        rows.finish(index, row);
     }
+    let work = planned.iter().enumerate().filter(|(_, item)| item.done.is_none()).map(|(i, item)| (i, item.clone()));
     let budget = &budget;
     let mut answering = futures::stream::iter(work)
         .map(|(index, item)| async move {
@@ -614,8 +606,8 @@ enum Sink {
 
 impl Rows {
     /// The rows of `plan`, none finished yet, kept in memory.
-    pub fn new(plan: &Plan, agent: &str, options: &RunOptions) -> Self {
-        let planned = &plan.questions;
+    pub fn new(plan: Plan, agent: &str, options: &RunOptions) -> Self {
+        let count = plan.questions.len();
         let head = Report {
             agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
             shard: None,
@@ -623,7 +615,7 @@ impl Rows {
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             agent: agent.to_owned(),
             output_dir: options.output_dir.clone(),
-            totals: Totals { questions: planned.len(), duplicates: plan.duplicates, ..Totals::default() },
+            totals: Totals { questions: count, duplicates: plan.duplicates, ..Totals::default() },
             secrets: Vec::new(),
             restarts: Default::default(),
             budget: BudgetReport::default(),
@@ -634,8 +626,8 @@ impl Rows {
             started: std::time::Instant::now(),
             budget: Budget::default(),
             echo: None,
-            planned: planned.to_vec().into(),
-            finished: vec![false; planned.len()],
+            planned: plan.questions.into(),
+            finished: vec![false; count],
             running: Default::default(),
             sink: Sink::Memory(Vec::new()),
             single: None,
@@ -663,6 +655,11 @@ impl Rows {
 
     fn budget(&self) -> Budget {
         self.board().budget.clone()
+    }
+
+    /// The questions, in order.
+    fn planned(&self) -> Arc<[Planned]> {
+        self.board().planned.clone()
     }
 
     fn board(&self) -> std::sync::MutexGuard<'_, Board> {

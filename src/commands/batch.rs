@@ -82,15 +82,15 @@ pub(super) async fn run_batch(
         Some(shard) => shard.journal_name(),
         None => JOURNAL.to_owned(),
     });
-    let mut rows = batch::Rows::new(&plan, &settings.agent.name, &options).with_budget(budget(&settings, shard));
+    // One question to answer now: its answer is printed as the model writes it.
+    let one_question = plan.questions.len() == 1 && plan.questions[0].done.is_none();
+    let mut rows = batch::Rows::new(plan, &settings.agent.name, &options).with_budget(budget(&settings, shard));
     if mode != Mode::Ask {
         let journal =
             Journal::create(&journal_path).map_err(|source| CliError::Write { path: journal_path.clone(), source })?;
         rows = rows.journaled(journal);
     }
-    // One question to answer now: its answer is printed as the model writes it.
     let printer = AnswerPrinter::default();
-    let one_question = plan.questions.len() == 1 && plan.questions[0].done.is_none();
     if mode == Mode::Ask || one_question {
         rows = rows.showing(printer.echo());
     }
@@ -112,7 +112,7 @@ pub(super) async fn run_batch(
     }
     signals.enter(Phase::Answering);
     let label = if mode == Mode::Demo { " (demo)" } else { "" };
-    batch::run_recorded(&runtime.agent_context(label), plan, &rows, &options, &shutdown).await;
+    batch::run_recorded(&runtime.agent_context(label), &rows, &options, &shutdown).await;
     signals.enter(Phase::Finishing);
     // Each question's row waited for its own file; nothing should be left, but a write still
     // running ends before the report is written.
