@@ -1,25 +1,27 @@
 //! A batch: which questions, answered how many at once, and the report.
 //!
-//! - [`plan`] reads the questions (inline and from `questions_file`), drops duplicates, and
-//!   marks those already answered (a research file in the output directory carries their
-//!   `question_id`) as skipped unless `force`.
+//! - [`plan`] reads the questions (inline and from `questions_file`), drops (and counts)
+//!   duplicates, and marks those already answered as skipped unless `force`. What is answered
+//!   comes from the journals' rows and the files they name, opening only the research files no
+//!   row names (see `answered`).
 //! - [`run`] answers the rest with at most `concurrency` in flight. The question list is
 //!   consumed as a stream, so only the questions in flight hold a conversation.
 //! - On shutdown (Ctrl-C / SIGTERM) no new question starts; those in flight get
 //!   `shutdown_grace` to finish, then are marked interrupted.
-//! - [`Rows`] holds every row as it stands, shared with the batch: each question's transcript
+//! - [`Rows`] holds the questions in flight, shared with the batch: each question's transcript
 //!   is written through a [`Recorder`] outside the question's future, so a question cut by its
-//!   deadline or the shutdown keeps what it did, and a second signal can write the report from
-//!   the rows before the batch ends ([`Rows::snapshot`]).
-//! - The research file is the answer: a question that saved and then failed or was cut is
-//!   `ok` with a warning, also when the save's reply was lost with its turn
-//!   ([`Report::answer_by_saved_files`]).
+//!   deadline or the shutdown keeps what it did, and a second signal can write every row
+//!   before the batch ends ([`Rows::snapshot`]). A finished row goes to the journal
+//!   (`report.jsonl`, [`journal`]) at once.
+//! - The research file is the answer: a question's row is final once the research writer has
+//!   settled its file; a question that saved and then failed or was cut is `ok` with a
+//!   warning, also when the save's reply was lost with its turn.
 //! - [`budget::Budget`] (`[batch.budget]`) is shared by the questions: once the next model
 //!   call could exceed it, no question starts, those in flight stop after their current turn,
 //!   and the rest are `skipped` with reason `budget` (a question that saved its research first
 //!   is `ok` with a warning: the file is the answer). The report gives the spend per route.
-//! - The [`Report`] is written atomically to `report.json`; [`Report::summary`] is the table
-//!   printed on stdout.
+//! - The [`Report`] is written atomically to `report.json` from the journal
+//!   ([`Report::write_from_journal`]); [`Report::summary_of`] is the table printed on stdout.
 
 pub mod budget;
 pub mod journal;
