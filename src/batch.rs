@@ -145,13 +145,23 @@ fn answered(dir: &Path) -> std::collections::HashMap<String, PathBuf> {
             _ => {}
         }
     }
+    /// What the index reads of a row (the question's text and the rest are skipped unread).
+    #[derive(Deserialize)]
+    struct Answer {
+        question_id: String,
+        status: Status,
+        #[serde(default)]
+        reason: Option<SkipReason>,
+        #[serde(default)]
+        file: Option<PathBuf>,
+    }
     let mut answered = HashMap::new();
     for journal in &journals {
-        let Ok(rows) = journal::rows(journal) else { continue };
+        let Ok(rows) = journal::lines::<Answer>(journal) else { continue };
         // A line that is not a row ends this journal's part: its files are then opened.
         for row in rows.map_while(Result::ok) {
             let answers = row.status == Status::Ok || row.reason == Some(SkipReason::Answered);
-            let name = row.transcript.file.as_deref().and_then(Path::file_name);
+            let name = row.file.as_deref().and_then(Path::file_name);
             if let (true, Some(name)) = (answers, name)
                 && files.contains(name)
             {

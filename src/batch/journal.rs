@@ -91,6 +91,13 @@ pub enum ReadError {
 /// The rows of the journal at `path`, one at a time, in the order they were written. A last
 /// line without its newline (the process died inside its write) is skipped.
 pub fn rows(path: &Path) -> Result<impl Iterator<Item = Result<Row, ReadError>>, ReadError> {
+    lines(path)
+}
+
+/// [`rows`], each line read as a `T` (some of a row's fields: the others are skipped unread).
+pub fn lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<T, ReadError>>, ReadError> {
     let io = |source| ReadError::Io { path: path.to_path_buf(), source };
     let mut reader = BufReader::new(File::open(path).map_err(io)?);
     let path = path.to_path_buf();
