@@ -507,17 +507,21 @@ impl ModelRouterHandle {
         log: &Arc<CallLog>,
     ) -> Result<ChatOutcome, LlmError> {
         let (wait, answer_within) = (deadline.cap(RESTART_WAIT), deadline.cap(self.deadline));
-        let (deadline, log) = (deadline.child(), log.clone());
+        let (deadline, calls) = (deadline.child(), log.clone());
         self.slot
             .call("model-router", wait, answer_within, |reply| ModelRouterMsg::Chat {
                 messages,
                 tools,
                 deadline,
-                log,
+                log: calls,
                 reply,
             })
             .await
-            .map_err(|unreachable: Unreachable| LlmError::Unavailable { reason: unreachable.to_string() })?
+            .map_err(|unreachable: Unreachable| {
+                // Given up at the deadline while retrying: say after what.
+                let retrying = log.last_failure().map(|failure| format!("; the call was retrying after: {failure}"));
+                LlmError::Unavailable { reason: format!("{unreachable}{}", retrying.unwrap_or_default()) }
+            })?
     }
 }
 
