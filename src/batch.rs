@@ -533,12 +533,19 @@ pub async fn run_recorded(context: &AgentContext, rows: &Rows, options: &RunOpti
     let planned = rows.planned();
     let progress = Progress::new(planned.len() as u64, options.progress);
     let budget = rows.budget();
-    for (index, item) in planned.iter().enumerate().filter(|(_, item)| item.done.is_some()) {
-        let row = Row::empty(item, Status::Skipped);
-        record_question(Status::Skipped);
-        progress.finished(&row);
-        rows.finish(index, row);
-    }
+    // The rows of the questions answered before are written beside the batch, not before it:
+    // a rerun's first question does not wait for a hundred thousand of them.
+    let skipping = {
+        let (rows, planned, progress) = (rows.clone(), planned.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            for (index, item) in planned.iter().enumerate().filter(|(_, item)| item.done.is_some()) {
+                let row = Row::empty(item, Status::Skipped);
+                record_question(Status::Skipped);
+                progress.finished(&row);
+                rows.finish(index, row);
+            }
+        })
+    };
     let work = planned.iter().enumerate().filter(|(_, item)| item.done.is_none()).map(|(i, item)| (i, item.clone()));
     let budget = &budget;
     let mut answering = futures::stream::iter(work)
@@ -571,6 +578,9 @@ pub async fn run_recorded(context: &AgentContext, rows: &Rows, options: &RunOpti
             Some((index, row)) = settling.next(), if !settling.is_empty() => finish(index, row),
             else => break,
         }
+    }
+    if let Err(error) = skipping.await {
+        tracing::error!(%error, "writing the rows of the questions answered before failed");
     }
     progress.done();
 }
@@ -774,7 +784,9 @@ impl Rows {
         let planned = self.board().planned.clone();
         for (index, item) in planned.iter().enumerate() {
             if !self.board().finished.get(index).copied().unwrap_or(true) {
-                self.finish(index, not_started(item));
+                // Answered before (its row not written yet): skipped, not interrupted.
+                let row = if item.done.is_some() { Row::empty(item, Status::Skipped) } else { not_started(item) };
+                self.finish(index, row);
             }
         }
     }
@@ -1052,10 +1064,11 @@ fn record_question(status: Status) {
 }
 
 /// A progress bar on a terminal, plain lines otherwise.
+#[derive(Clone)]
 struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
-    done: std::sync::atomic::AtomicU64,
+    done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Progress {
