@@ -149,6 +149,21 @@ fn chosen(scenario: &Scenario, wanted: &[String], huge: bool) -> bool {
     }
 }
 
+/// `agentry run -c <dir>/<config> --output-dir <out>` in `dir`, with only `PATH` and a quiet
+/// log in its environment and its output discarded.
+fn agentry_run(dir: &Path, config: &str, out: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentry"));
+    command
+        .args(["run", "-c", dir.join(config).to_str().expect("utf-8"), "--output-dir", out.to_str().expect("utf-8")])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 /// A rerun over the answered output of `run`: one more question in the list; returns the
 /// time from start to the model server's first request, and the wall time, in ms.
 fn rerun_start(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> (f64, f64) {
@@ -161,17 +176,7 @@ fn rerun_start(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) ->
     model.ask("reset");
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_agentry"))
-        .args(["run", "-c", dir.join("rerun.toml").to_str().expect("utf-8")])
-        .args(["--output-dir", dir.join(format!("out-{run}")).to_str().expect("utf-8")])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("agentry runs");
+    let status = agentry_run(dir, "rerun.toml", &dir.join(format!("out-{run}"))).status().expect("agentry runs");
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert!(status.success(), "{}: the rerun exited with {status}", scenario.name);
     let first: f64 = model.ask("first").parse().unwrap_or(0.0);
@@ -322,22 +327,7 @@ fn run_once(scenario: &Scenario, dir: &Path, run: usize, model: &mut Peer) -> Me
     let model_cpu_before = model.cpu_seconds();
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as f64;
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentry"))
-        .args([
-            "run",
-            "-c",
-            dir.join("bench.toml").to_str().expect("utf-8"),
-            "--output-dir",
-            out.to_str().expect("utf-8"),
-        ])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agentry runs");
+    let mut child = agentry_run(dir, "bench.toml", &out).spawn().expect("agentry runs");
     let pid = child.id();
     let mut peak_kb = 0;
     let status = loop {
