@@ -2,6 +2,8 @@
 # Installs the test peers (idempotent; quick when already done):
 #   1. Python venv at .peers/venv with tests/peers/requirements.txt
 #      (skipped when .peers/venv/requirements.sha256 matches the file).
+#   1c. the Python MCP reference servers (mcp 2.x) in .peers/reference-venv with
+#      tests/peers/reference-servers.txt (same rule).
 #   2. npm packages of tests/peers/package-lock.json in tests/peers/node_modules
 #      (skipped when node_modules/.agentry-lock.sha256 matches the lockfile).
 #   3. the MCP conformance suite and Node 22 in tests/conformance/node_modules (same rule).
@@ -49,6 +51,28 @@ else
     rm -f "$tools_stamp"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$tools_requirements"
     echo "$tools_hash" > "$tools_stamp"
+fi
+
+# --- 1c. The official MCP reference servers in Python (mcp-server-time, mcp-server-fetch) ---------
+# They need mcp 2.x, the peers above the SDK's 1.x: a venv of their own, .peers/reference-venv,
+# from tests/peers/reference-servers.txt (skipped when its stamp matches the file).
+ref_venv="$root/.peers/reference-venv"
+ref_requirements="$root/tests/peers/reference-servers.txt"
+ref_stamp="$ref_venv/requirements.sha256"
+ref_hash="$(sha256sum "$ref_requirements" | cut -d' ' -f1)"
+if [[ -x "$ref_venv/bin/mcp-server-time" && -x "$ref_venv/bin/mcp-server-fetch" && -f "$ref_stamp" \
+    && "$(cat "$ref_stamp")" == "$ref_hash" ]]; then
+    step "Reference servers: .peers/reference-venv is up to date (requirements $ref_hash)"
+else
+    if [[ ! -x "$ref_venv/bin/python" ]]; then
+        step "Reference servers: creating venv at .peers/reference-venv"
+        rm -rf "$ref_venv"
+        "$python" -m venv "$ref_venv"
+    fi
+    step "Reference servers: pip install -r tests/peers/reference-servers.txt"
+    rm -f "$ref_stamp"
+    "$ref_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ref_requirements"
+    echo "$ref_hash" > "$ref_stamp"
 fi
 
 # --- 2 and 3. npm packages: the Node peers, and the conformance suite with its own Node 22 ---
