@@ -141,6 +141,19 @@ pub enum SecretError {
         /// "is a directory", "is empty", …
         problem: String,
     },
+    /// The value holds bytes no HTTP header can carry.
+    #[error(
+        "secret {name} ({fingerprint}) from {origin} holds characters that cannot go in an HTTP header (a line \
+         break or control character inside the value): rewrite it with the key alone on one line"
+    )]
+    NotHeaderSafe {
+        /// Secret name.
+        name: String,
+        /// Where the value came from (a path or a variable name).
+        origin: String,
+        /// The value's fingerprint.
+        fingerprint: Fingerprint,
+    },
     /// `<NAME>_FILE` names a file that does not exist or cannot be read.
     #[error("secret {name}: ${variable} names {path}, which cannot be read: {source}")]
     Unreadable {
@@ -154,6 +167,22 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Whether an HTTP header can carry the secret as `Bearer <value>`, as every request that sends
+/// it must: a line break or other control character inside the value cannot.
+pub fn header_safe(credential: &Credential) -> Result<(), SecretError> {
+    let header = format!("Bearer {}", credential.expose());
+    let safe = reqwest::header::HeaderValue::from_str(&header).is_ok();
+    drop(secrecy::SecretString::from(header));
+    match safe {
+        true => Ok(()),
+        false => Err(SecretError::NotHeaderSafe {
+            name: credential.name().to_owned(),
+            origin: credential.source().to_string(),
+            fingerprint: credential.fingerprint(),
+        }),
+    }
 }
 
 /// How to find one secret.
@@ -248,6 +277,18 @@ fn read_if_present(name: &str, path: &Path) -> Result<Option<SecretString>, Secr
     };
     if metadata.is_dir() {
         return Err(bad("is a directory, not a file"));
+    }
+    // Where a link leads matters: /proc/self/environ is a "file" holding every variable.
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let via = if resolved == path { String::new() } else { format!("leads to {}, which ", resolved.display()) };
+    if let Some(system) = ["/proc", "/sys", "/dev"].into_iter().find(|root| resolved.starts_with(root)) {
+        return Err(bad(&format!(
+            "{via}is under {system}: a secret is a regular file holding the key alone (e.g. a Docker secret \
+             mounted at /run/secrets/{name})"
+        )));
+    }
+    if !metadata.is_file() {
+        return Err(bad(&format!("{via}is not a regular file (a device, FIFO or socket): a secret is a regular file")));
     }
     if metadata.len() > MAX_SECRET_BYTES {
         return Err(bad(&format!("is larger than {MAX_SECRET_BYTES} bytes; is it the right file?")));

@@ -102,11 +102,42 @@ fn a_dangling_symlink_and_an_unreadable_file_have_their_own_errors() {
     let error = load(&spec(), dir.path(), &env_of(&[])).expect_err("dangling");
     assert!(error.to_string().contains("symbolic link to a file that does not exist"), "{error}");
 
-    // Reading /proc/self/mem from offset 0 fails for every user, root included (chmod 000
-    // does not stop root): a file that exists, is small, and cannot be read.
+    // /proc/self/mem exists, is small, and cannot be read (by root either): it is refused, by
+    // where it is, before any read.
     let dir = tempfile::tempdir().expect("tempdir");
     std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("openai_api_key")).expect("link");
     let error = load(&spec(), dir.path(), &env_of(&[])).expect_err("unreadable");
-    assert!(error.to_string().contains("cannot be read"), "{error}");
+    assert!(error.to_string().contains("under /proc"), "{error}");
     assert!(error.to_string().contains("openai_api_key"), "{error}");
+}
+
+#[test]
+fn a_key_file_that_leads_into_proc_sys_or_dev_is_refused_unread() {
+    // A link to /proc/self/environ would send the whole environment as the key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("key");
+    std::os::unix::fs::symlink("/proc/self/environ", &link).expect("symlink");
+    let env = env_of(&[("OPENAI_API_KEY_FILE", link.to_str().expect("utf-8"))]);
+    let error = load(&spec(), Path::new("/nonexistent"), &env).expect_err("a /proc file is no secret file");
+    let text = error.to_string();
+    assert!(text.contains(&link.display().to_string()) && text.contains("under /proc"), "{text}");
+    assert!(!text.contains("PATH="), "nothing of the file is shown: {text}");
+
+    // The Docker secret file itself as a link to a device.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("openai_api_key")).expect("symlink");
+    let error = load(&spec(), dir.path(), &env_of(&[])).expect_err("a device is no secret file");
+    assert!(error.to_string().contains("/dev/zero"), "{error}");
+}
+
+#[test]
+fn a_key_no_header_can_carry_is_named_by_its_source() {
+    let env = env_of(&[("OPENAI_API_KEY", "sk-abc\ndef")]);
+    let credential = load(&spec(), Path::new("/nonexistent"), &env).expect("ok").expect("found");
+    let error = header_safe(&credential).expect_err("a line break inside the key");
+    let text = error.to_string();
+    assert!(text.contains("$OPENAI_API_KEY") && text.contains(&credential.fingerprint().to_string()), "{text}");
+    assert!(!text.contains("sk-abc"), "{text}");
+    let fine = load(&spec(), Path::new("/nonexistent"), &env_of(&[("OPENAI_API_KEY", CANARY)])).expect("ok");
+    assert!(header_safe(&fine.expect("found")).is_ok());
 }
