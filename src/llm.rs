@@ -11,7 +11,7 @@ pub mod rate_limit;
 pub mod stream;
 pub mod wire;
 
-pub use error::LlmError;
+pub use error::{LlmError, MODEL_RUNNER_HOST, is_model_runner};
 
 use url::Url;
 

@@ -251,7 +251,8 @@ impl ChatClient {
                 tracing::info!(rate_limit.bucket = %wait.bucket, rate_limit.wait_s = wait.waited.as_secs_f64(),
                     "rate_limit.wait");
             }
-            let attempt = self.attempt(&url, &headers, body.clone(), credential, deadline, &permit, log).await;
+            let attempt =
+                self.attempt(&url, &endpoint.model, &headers, body.clone(), credential, deadline, &permit, log).await;
             let in_flight_limit = || u64::try_from(limiter.snapshot().in_flight_limit).unwrap_or(u64::MAX);
             let error = match attempt {
                 Ok(completion) => {
@@ -302,6 +303,7 @@ impl ChatClient {
     async fn attempt(
         &self,
         url: &Url,
+        model: &str,
         headers: &HeaderMap,
         body: Bytes,
         credential: Option<&Credential>,
@@ -329,7 +331,7 @@ impl ChatClient {
             if response.status().is_success() && is_event_stream(response.headers()) {
                 return self.read_stream(response, &shown, sent, log, &scrub).await;
             }
-            self.read_whole(response, &shown, &scrub).await
+            self.read_whole(response, &shown, model, &scrub).await
         };
         tokio::time::timeout(overall, exchange)
             .await
@@ -342,6 +344,7 @@ impl ChatClient {
         &self,
         response: reqwest::Response,
         shown: &str,
+        model: &str,
         scrub: &Scrub<'_>,
     ) -> Result<Completion, LlmError> {
         let status = response.status();
@@ -351,7 +354,7 @@ impl ChatClient {
         if !status.is_success() {
             // Whatever came of the body, the status says what to do next.
             let retry_after = rate_limit::retry_delay(&headers, &read.bytes);
-            return Err(status_error(status, retry_after, &read.bytes, shown.to_owned(), scrub));
+            return Err(status_error(status, retry_after, &read.bytes, shown.to_owned(), model, scrub));
         }
         let malformed = |problem: String| LlmError::Malformed {
             url: shown.to_owned(),
@@ -569,6 +572,7 @@ fn status_error(
     retry_after: Option<Duration>,
     body: &[u8],
     url: String,
+    model: &str,
     scrub: &dyn Fn(&str) -> String,
 ) -> LlmError {
     let code = status.as_u16();
@@ -581,13 +585,7 @@ fn status_error(
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(MESSAGE_SCAN_BYTES)]).into_owned());
     let cut = (0..=message.len().min(MESSAGE_SCAN_BYTES)).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
     let message: String = scrub(&message[..cut]).chars().take(MESSAGE_CHARS).collect();
-    match code {
-        // Larger than the whole per-minute budget: no wait makes it fit.
-        429 if message.starts_with("Request too large") => LlmError::Rejected { status: code, message, url },
-        429 => LlmError::RateLimited { retry_after, url },
-        408 | 409 | 500..=599 => LlmError::Server { status: code, message, retry_after, url },
-        _ => LlmError::Rejected { status: code, message, url },
-    }
+    LlmError::from_status(code, retry_after, body, message, url, model)
 }
 
 #[cfg(test)]
@@ -598,14 +596,14 @@ mod tests {
     fn statuses_map_to_what_the_caller_does_next() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-ab***yz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
         let scrub = |text: &str| Redactor::default().scrub(text);
-        let auth = status_error(StatusCode::UNAUTHORIZED, None, body, "u".into(), &scrub);
+        let auth = status_error(StatusCode::UNAUTHORIZED, None, body, "u".into(), "m", &scrub);
         assert!(matches!(auth, LlmError::Auth { .. }));
         assert!(!auth.is_retryable());
         assert!(!auth.to_string().contains("sk-ab"), "the API's echo of the key is dropped");
         for (status, retryable) in
             [(400, false), (403, false), (404, false), (408, true), (429, true), (500, true), (503, true)]
         {
-            let error = status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into(), &scrub);
+            let error = status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into(), "m", &scrub);
             assert_eq!(error.is_retryable(), retryable, "{status}");
         }
     }
@@ -630,6 +628,7 @@ mod tests {
                     None,
                     body.as_bytes(),
                     "u".into(),
+                    "m",
                     &scrub,
                 );
                 let text = error.to_string();

@@ -106,6 +106,38 @@ impl McpError {
     }
 }
 
+impl McpError {
+    /// What to do about it, in one line, when agentry can tell: a gateway that is not running or
+    /// not where the settings say, a gateway refusing the token, a stdio program missing.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Connect { location, cause: ConnectError::Spawn { program, .. }, .. } => Some(format!(
+                "install {program} (or put it on PATH), or correct the server's command in mcp.servers ({location})"
+            )),
+            Self::Connect { cause: ConnectError::TokenNotHeaderSafe { .. }, .. } => None,
+            Self::Connect { location, .. } if location.starts_with("http") => {
+                let transport = if location.trim_end_matches('/').ends_with("/sse") { "sse" } else { "streaming" };
+                Some(format!(
+                    "is the MCP gateway running at {location}? Start it (`docker mcp gateway run --transport \
+                     {transport} --port 8811`, or the compose stack's mcp-gateway service), or set MCP_SERVER_URL \
+                     to where it listens"
+                ))
+            }
+            Self::Auth { secret: Some(secret), .. } => Some(format!(
+                "give agentry the gateway's token: MCP_GATEWAY_AUTH_TOKEN (or ${}_FILE, or the file \
+                 <secrets.dir>/{secret}); docker/mcp-gateway >= 0.43.1 prints it at start and requires it over HTTP",
+                secret.to_uppercase()
+            )),
+            Self::Auth { secret: None, .. } => Some(
+                "the server wants a bearer token: set token_secret = \"mcp_gateway_auth_token\" for it in \
+                 mcp.servers and put the token in MCP_GATEWAY_AUTH_TOKEN"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
