@@ -351,10 +351,64 @@ impl Reply {
         Reply::SplitWrites { reply: Box::new(self), bytes }
     }
 
+    /// OpenAI's 400 for a conversation longer than the model's context (`param: "messages"`,
+    /// `code: "context_length_exceeded"`), worded as the API words it.
+    pub fn context_length_exceeded(limit: u64, asked: u64) -> Self {
+        api_error(
+            400,
+            "invalid_request_error",
+            Some("messages"),
+            Some("context_length_exceeded"),
+            &format!(
+                "This model's maximum context length is {limit} tokens. However, your messages resulted in {asked} \
+                 tokens. Please reduce the length of the messages."
+            ),
+        )
+    }
+
+    /// llama.cpp's server (Docker Model Runner's engine) for the same: 400 with its own body,
+    /// `{"error":{"code":400,"message","type":"exceed_context_size_error","n_prompt_tokens","n_ctx"}}`.
+    pub fn llama_cpp_context_exceeded(n_ctx: u64, asked: u64) -> Self {
+        let body = json!({"error": {
+            "code": 400,
+            "message": format!("request ({asked} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it"),
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": asked,
+            "n_ctx": n_ctx,
+        }});
+        Reply::Raw { status: 400, content_type: "application/json; charset=utf-8".to_owned(), body: body.to_string() }
+    }
+
+    /// OpenAI's 400 for `tools` sent to a model without function calling (`param: "tools"`).
+    pub fn tools_unsupported() -> Self {
+        api_error(
+            400,
+            "invalid_request_error",
+            Some("tools"),
+            None,
+            "tools is not supported in this model. For a list of supported models, refer to \
+             https://platform.openai.com/docs/guides/function-calling#models-supporting-function-calling.",
+        )
+    }
+
+    /// llama.cpp's server started without `--jinja` when a request has `tools`: a 500
+    /// `server_error` (its parser throws), `{"error":{"code":500,"message","type"}}`.
+    pub fn llama_cpp_tools_without_jinja() -> Self {
+        let body =
+            json!({"error": {"code": 500, "message": "tools param requires --jinja flag", "type": "server_error"}});
+        Reply::Raw { status: 500, content_type: "application/json; charset=utf-8".to_owned(), body: body.to_string() }
+    }
+
     /// `self`, streamed in pieces of `sizes` characters in turn, its calls in `calls` order.
     pub fn in_pieces(self, sizes: impl IntoIterator<Item = usize>, calls: CallOrder) -> Self {
         Reply::Pieces { reply: Box::new(self), sizes: sizes.into_iter().collect(), calls }
     }
+}
+
+/// An OpenAI error body with a `param`, sent as is.
+fn api_error(status: u16, kind: &str, param: Option<&str>, code: Option<&str>, message: &str) -> Reply {
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    Reply::Raw { status, content_type: "application/json".to_owned(), body: body.to_string() }
 }
 
 /// Read-only view of one validated chat-completion request, handed to
@@ -474,6 +528,19 @@ impl Behaviour for Queue {
     }
 }
 
+/// A model that never calls tools, whatever it is offered: it answers every request in plain
+/// text, as a small local model without a tool-calling chat template does (Gemma 3 270M on
+/// llama.cpp's server: the `tools` array is ignored). The answer restates the last user message.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TextOnly;
+
+impl Behaviour for TextOnly {
+    fn reply(&self, request: &ChatRequestView<'_>) -> Reply {
+        let question = request.last_user_text().unwrap_or_default();
+        Reply::text(format!("{question}\n\nThis is an answer in plain text; no tool was called."))
+    }
+}
+
 /// The demo's researcher, served by the test server (with validation and recording).
 impl Behaviour for ScriptedResearcher {
     fn reply(&self, request: &ChatRequestView<'_>) -> Reply {
@@ -559,6 +626,8 @@ struct Shared {
     accepted_key: Mutex<Option<String>>,
     requests: Mutex<Vec<RecordedRequest>>,
     models_seen: Mutex<BTreeSet<String>>,
+    /// When set, the only models served: `/v1/models` lists them, any other gets OpenAI's 404.
+    served_models: Mutex<Option<Vec<String>>>,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
     next_call_id: AtomicU64,
@@ -642,6 +711,7 @@ impl ModelServer {
             accepted_key: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             models_seen: Mutex::new(BTreeSet::new()),
+            served_models: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             next_call_id: AtomicU64::new(1),
@@ -651,12 +721,15 @@ impl ModelServer {
             stream_style: Mutex::new(StreamStyle::default()),
             stopping: OnceLock::new(),
         });
-        let router = Router::new()
-            .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
-            .route("/v1/models", get(list_models).fallback(method_not_allowed))
-            .fallback(not_found)
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(Arc::clone(&shared));
+        // Docker Model Runner serves the same API under these prefixes too.
+        let mut router = Router::new();
+        for prefix in ["/v1", "/engines/v1", "/engines/llama.cpp/v1"] {
+            router = router
+                .route(&format!("{prefix}/chat/completions"), post(chat_completions).fallback(method_not_allowed))
+                .route(&format!("{prefix}/models"), get(list_models).fallback(method_not_allowed));
+        }
+        let router =
+            router.fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(Arc::clone(&shared));
         let server = Loopback::start(addr, "test model server", |stopping| {
             let _ = shared.stopping.set(stopping.clone());
             router
@@ -714,6 +787,18 @@ impl ModelServer {
         *lock(&self.shared.stream_style) = style;
     }
 
+    /// Serves only `models` (builder form of [`set_models`](Self::set_models)).
+    pub fn with_models(self, models: &[&str]) -> Self {
+        self.set_models(Some(models.iter().map(|m| (*m).to_owned()).collect()));
+        self
+    }
+
+    /// Serves only `models` from now on (`None`: any model, as the demo does): `GET /v1/models`
+    /// lists exactly them, and a completion for another gets OpenAI's 404 `model_not_found`.
+    pub fn set_models(&self, models: Option<Vec<String>>) {
+        *lock(&self.shared.served_models) = models;
+    }
+
     /// Requires `Authorization: Bearer <key>` (builder form of
     /// [`set_accepted_key`](Self::set_accepted_key)).
     pub fn require_key(self, key: Option<String>) -> Self {
@@ -730,6 +815,15 @@ impl ModelServer {
     /// The OpenAI base URL, `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr())
+    }
+
+    /// The same API as Docker Model Runner's URLs give it: `http://127.0.0.1:PORT/engines/v1`,
+    /// or with `engine` named, `…/engines/llama.cpp/v1`.
+    pub fn model_runner_url(&self, engine: Option<&str>) -> String {
+        match engine {
+            Some(engine) => format!("http://{}/engines/{engine}/v1", self.addr()),
+            None => format!("http://{}/engines/v1", self.addr()),
+        }
     }
 
     /// The bound socket address.
@@ -1113,6 +1207,15 @@ fn prepare(
     })?;
     validate(&body)?;
     if let Some(model) = body.get("model").and_then(Value::as_str) {
+        if lock(&shared.served_models).as_ref().is_some_and(|served| !served.iter().any(|m| m == model)) {
+            return Err(ApiError {
+                status: 404,
+                kind: "invalid_request_error",
+                message: format!("The model `{model}` does not exist or you do not have access to it."),
+                param: None,
+                code: Some("model_not_found"),
+            });
+        }
         lock(&shared.models_seen).insert(model.to_owned());
     }
     let admission = lock(&shared.rate_limits).as_mut().map(|limits| limits.admit(&body));
@@ -1173,8 +1276,14 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     if let Err(error) = check_key(&shared, bearer.as_deref()) {
         return error.into_response();
     }
-    let mut names = lock(&shared.models_seen).clone();
-    names.insert(DEMO_MODEL.to_owned());
+    let names = match lock(&shared.served_models).clone() {
+        Some(served) => served.into_iter().collect(),
+        None => {
+            let mut names = lock(&shared.models_seen).clone();
+            names.insert(DEMO_MODEL.to_owned());
+            names
+        }
+    };
     let data: Vec<Value> = names
         .into_iter()
         .map(|id| json!({ "id": id, "object": "model", "created": shared.started, "owned_by": "agentry-demo" }))

@@ -2,7 +2,8 @@
 //! Prints `READY <url>` once listening; stops on Ctrl-C or SIGTERM. The model server enforces
 //! OpenAI-style rate limits with `--rpm N --tpm N [--window 60s] [--no-headers]`, and streams as
 //! the demo unless `--stream-pieces 1,3,2 --stream-interleave --stream-trickle 5ms
-//! --stream-split-writes 3` say otherwise.
+//! --stream-split-writes 3` say otherwise. `--text-only` answers in plain text and never calls a
+//! tool (a small local model); `--models a,b` serves only those models (others: OpenAI's 404).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentry::demo::scripted::ScriptedResearcher;
-use agentry_testkit::model_server::{CallOrder, ModelServer, RateLimits, StreamStyle};
+use agentry_testkit::model_server::{Behaviour, CallOrder, ModelServer, RateLimits, StreamStyle, TextOnly};
 use agentry_testkit::search::SlowSearchServer;
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,12 @@ enum Peer {
         /// Accept only the key in this file (re-read every 100 ms), like the real API.
         #[arg(long, value_name = "FILE")]
         accept_key_file: Option<PathBuf>,
+        /// Answer in plain text, never calling a tool (a model without tool calling).
+        #[arg(long)]
+        text_only: bool,
+        /// Serve only these models (comma-separated): others get OpenAI's 404 model_not_found.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
         #[command(flatten)]
         limits: LimitArgs,
         #[command(flatten)]
@@ -115,8 +122,11 @@ impl StreamArgs {
 async fn main() -> ExitCode {
     let Cli::Serve { peer } = Cli::parse();
     let served = match peer {
-        Peer::Model { listen, latency, accept_key_file, limits, stream } => {
-            serve_model(listen, latency, accept_key_file, limits.limits(), stream.style()).await
+        Peer::Model { listen, latency, accept_key_file, text_only, models, limits, stream } => {
+            let behaviour: Arc<dyn Behaviour> =
+                if text_only { Arc::new(TextOnly) } else { Arc::new(ScriptedResearcher) };
+            let models = (!models.is_empty()).then_some(models);
+            serve_model(listen, latency, accept_key_file, behaviour, models, limits.limits(), stream.style()).await
         }
         Peer::Search { listen, latency } => match SlowSearchServer::start_on(listen, latency).await {
             Ok(server) => {
@@ -141,16 +151,15 @@ async fn serve_model(
     listen: SocketAddr,
     latency: Duration,
     key_file: Option<PathBuf>,
+    behaviour: Arc<dyn Behaviour>,
+    models: Option<Vec<String>>,
     limits: Option<RateLimits>,
     style: StreamStyle,
 ) -> std::io::Result<()> {
-    let server = Arc::new(
-        ModelServer::start_on(listen, Arc::new(ScriptedResearcher))
-            .await?
-            .with_latency(latency)
-            .with_stream_style(style),
-    );
+    let server =
+        Arc::new(ModelServer::start_on(listen, behaviour).await?.with_latency(latency).with_stream_style(style));
     server.set_rate_limits(limits);
+    server.set_models(models);
     println!("READY {}", server.base_url());
     if let Some(path) = key_file {
         let server = server.clone();
