@@ -449,6 +449,12 @@ pub enum EndpointError {
     /// A stdio server without a program.
     #[error("transport \"stdio\" needs `command = [\"program\", \"arg\", ...]`")]
     NoCommand,
+    /// Neither a URL nor a program.
+    #[error(
+        "no url and no command: give `url = \"http://host:port/mcp\"` for a server over HTTP, or \
+         `command = [\"program\", \"arg\", ...]` for one agentry starts over stdio"
+    )]
+    Nowhere,
     /// The url does not parse.
     #[error("url {text:?} is not a URL: {source}")]
     NotAUrl {
@@ -464,19 +470,25 @@ pub enum EndpointError {
 }
 
 impl McpEndpoint {
-    /// The endpoint of a server as written: `auto` is legacy SSE when the URL path ends in
-    /// `/sse`, else Streamable HTTP.
+    /// The endpoint of a server as written: `auto` is stdio when there is a `command` and no
+    /// `url`, legacy SSE when the URL path ends in `/sse`, else Streamable HTTP.
     pub fn resolve(
         transport: TransportKind,
         url: &str,
         command: Vec<String>,
         env: Vec<String>,
     ) -> Result<Self, EndpointError> {
-        if transport == TransportKind::Stdio {
+        // `auto` with a program and no URL can only mean stdio.
+        let stdio = transport == TransportKind::Stdio
+            || (transport == TransportKind::Auto && url.trim().is_empty() && !command.is_empty());
+        if stdio {
             if command.is_empty() {
                 return Err(EndpointError::NoCommand);
             }
             return Ok(Self::Stdio { command, env });
+        }
+        if url.trim().is_empty() {
+            return Err(EndpointError::Nowhere);
         }
         let parsed = Url::parse(url).map_err(|source| EndpointError::NotAUrl { text: url.to_owned(), source })?;
         if !matches!(parsed.scheme(), "http" | "https") {

@@ -184,3 +184,19 @@ fn a_questions_file_replaces_the_default_question() {
     let (_dir, path) = with_file("q.toml", "[batch]\nquestions = [\"A\"]\nquestions_file = \"list.txt\"\n");
     assert_eq!(load(&Sources { file: Some(path), ..Sources::default() }).expect("valid").batch.questions, ["A"]);
 }
+
+#[test]
+fn a_command_without_a_url_is_a_stdio_server() {
+    let (_dir, path) =
+        with_file("s.toml", "[[mcp.servers]]\nname = \"time\"\ncommand = [\"uvx\", \"mcp-server-time\"]\n");
+    let settings = load(&Sources { file: Some(path), ..Sources::default() }).expect("stdio inferred");
+    assert_eq!(
+        settings.mcp.servers[0].endpoint,
+        McpEndpoint::Stdio { command: vec!["uvx".into(), "mcp-server-time".into()], env: Vec::new() }
+    );
+    // Neither: the error says what to write, not that "" is not a URL.
+    let (_dir, path) = with_file("n.toml", "[[mcp.servers]]\nname = \"x\"\n");
+    let text = load(&Sources { file: Some(path), ..Sources::default() }).expect_err("nothing").to_string();
+    assert!(text.contains("mcp.servers[0]") && text.contains("url") && text.contains("command"), "{text}");
+    assert!(!text.contains("is not a URL"), "{text}");
+}
