@@ -81,6 +81,16 @@ fn mcp_backoff(settings: &crate::config::RestartSettings) -> BackoffPolicy {
 impl Runtime {
     /// Starts the supervision tree. `env` is where secrets' variables are looked up.
     pub async fn start(settings: Settings, env: EnvLookup) -> Result<Self, StartError> {
+        Self::start_with(settings, env, true).await
+    }
+
+    /// Starts the supervision tree without the model router, for commands that ask no model
+    /// (`tools`): no route is chosen or logged. [`Runtime::model`] then answers nothing.
+    pub async fn start_without_model(settings: Settings, env: EnvLookup) -> Result<Self, StartError> {
+        Self::start_with(settings, env, false).await
+    }
+
+    async fn start_with(settings: Settings, env: EnvLookup, with_model: bool) -> Result<Self, StartError> {
         let settings = Arc::new(settings);
         let model = &settings.model;
 
@@ -179,25 +189,38 @@ impl Runtime {
         let tool_deadline = settings.mcp.call_timeout + settings.mcp.connect_timeout + Duration::from_secs(5);
         let tools = ToolExecutorHandle::new(tools_slot.clone(), tool_deadline);
 
-        let children: Vec<Arc<dyn ChildSpec>> = vec![
-            Arc::new(Leaf::new("secret-keeper", || SecretKeeper, secret_args, secret_slot, RestartPolicy::Immediate)),
-            Arc::new(Leaf::new("model-router", || ModelRouter, router.clone(), router_slot, RestartPolicy::Immediate)),
-            Arc::new(NestedSupervisor::new("mcp-supervisor", session_specs.clone())),
-            Arc::new(Leaf::new(
+        let model_router: Option<Arc<dyn ChildSpec>> = with_model.then(|| {
+            Arc::new(Leaf::new("model-router", || ModelRouter, router.clone(), router_slot, RestartPolicy::Immediate))
+                as Arc<dyn ChildSpec>
+        });
+        let children: Vec<Arc<dyn ChildSpec>> = [
+            Some(Arc::new(Leaf::new(
+                "secret-keeper",
+                || SecretKeeper,
+                secret_args,
+                secret_slot,
+                RestartPolicy::Immediate,
+            )) as Arc<dyn ChildSpec>),
+            model_router,
+            Some(Arc::new(NestedSupervisor::new("mcp-supervisor", session_specs.clone()))),
+            Some(Arc::new(Leaf::new(
                 "tool-executor",
                 || ToolExecutor,
                 ToolExecutorArgs { servers: servers.clone(), writer: writer.clone(), redactor: secrets.redactor() },
                 tools_slot,
                 RestartPolicy::Immediate,
-            )),
-            Arc::new(Leaf::new(
+            ))),
+            Some(Arc::new(Leaf::new(
                 "research-writer",
                 || ResearchWriter,
                 ResearchWriterArgs { dir: settings.batch.output_dir.clone(), outcomes },
                 writer_slot,
                 RestartPolicy::Immediate,
-            )),
-        ];
+            ))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let supervised = children.iter().chain(&session_specs).cloned().collect();
         let (supervisor, join) = SupervisorHandle::spawn(SupervisorArgs { name: "root".into(), children })
             .await

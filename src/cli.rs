@@ -2,12 +2,19 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// agentry: research agents on supervised actors.
 #[derive(Debug, Parser)]
 #[command(name = "agentry", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Only errors on stderr (RUST_LOG, when set, wins).
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More on stderr: -v adds agentry's debug logs, -vv its trace logs and other libraries'
+    /// info (RUST_LOG, when set, wins).
+    #[arg(long, short = 'v', global = true, action = ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -26,11 +33,15 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// List the tools each configured MCP server offers (after the allowlist).
+    /// List the tools each configured MCP server offers (after the allowlist), with their
+    /// annotations and whether agentry retries them after a cut connection.
     Tools {
         /// Settings.
         #[command(flatten)]
         common: CommonArgs,
+        /// One JSON document on stdout instead of the list.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect the configuration.
     Config {
@@ -44,6 +55,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// Print a completion script for SHELL to stdout (e.g. `agentry completions bash >
+    /// ~/.local/share/bash-completion/completions/agentry`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print agentry's man page (roff) to stdout (e.g. `agentry man > ~/.local/share/man/man1/agentry.1`).
+    Man,
     /// A DEMO: the whole pipeline against a built-in scripted model and search server on
     /// loopback. No keys, no Docker, no network.
     Demo(DemoArgs),
@@ -119,7 +139,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR", default_value = "definitions/demo")]
     pub output_dir: PathBuf,
     /// Ask these instead of the built-in demo questions (repeatable).
-    #[arg(long = "question", short = 'q', value_name = "TEXT")]
+    #[arg(long = "question", value_name = "TEXT")]
     pub questions: Vec<String>,
     /// Questions answered at once.
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]

@@ -26,6 +26,7 @@ mod demo;
 mod echo;
 mod report;
 mod run;
+mod shell;
 mod signals;
 mod tools;
 
@@ -154,6 +155,7 @@ impl CliError {
 /// Runs a parsed command line and flushes telemetry; `signals` answers SIGINT and SIGTERM
 /// throughout (the batch commands stop in order at the first).
 pub async fn execute(cli: Cli, signals: Signals) -> ExitCode {
+    telemetry::set_verbosity(telemetry::Verbosity::from_flags(cli.quiet, cli.verbose));
     let outcome = dispatch(cli, &signals).await;
     // Nothing this process started outlives it: a session still connecting when its actor
     // stopped holds its server until the connect times out.
@@ -172,7 +174,9 @@ async fn dispatch(cli: Cli, signals: &Signals) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Run(args) => run::run(args, signals).await,
         Command::Ask { question, common } => ask::ask(question, common, signals).await,
-        Command::Tools { common } => tools::tools(common).await,
+        Command::Tools { common, json } => tools::tools(common, json).await,
+        Command::Completions { shell } => shell::completions(shell),
+        Command::Man => shell::man(),
         Command::Config { command: ConfigCommand::Check { common } } => config_check::config_check(&common),
         Command::Demo(args) => demo::demo(args, signals).await,
         Command::Report { command: ReportCommand::Merge { inputs, output } } => report::merge(&inputs, &output),

@@ -23,7 +23,6 @@ pub mod stdio;
 pub use error::{ConnectError, McpError, SessionEnded};
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,9 +214,9 @@ pub async fn connect(
                     return Err(spawn_failed("", empty));
                 };
                 let mut child = tokio::process::Command::new(program);
-                child.args(args).env_clear().envs(passthrough_env(env)).stderr(Stdio::inherit());
-                let transport =
-                    stdio::StdioTransport::spawn(child, program).map_err(|source| spawn_failed(program, source))?;
+                child.args(args).env_clear().envs(passthrough_env(env));
+                let transport = stdio::StdioTransport::spawn(child, program, &spec.name)
+                    .map_err(|source| spawn_failed(program, source))?;
                 client.clone().serve(transport).await.map_err(handshake)
             }
         }

@@ -1,9 +1,13 @@
 //! Logs, traces and metrics.
 //!
 //! - **Logs**: `tracing` to stderr, human-readable or JSON (`telemetry.log_format`), levels from
-//!   `RUST_LOG` (default `warn,agentry=info`: HTTP and MCP libraries log per request, which is
-//!   noise in a batch). Header values are marked sensitive where they are built, so even
-//!   `RUST_LOG=trace` does not print a key.
+//!   `RUST_LOG` when it is set, else from `-q`/`-v` ([`Verbosity`]; default `warn,agentry=info`:
+//!   HTTP and MCP libraries log per request, which is noise in a batch). Colour only on a
+//!   terminal and without `NO_COLOR`. Header values are marked sensitive where they are built,
+//!   so even `RUST_LOG=trace` does not print a key.
+//! - **Log levels govern only the logs**: the level filter is the log layer's own; the
+//!   OpenTelemetry layer has a fixed one (agentry's spans and events at INFO and above), so the
+//!   spans exported are the same at every log level, `RUST_LOG=error` and `-q` included.
 //! - **Traces and metrics**: exported over OTLP when an endpoint is set
 //!   (`OTEL_EXPORTER_OTLP_ENDPOINT`, the signal-specific `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
 //!   `…_METRICS_ENDPOINT` winning, else `telemetry.otlp_endpoint`), over gRPC or HTTP/protobuf
@@ -11,6 +15,10 @@
 //!   reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`;
 //!   `OTEL_SDK_DISABLED=true` or `OTEL_{TRACES,METRICS}_EXPORTER=none` turn export off. No
 //!   endpoint: nothing is exported and nothing is said about it.
+//!   One export may take `OTEL_EXPORTER_OTLP_TIMEOUT` (or the signal's own variable), else 3 s.
+//! - **The export queue** ([`queue`]): the standard `OTEL_BSP_*` variables size it; spans
+//!   dropped because it was full (a collector that cannot keep up) are counted in
+//!   `otel.sdk.processor.span.processed{error.type="queue_full"}` and said at exit.
 //! - **Shutdown**: [`Telemetry::shutdown`] flushes both signals with a bound, so an unreachable
 //!   collector costs a few seconds and one warning at exit, never a hang.
 //!
@@ -18,8 +26,10 @@
 
 pub mod metrics;
 pub mod names;
+pub mod queue;
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -35,8 +45,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetrySettings};
+use queue::{CountedExporter, CountedProcessor, QueueSettings, SpanCounts, SpanTally};
 
-/// How long one export may take before it is abandoned.
+/// How long one export may take before it is abandoned, unless `OTEL_EXPORTER_OTLP_TIMEOUT`
+/// (or the signal's own `…_TRACES_TIMEOUT` / `…_METRICS_TIMEOUT`) says otherwise.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the final flush at exit may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,8 +56,82 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The installed exporters; [`Telemetry::shutdown`] flushes them.
 #[derive(Default)]
 pub struct Telemetry {
-    tracer: Option<SdkTracerProvider>,
+    tracer: Option<Traces>,
     meter: Option<SdkMeterProvider>,
+}
+
+/// The trace pipeline and what its queue counted.
+struct Traces {
+    provider: SdkTracerProvider,
+    counts: Arc<SpanCounts>,
+    queue: QueueSettings,
+    endpoint: String,
+}
+
+/// How much the logs say, from `-q` / `-v` (`RUST_LOG`, when set, wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Verbosity {
+    /// `-q`: errors only.
+    Quiet,
+    /// agentry's progress (`info`), other libraries' warnings.
+    #[default]
+    Normal,
+    /// `-v`: agentry's `debug` too.
+    Verbose,
+    /// `-vv` (or more): agentry's `trace`, other libraries' `info`.
+    Debug,
+}
+
+impl Verbosity {
+    /// From the count of `-q` and `-v` flags.
+    pub fn from_flags(quiet: bool, verbose: u8) -> Self {
+        match (quiet, verbose) {
+            (true, _) => Self::Quiet,
+            (false, 0) => Self::Normal,
+            (false, 1) => Self::Verbose,
+            (false, _) => Self::Debug,
+        }
+    }
+
+    /// The log filter this stands for. The SDK's own diagnostics and rmcp (which logs whole
+    /// JSON-RPC messages below ERROR) stay off.
+    pub fn directives(self) -> &'static str {
+        match self {
+            Self::Quiet => "error,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off",
+            Self::Normal => "warn,agentry=info,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off",
+            Self::Verbose => "warn,agentry=debug,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off",
+            Self::Debug => "info,agentry=trace,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off",
+        }
+    }
+}
+
+/// The verbosity [`init`] installs, set once from the command line before it runs.
+static VERBOSITY: AtomicI8 = AtomicI8::new(0);
+
+/// Sets the log verbosity for [`init`] (from `-q` / `-v`; call before it).
+pub fn set_verbosity(verbosity: Verbosity) {
+    let level = match verbosity {
+        Verbosity::Quiet => -1,
+        Verbosity::Normal => 0,
+        Verbosity::Verbose => 1,
+        Verbosity::Debug => 2,
+    };
+    VERBOSITY.store(level, Ordering::Relaxed);
+}
+
+fn verbosity() -> Verbosity {
+    match VERBOSITY.load(Ordering::Relaxed) {
+        i8::MIN..=-1 => Verbosity::Quiet,
+        0 => Verbosity::Normal,
+        1 => Verbosity::Verbose,
+        _ => Verbosity::Debug,
+    }
+}
+
+/// Whether logs may be coloured: stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>).
+pub fn colour_allowed(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -100,13 +186,14 @@ pub fn init(settings: &TelemetrySettings) {
     let env = |name: &str| std::env::var(name).ok();
     let mut problems = Vec::new();
     let resource = resource();
+    let (queue, queue_problems) = QueueSettings::from_env(&env);
     let tracer = otlp_target("traces", &settings.otlp_endpoint, &env).and_then(|target| {
-        tracer_provider(&target, resource.clone())
+        tracer_provider(&target, resource.clone(), queue, &env)
             .map_err(|e| problems.push(format!("traces to {}: {e}", target.endpoint)))
             .ok()
     });
     let meter = otlp_target("metrics", &settings.otlp_endpoint, &env).and_then(|target| {
-        meter_provider(&target, resource)
+        meter_provider(&target, resource, &env)
             .map_err(|e| problems.push(format!("metrics to {}: {e}", target.endpoint)))
             .ok()
     });
@@ -115,18 +202,22 @@ pub fn init(settings: &TelemetrySettings) {
     }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    // The SDK's own diagnostics go through `tracing`; they are kept out of the default
-    // filter, and a failed final flush is reported once by `shutdown`. rmcp logs a dying
-    // transport at ERROR; agentry reports the same event itself, with the server's name.
-    // Below ERROR, rmcp logs whole JSON-RPC messages (tool results, a server's error message
-    // quoting its token): whatever RUST_LOG asks for `rmcp`, it gets errors only.
-    let filter = EnvFilter::try_from_default_env()
+    // The log filter is the log layer's alone (a per-layer filter): a quieter terminal never
+    // means fewer spans. RUST_LOG (unless empty) wins over -q/-v; whatever it asks for `rmcp`, rmcp gets
+    // errors only (below ERROR it logs whole JSON-RPC messages: tool results, a server's error
+    // message quoting its token). The SDK's own diagnostics are kept out of the default filter;
+    // a failed final flush is reported once by `shutdown`.
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let log_filter = rust_log
+        .ok_or(())
+        .and_then(|directives| EnvFilter::try_new(directives).map_err(drop))
         .map(|filter| match "rmcp=error".parse() {
             Ok(cap) => filter.add_directive(cap),
             Err(_) => filter,
         })
-        .unwrap_or_else(|_| EnvFilter::new("warn,agentry=info,opentelemetry_sdk=off,opentelemetry-otlp=off,rmcp=off"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        .unwrap_or_else(|_| EnvFilter::new(verbosity().directives()));
+    let ansi =
+        colour_allowed(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR").as_deref());
     let logs = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
@@ -136,20 +227,33 @@ pub fn init(settings: &TelemetrySettings) {
             .fmt_fields(log_fields())
             .with_writer(std::io::stderr)
             .boxed(),
-    };
-    // Only agentry's own spans become OpenTelemetry spans: the actor runtime's and the MCP
-    // library's internal spans would add a dozen one-span traces per run.
-    let otel = tracer.as_ref().map(|provider| {
+    }
+    .with_filter(log_filter);
+    // The OpenTelemetry layer's filter is fixed: agentry's own spans (and their events) at INFO
+    // and above, at every log level. The actor runtime's and the MCP library's internal spans
+    // would add a dozen one-span traces per run.
+    let otel = tracer.as_ref().map(|traces| {
         tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("agentry"))
+            .with_tracer(traces.provider.tracer("agentry"))
             .with_error_records_to_exceptions(true)
-            .with_filter(tracing_subscriber::filter::Targets::new().with_target("agentry", tracing::Level::TRACE))
+            .with_filter(otel_filter())
     });
-    let _ = tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(logs).with(otel).try_init();
     for problem in problems {
         tracing::warn!(%problem, "OTLP export not started");
     }
+    if tracer.is_some() {
+        for problem in queue_problems {
+            tracing::warn!(%problem, "span export queue setting ignored");
+        }
+    }
     *EXPORTERS.lock().unwrap_or_else(|p| p.into_inner()) = Some(Telemetry { tracer, meter });
+}
+
+/// What reaches the OpenTelemetry layer, whatever the log level: agentry's spans and events at
+/// INFO and above (what was exported at the default log level).
+fn otel_filter() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_target("agentry", tracing::Level::INFO)
 }
 
 /// Text logs show a span's identifying fields (`question.id`, `trace_id`, …) but not the
@@ -174,38 +278,59 @@ fn resource() -> Resource {
     builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build()
 }
 
-/// Builds an OTLP exporter (spans or metrics: the builders share their shape) for `target`.
+/// Builds an OTLP exporter (spans or metrics: the builders share their shape) for `target`;
+/// `timeout` is `None` when an `OTEL_EXPORTER_OTLP_*TIMEOUT` variable sets it (the exporter
+/// reads those itself).
 macro_rules! otlp_exporter {
-    ($builder:expr, $target:expr) => {
+    ($builder:expr, $target:expr, $timeout:expr) => {{
         if $target.grpc {
-            $builder.with_tonic().with_endpoint(&$target.endpoint).with_timeout(EXPORT_TIMEOUT).build()
+            let builder = $builder.with_tonic().with_endpoint(&$target.endpoint);
+            match $timeout {
+                Some(timeout) => builder.with_timeout(timeout).build(),
+                None => builder.build(),
+            }
         } else {
-            $builder
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(&$target.endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
+            let builder = $builder.with_http().with_protocol(Protocol::HttpBinary).with_endpoint(&$target.endpoint);
+            match $timeout {
+                Some(timeout) => builder.with_timeout(timeout).build(),
+                None => builder.build(),
+            }
         }
-    };
+    }};
+}
+
+/// agentry's export timeout, unless the standard variables set one for `signal`.
+fn export_timeout(signal: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Duration> {
+    let set = |name: &str| env(name).is_some_and(|v| v.trim().parse::<u64>().is_ok());
+    let specific = format!("OTEL_EXPORTER_OTLP_{}_TIMEOUT", signal.to_uppercase());
+    (!set(&specific) && !set("OTEL_EXPORTER_OTLP_TIMEOUT")).then_some(EXPORT_TIMEOUT)
 }
 
 fn tracer_provider(
     target: &OtlpTarget,
     resource: Resource,
-) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    let exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), target)?;
+    queue: QueueSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Traces, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), target, export_timeout("traces", env))?;
+    let counts = Arc::new(SpanCounts::default());
+    let exporter = CountedExporter::new(exporter, counts.clone());
     let processor =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, Tokio)
+            .with_batch_config(queue.batch_config())
             .build();
-    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
+    let processor = CountedProcessor::new(processor, queue.max_queue_size, counts.clone());
+    let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
+    Ok(Traces { provider, counts, queue, endpoint: target.endpoint.clone() })
 }
 
 fn meter_provider(
     target: &OtlpTarget,
     resource: Resource,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SdkMeterProvider, opentelemetry_otlp::ExporterBuildError> {
-    let exporter = otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), target)?;
+    let exporter =
+        otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), target, export_timeout("metrics", env))?;
     let reader =
         opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(exporter, Tokio)
             .with_interval(Duration::from_secs(10))
@@ -226,10 +351,12 @@ impl Telemetry {
         }
         // Shutting down blocks on the export task, which runs on this runtime: from a
         // blocking thread, so the runtime's workers stay free to run it.
+        // Traces first: the count of dropped spans is final then, and goes out with the metrics.
+        let traces = self.tracer.as_ref().map(|t| (t.counts.clone(), t.queue, t.endpoint.clone()));
         let flush = tokio::task::spawn_blocking(move || {
             let mut failures = Vec::new();
             if let Some(tracer) = self.tracer
-                && let Err(error) = tracer.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+                && let Err(error) = tracer.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
             {
                 failures.push(format!("traces: {error}"));
             }
@@ -245,10 +372,36 @@ impl Telemetry {
             Ok(Err(error)) => vec![error.to_string()],
             Err(_) => vec![format!("no answer within {SHUTDOWN_TIMEOUT:?}")],
         };
+        if let Some((counts, queue, endpoint)) = traces
+            && let Some(lost) = lost_spans(counts.tally(), queue.max_queue_size)
+        {
+            tracing::warn!(collector = %endpoint, "{lost}");
+        }
         if !failures.is_empty() {
             tracing::warn!(failures = %failures.join("; "), "telemetry was not fully exported at exit (is the OTLP collector reachable?)");
         }
     }
+}
+
+/// What to say at exit about spans that never reached the collector (`None`: all did, or
+/// their export failed, which the flush's warning already says).
+fn lost_spans(tally: SpanTally, max_queue_size: usize) -> Option<String> {
+    let mut parts = Vec::new();
+    if tally.dropped > 0 {
+        parts.push(format!(
+            "{} span(s) dropped: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE={max_queue_size}); \
+             the collector did not keep up. Raise OTEL_BSP_MAX_QUEUE_SIZE or give the collector more room",
+            tally.dropped
+        ));
+    }
+    if tally.queued > 0 {
+        parts.push(format!("{} span(s) still queued at exit were not exported", tally.queued));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let total = tally.dropped + tally.queued + tally.exported;
+    Some(format!("telemetry: {} of {total} spans lost: {}", tally.dropped + tally.queued, parts.join("; ")))
 }
 
 /// The W3C `traceparent` of the current span (`None` when traces are not exported).

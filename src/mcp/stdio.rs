@@ -1,5 +1,7 @@
 //! The stdio transport: an MCP server as a child process, speaking newline-delimited JSON-RPC on
-//! its stdin and stdout (its stderr is agentry's).
+//! its stdin and stdout. Its stderr is read line by line and logged (INFO) with the server's
+//! name in front (`memory: Knowledge Graph MCP Server running on stdio`), control characters
+//! escaped: several servers share agentry's stderr, and a line must say whose it is.
 //!
 //! # Why not rmcp's `TokioChildProcess`
 //!
@@ -43,6 +45,9 @@ use super::ledger::{Ledger, lock};
 /// The longest line read from a server; a longer one is skipped (and fails the call it answers,
 /// when that is clear).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The longest stderr line logged whole.
+const MAX_STDERR_LINE_BYTES: usize = 64 * 1024;
 
 /// How long a server has to exit after its stdin closes, and again after SIGTERM.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -145,14 +150,17 @@ pub struct StdioTransport {
 }
 
 impl StdioTransport {
-    /// Starts `command` (its stdin and stdout piped, its stderr as set by the caller) as the
-    /// leader of a new process group.
-    pub fn spawn(mut command: Command, program: &str) -> std::io::Result<Self> {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    /// Starts `command` (its stdin, stdout and stderr piped) as the leader of a new process
+    /// group; `server` is the configured name its stderr lines are logged under.
+    pub fn spawn(mut command: Command, program: &str, server: &str) -> std::io::Result<Self> {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut group = ProcessGroup::spawn(&mut command)?;
         let (Some(stdin), Some(stdout)) = (group.child.stdin.take(), group.child.stdout.take()) else {
             return Err(std::io::Error::other("the server's stdin or stdout is not piped"));
         };
+        if let Some(stderr) = group.child.stderr.take() {
+            tokio::spawn(log_stderr(stderr, server.to_owned()));
+        }
         let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE_BYTES);
         Ok(Self {
             program: program.to_owned(),
@@ -234,6 +242,36 @@ impl Transport<RoleClient> for StdioTransport {
         tracing::debug!(server = %self.program, "stdio server ended");
         Ok(())
     }
+}
+
+/// Logs each line the server writes to its stderr, prefixed with its name, until it closes it.
+async fn log_stderr(stderr: tokio::process::ChildStderr, server: String) {
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_STDERR_LINE_BYTES);
+    let mut lines = FramedRead::new(stderr, codec);
+    while let Some(line) = lines.next().await {
+        match line {
+            Ok(line) => {
+                let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned();
+                if !line.trim().is_empty() {
+                    tracing::info!("{server}: {}", escape_controls(&line));
+                }
+            }
+            // The codec skips the rest of an overlong line.
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                tracing::info!("{server}: (a stderr line over {MAX_STDERR_LINE_BYTES} bytes, skipped)");
+            }
+            Err(AnyDelimiterCodecError::Io(_)) => break,
+        }
+    }
+}
+
+/// `text` with control characters escaped (`\u{1b}`), so a server's line cannot move the
+/// terminal's cursor or forge a log line.
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().map(|c| if c.is_control() { c.escape_debug().collect() } else { c.to_string() }).collect())
 }
 
 async fn write_line(

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub rate_limit_refusals: Counter<u64>,
     /// `agentry.rate_limit.in_flight_limit`
     pub rate_limit_in_flight: Gauge<u64>,
+    /// `otel.sdk.processor.span.processed`
+    pub spans_processed: Counter<u64>,
 }
 
 fn spec(name: &str) -> &'static Instrument {
@@ -92,6 +94,7 @@ pub fn metrics() -> &'static Metrics {
                 .with_unit(in_flight.unit)
                 .with_description(in_flight.description)
                 .build(),
+            spans_processed: counter(&meter, names::SPANS_PROCESSED),
         }
     })
 }

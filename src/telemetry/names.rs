@@ -68,6 +68,10 @@ pub const RATE_LIMIT_REFUSALS: &str = "agentry.rate_limit.refusals";
 /// Model requests a route lets be in flight now, by `agentry.route`.
 pub const RATE_LIMIT_IN_FLIGHT: &str = "agentry.rate_limit.in_flight_limit";
 
+/// Spans the batch span processor finished with: handed to the exporter, or dropped with
+/// `error.type = queue_full` (OpenTelemetry SDK metrics conventions).
+pub const SPANS_PROCESSED: &str = "otel.sdk.processor.span.processed";
+
 /// Every metric agentry registers.
 pub const INSTRUMENTS: &[Instrument] = &[
     Instrument {
@@ -154,6 +158,13 @@ pub const INSTRUMENTS: &[Instrument] = &[
         description: "Model requests the route lets be in flight now",
         buckets: &[],
     },
+    Instrument {
+        name: SPANS_PROCESSED,
+        kind: InstrumentKind::Counter,
+        unit: "{span}",
+        description: "Spans handed to the exporter, or dropped (error.type queue_full) when the export queue was full",
+        buckets: &[],
+    },
 ];
 
 /// Attribute keys.
@@ -174,6 +185,8 @@ pub mod attr {
     pub const TOOL_NAME: &str = "gen_ai.tool.name";
     /// Error class.
     pub const ERROR_TYPE: &str = "error.type";
+    /// Kind of telemetry pipeline component (`batching_span_processor`).
+    pub const OTEL_COMPONENT_TYPE: &str = "otel.component.type";
     /// Host of the model or MCP server.
     pub const SERVER_ADDRESS: &str = "server.address";
     /// MCP method (`tools/call`).

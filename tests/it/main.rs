@@ -18,6 +18,7 @@ mod legacy_sse;
 
 mod batch;
 mod budget;
+mod cli_shell;
 mod conformance;
 mod demo_scripted_flow;
 mod demo_search_server;
@@ -26,6 +27,7 @@ mod mcp_restarts;
 mod model_errors;
 mod observability_config;
 mod rate_limits;
+mod reference_servers;
 mod release_binary;
 mod report_journal;
 mod rotation;

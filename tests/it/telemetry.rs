@@ -267,3 +267,140 @@ async fn telemetry_is_flushed_after_sigterm() {
     assert_eq!(questions.point(&[("agentry.question.status", "ok")]).and_then(|p| p.as_i64()), Some(2));
     assert_eq!(questions.point(&[("agentry.question.status", "interrupted")]).and_then(|p| p.as_i64()), Some(2));
 }
+
+/// Runs the seed flow with OTLP/gRPC export to `endpoint`, with `RUST_LOG` set to `rust_log`
+/// (`""`: unset) and `flags` before `run`; returns the finished run.
+async fn batch_at_log_level(endpoint: &str, rust_log: &str, flags: &[&str]) -> crate::harness::Run {
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model =
+        ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model").require_key(Some(CANARY.into()));
+    let agentry = Agentry::new()
+        .env("OPENAI_BASE_URL", model.base_url())
+        .env("OPENAI_MODEL_NAME", "gpt-test")
+        .env("MCP_SERVER_URL", mcp.url())
+        .env("QUESTION", "Define Machine Learning")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("RUST_LOG", rust_log);
+    agentry.file("secrets/openai_api_key", CANARY);
+    let args: Vec<&str> = flags.iter().copied().chain(["run"]).collect();
+    let run = agentry.run(&args).await;
+    run.expect_code(0);
+    run
+}
+
+/// The exported spans as `parent name > name` lines, sorted: the trace's shape without ids.
+fn shape(spans: &[ReceivedSpan]) -> Vec<String> {
+    let name_of = |id: &str| spans.iter().find(|s| s.span_id == id).map_or("(root)", |s| s.name.as_str());
+    let parent = |s: &ReceivedSpan| if s.parent_span_id.is_empty() { "(root)" } else { name_of(&s.parent_span_id) };
+    let mut lines: Vec<String> = spans.iter().map(|s| format!("{} > {}", parent(s), s.name)).collect();
+    lines.sort();
+    lines
+}
+
+fn metric_names(receiver: &OtlpReceiver) -> std::collections::BTreeSet<String> {
+    receiver.metrics().into_iter().map(|m| m.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quieter_logs_export_the_same_spans_and_metrics() {
+    let default = OtlpReceiver::start().await;
+    batch_at_log_level(&default.grpc_endpoint(), "", &[]).await;
+    let expected = shape(&default.spans());
+    assert!(expected.iter().any(|l| l.ends_with("> chat gpt-test")), "{}", default.span_tree());
+
+    for (rust_log, flags) in [("error", &[][..]), ("warn", &[][..]), ("", &["-q"][..]), ("off", &[][..])] {
+        let quiet = OtlpReceiver::start().await;
+        let run = batch_at_log_level(&quiet.grpc_endpoint(), rust_log, flags).await;
+        assert_eq!(
+            shape(&quiet.spans()),
+            expected,
+            "RUST_LOG={rust_log:?} {flags:?}: the same spans as at the default level\n{}",
+            quiet.span_tree()
+        );
+        assert_eq!(metric_names(&quiet), metric_names(&default), "RUST_LOG={rust_log:?} {flags:?}");
+        assert!(!run.stderr.contains(" INFO "), "the logs are quieter: {}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_does_not_keep_up_costs_counted_spans_and_a_warning() {
+    // How many spans the batch exports when the collector keeps up.
+    let fast = OtlpReceiver::start().await;
+    batch_at_log_level(&fast.grpc_endpoint(), "", &[]).await;
+    let all = fast.spans().len() as i64;
+    assert!(all > 3, "{}", fast.span_tree());
+
+    // A queue of one span and exports of one: the first export waits for the collector, one
+    // span waits in the queue, every later one is dropped. No timing: the collector answers
+    // nothing until the batch has printed its report, and the export timeouts are far away.
+    let slow = OtlpReceiver::start().await;
+    slow.hold_traces();
+    let mcp = PythonMcpServer::start("streamable-http").await;
+    let model =
+        ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model").require_key(Some(CANARY.into()));
+    let agentry = Agentry::new()
+        .env("OPENAI_BASE_URL", model.base_url())
+        .env("OPENAI_MODEL_NAME", "gpt-test")
+        .env("MCP_SERVER_URL", mcp.url())
+        .env("QUESTION", "Define Machine Learning")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", slow.grpc_endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "1")
+        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
+        .env("OTEL_BSP_EXPORT_TIMEOUT", "600000")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "600000")
+        .env("RUST_LOG", "");
+    agentry.file("secrets/openai_api_key", CANARY);
+    let mut child = agentry.spawn(&["run"]);
+    let stdout = crate::harness::OutputWatch::stdout(&mut child);
+    stdout.wait_for("Report:").await;
+    slow.release_traces();
+    let run = Agentry::finish(child).await;
+    run.expect_code(0);
+
+    let received = slow.spans().len() as i64;
+    let processed = slow
+        .metric(names::SPANS_PROCESSED)
+        .unwrap_or_else(|| panic!("no {}:\n{}", names::SPANS_PROCESSED, crate::otlp::metrics_summary(&slow.metrics())));
+    let count = |error: Option<&str>| {
+        processed
+            .points
+            .iter()
+            .filter(|p| p.attributes.get("error.type").and_then(|v| v.as_str()) == error)
+            .filter_map(|p| p.as_i64())
+            .sum::<i64>()
+    };
+    let dropped = count(Some("queue_full"));
+    assert!(dropped >= 1, "{}", crate::otlp::metrics_summary(&slow.metrics()));
+    assert_eq!(received + dropped, all, "every span either arrived or was counted as dropped:\n{}", slow.span_tree());
+    assert_eq!(count(None), received, "the spans handed to the exporter are the ones that arrived");
+    let warning = format!("{dropped} span(s) dropped: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE=1)");
+    assert!(run.stderr.contains(&warning), "{warning:?} in:\n{}", run.stderr);
+    assert!(run.stderr.contains(&format!("telemetry: {dropped} of {all} spans lost")), "{}", run.stderr);
+
+    // The same batch with room enough: nothing lost, nothing said.
+    let roomy = OtlpReceiver::start().await;
+    let run = batch_at_log_level(&roomy.grpc_endpoint(), "", &[]).await;
+    assert!(!run.stderr.contains("dropped") && !run.stderr.contains("spans lost"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_queue_setting_is_named_and_the_default_used() {
+    let receiver = OtlpReceiver::start().await;
+    let model = ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model");
+    let agentry = Agentry::new()
+        .env("MODEL_RUNNER_URL", model.base_url())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "0");
+    let path = agentry.file("c.toml", "[mcp]\nservers = []\n");
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("OTEL_BSP_MAX_QUEUE_SIZE=\"0\" is not a positive whole number; using 2048"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(spans_named(&receiver.spans(), "invoke_agent research-assistant").len(), 1, "{}", receiver.span_tree());
+}

@@ -1,5 +1,7 @@
 //! The OTLP receiver: gRPC (tonic, `TraceService` and `MetricsService`, gzip accepted) and HTTP
-//! (`POST /v1/traces` and `POST /v1/metrics`, `application/x-protobuf`) on 127.0.0.1.
+//! (`POST /v1/traces` and `POST /v1/metrics`, `application/x-protobuf`) on 127.0.0.1. Trace
+//! exports can be held unanswered ([`OtlpReceiver::hold_traces`]): a collector that does not keep
+//! up, made deterministic.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,6 +38,9 @@ struct Shared {
     store: Mutex<Store>,
     /// Bumped after every export, so waiters wake up.
     generation: watch::Sender<u64>,
+    /// Whether trace exports are answered; while `false` they wait (a collector that does not
+    /// keep up). See [`OtlpReceiver::hold_traces`].
+    traces_open: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -46,6 +51,13 @@ impl Shared {
     fn record(&self, change: impl FnOnce(&mut Store)) {
         change(&mut self.lock());
         self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// Waits while trace exports are held.
+    async fn traces_answered(&self) {
+        let mut open = self.traces_open.subscribe();
+        // The sender lives as long as `self`.
+        let _ = open.wait_for(|open| *open).await;
     }
 
     fn record_traces(&self, request: &ExportTraceServiceRequest, transport: Transport) {
@@ -84,7 +96,11 @@ impl OtlpReceiver {
     /// Binds both endpoints on free loopback ports and starts serving; exporters may connect as
     /// soon as this returns.
     pub async fn start() -> Self {
-        let shared = Arc::new(Shared { store: Mutex::default(), generation: watch::Sender::new(0) });
+        let shared = Arc::new(Shared {
+            store: Mutex::default(),
+            generation: watch::Sender::new(0),
+            traces_open: watch::Sender::new(true),
+        });
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP/gRPC port");
         let grpc_addr = grpc_listener.local_addr().expect("OTLP/gRPC local address");
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP/HTTP port");
@@ -129,6 +145,20 @@ impl OtlpReceiver {
     /// `/v1/metrics`, as for `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub fn http_endpoint(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// From now on trace exports (either protocol) get no answer until [`release_traces`]:
+    /// the exporter's first export waits, and agentry's export queue fills behind it. Metrics
+    /// are still answered.
+    ///
+    /// [`release_traces`]: Self::release_traces
+    pub fn hold_traces(&self) {
+        self.shared.traces_open.send_replace(false);
+    }
+
+    /// Answers the held trace exports (recorded in arrival order) and the ones after them.
+    pub fn release_traces(&self) {
+        self.shared.traces_open.send_replace(true);
     }
 
     /// Every span received so far, in arrival order.
@@ -239,6 +269,7 @@ impl TraceService for GrpcService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.traces_answered().await;
         self.0.record_traces(request.get_ref(), Transport::Grpc);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -291,6 +322,7 @@ fn answer_http<M: prost::Message + Default, R: prost::Message + Default>(
 }
 
 async fn http_traces(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: bytes::Bytes) -> Response {
+    shared.traces_answered().await;
     answer_http::<ExportTraceServiceRequest, ExportTraceServiceResponse>(&shared, &headers, &body, |shared, request| {
         shared.record_traces(request, Transport::Http)
     })
