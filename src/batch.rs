@@ -25,9 +25,11 @@
 
 pub mod budget;
 pub mod journal;
+pub mod plan;
 pub mod shard;
 
-use std::collections::HashSet;
+pub use plan::{Plan, PlanError, Planned, plan};
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,144 +43,9 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::research_writer::{Settled, write_file_atomically, write_file_atomically_with};
 use crate::agent::{self, AgentContext, Recorder, Transcript};
 use crate::batch::budget::{Budget, BudgetReport};
-use crate::config::BatchSettings;
 use crate::deadline::Deadline;
 use crate::llm::client::CallLog;
 use crate::llm::stream::Echo;
-use crate::research;
-
-/// One question to answer or skip.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    /// Position in the whole question list (before sharding).
-    pub index: usize,
-    /// The question.
-    pub question: String,
-    /// Its id.
-    pub id: String,
-    /// Already answered in this file (skipped).
-    pub done: Option<PathBuf>,
-    /// Answered in this file before and asked again (`--force`): the new answer replaces it.
-    pub replaces: Option<PathBuf>,
-}
-
-/// A problem with the questions themselves.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    /// The questions file cannot be read.
-    #[error("batch.questions_file: cannot read {path}: {source}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Nothing to do.
-    #[error("no questions: set batch.questions, batch.questions_file or QUESTION")]
-    Empty,
-}
-
-/// The questions a batch will answer or skip.
-#[derive(Debug, Clone, Default)]
-pub struct Plan {
-    /// This shard's share, in order, each once.
-    pub questions: Vec<Planned>,
-    /// Questions dropped because an earlier one in the list was the same (case and spacing
-    /// aside).
-    pub duplicates: usize,
-}
-
-/// Reads and deduplicates the questions; keeps this shard's share; marks the answered ones.
-pub fn plan(settings: &BatchSettings, force: bool, shard: Option<shard::Shard>) -> Result<Plan, PlanError> {
-    let mut questions: Vec<String> = settings.questions.iter().map(|q| q.trim().to_owned()).collect();
-    if !settings.questions_file.as_os_str().is_empty() {
-        let path = &settings.questions_file;
-        let text = std::fs::read_to_string(path).map_err(|source| PlanError::File { path: path.clone(), source })?;
-        questions
-            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
-    }
-    let answered = answered(&settings.output_dir);
-    let mut seen = HashSet::new();
-    let mut duplicates = 0;
-    let all: Vec<Planned> = questions
-        .into_iter()
-        .filter(|q| !q.is_empty())
-        .filter_map(|question| {
-            let id = research::question_id(&question);
-            let first = seen.insert(id.clone());
-            duplicates += usize::from(!first);
-            first.then_some((question, id))
-        })
-        .enumerate()
-        .map(|(index, (question, id))| {
-            let earlier = answered.get(&id).cloned();
-            let (done, replaces) = if force { (None, earlier) } else { (earlier, None) };
-            Planned { index, done, replaces, question, id }
-        })
-        .collect();
-    if all.is_empty() {
-        return Err(PlanError::Empty);
-    }
-    let questions = all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(&p.id))).collect();
-    Ok(Plan { questions, duplicates })
-}
-
-/// The questions answered in `dir`, by id, without reading every research file: the rows of
-/// the journals there (`*.jsonl`) name the answered questions' files, and a file they name
-/// that is still in the directory answers its question; only the research files no row names
-/// (a run killed between a file and its row, a journal deleted by hand, files of older
-/// versions) are opened, for their `question_id`. A file the rows name that is gone answers
-/// nothing: the directory is the truth.
-fn answered(dir: &Path) -> std::collections::HashMap<String, PathBuf> {
-    use std::collections::{HashMap, HashSet};
-    use std::ffi::OsString;
-
-    let Ok(entries) = std::fs::read_dir(dir) else { return HashMap::new() };
-    let (mut files, mut journals) = (HashSet::<OsString>::new(), Vec::new());
-    for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
-        match (path.extension().and_then(|e| e.to_str()), path.file_name()) {
-            (Some("md"), Some(name)) => {
-                files.insert(name.to_owned());
-            }
-            (Some("jsonl"), _) => journals.push(path),
-            _ => {}
-        }
-    }
-    /// What the index reads of a row (the question's text and the rest are skipped unread).
-    #[derive(Deserialize)]
-    struct Answer {
-        question_id: String,
-        status: Status,
-        #[serde(default)]
-        reason: Option<SkipReason>,
-        #[serde(default)]
-        file: Option<PathBuf>,
-    }
-    let mut answered = HashMap::new();
-    for journal in &journals {
-        let Ok(rows) = journal::lines::<Answer>(journal) else { continue };
-        // A line that is not a row ends this journal's part: its files are then opened.
-        for row in rows.map_while(Result::ok) {
-            let answers = row.status == Status::Ok || row.reason == Some(SkipReason::Answered);
-            let name = row.file.as_deref().and_then(Path::file_name);
-            if let (true, Some(name)) = (answers, name)
-                && files.contains(name)
-            {
-                answered.insert(row.question_id, dir.join(name));
-            }
-        }
-    }
-    let named: HashSet<OsString> =
-        answered.values().filter_map(|path: &PathBuf| path.file_name()).map(ToOwned::to_owned).collect();
-    for name in files.difference(&named) {
-        let path = dir.join(name);
-        if let Some(id) = research::front_matter_id(&path) {
-            answered.entry(id).or_insert(path);
-        }
-    }
-    answered
-}
 
 /// How a question ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -529,27 +396,28 @@ pub async fn run(context: &AgentContext, plan: Plan, options: &RunOptions, shutd
 /// what the questions in flight did so far, so a report can be written before the batch ends
 /// ([`Rows::snapshot`]).
 pub async fn run_recorded(context: &AgentContext, rows: &Rows, options: &RunOptions, shutdown: &CancellationToken) {
-    // The questions are the rows' (one copy for the batch): each is cloned as it starts.
-    let planned = rows.planned();
-    let progress = Progress::new(planned.len() as u64, options.progress);
+    // The questions are read again as the batch takes them: only those in flight are held.
+    let plan = rows.plan();
+    let progress = Progress::new(plan.len() as u64, options.progress);
     let budget = rows.budget();
     // The rows of the questions answered before are written beside the batch, not before it:
     // a rerun's first question does not wait for a hundred thousand of them.
     let skipping = {
-        let (rows, planned, progress) = (rows.clone(), planned.clone(), progress.clone());
+        let (rows, plan, progress) = (rows.clone(), plan.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
-            for (index, item) in planned.iter().enumerate().filter(|(_, item)| item.done.is_some()) {
-                let row = Row::empty(item, Status::Skipped);
+            for item in plan.questions().filter(|item| item.done.is_some()) {
+                let row = Row::empty(&item, Status::Skipped);
                 record_question(Status::Skipped);
                 progress.finished(&row);
-                rows.finish(index, row);
+                rows.finish(item.index, row);
             }
         })
     };
-    let work = planned.iter().enumerate().filter(|(_, item)| item.done.is_none()).map(|(i, item)| (i, item.clone()));
+    let work = plan.questions().filter(|item| item.done.is_none());
     let budget = &budget;
     let mut answering = futures::stream::iter(work)
-        .map(|(index, item)| async move {
+        .map(|item| async move {
+            let index = item.index;
             let ended = if shutdown.is_cancelled() {
                 record_question(Status::Interrupted);
                 Err(not_started(&item))
@@ -557,7 +425,7 @@ pub async fn run_recorded(context: &AgentContext, rows: &Rows, options: &RunOpti
                 record_question(Status::Skipped);
                 Err(skipped_for_budget(&item, why))
             } else {
-                let (transcript, log) = rows.start(index);
+                let (transcript, log) = rows.start(index, &item);
                 Ok(answer_one(context, item, options, shutdown, &transcript, &log, budget).await)
             };
             (index, ended)
@@ -569,9 +437,12 @@ pub async fn run_recorded(context: &AgentContext, rows: &Rows, options: &RunOpti
         progress.finished_paced(&row, context.model.pacing());
         rows.finish(index, row);
     };
+    // At most `concurrency` questions wait for their files as well: when the disk is slower
+    // than the model, the batch waits for it instead of piling up finished conversations.
+    let waiting_at_most = options.concurrency.max(1);
     loop {
         tokio::select! {
-            Some((index, ended)) = answering.next() => match ended {
+            Some((index, ended)) = answering.next(), if settling.len() < waiting_at_most => match ended {
                 Ok(asked) => settling.push(async move { (index, settle_one(context, asked).await) }),
                 Err(row) => finish(index, row),
             },
@@ -601,9 +472,9 @@ struct Board {
     /// Where the answers are shown as they are written (a single question's run).
     echo: Option<Echo>,
     /// The questions, for the rows of those not finished at a second signal.
-    planned: Arc<[Planned]>,
-    /// By index: its row is in the sink.
-    finished: Vec<bool>,
+    plan: Arc<Plan>,
+    /// By index: its row is in the sink (a bit a question).
+    finished: bit_set::BitSet,
     running: std::collections::HashMap<usize, Running>,
     sink: Sink,
     /// The row of a one-question batch, kept too: its answer is printed.
@@ -629,7 +500,7 @@ enum Sink {
 impl Rows {
     /// The rows of `plan`, none finished yet, kept in memory.
     pub fn new(plan: Plan, agent: &str, options: &RunOptions) -> Self {
-        let count = plan.questions.len();
+        let count = plan.len();
         let head = Report {
             agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
             shard: None,
@@ -637,7 +508,7 @@ impl Rows {
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             agent: agent.to_owned(),
             output_dir: options.output_dir.clone(),
-            totals: Totals { questions: count, duplicates: plan.duplicates, ..Totals::default() },
+            totals: Totals { questions: count, duplicates: plan.duplicates(), ..Totals::default() },
             secrets: Vec::new(),
             restarts: Default::default(),
             budget: BudgetReport::default(),
@@ -648,8 +519,8 @@ impl Rows {
             started: std::time::Instant::now(),
             budget: Budget::default(),
             echo: None,
-            planned: plan.questions.into(),
-            finished: vec![false; count],
+            plan: Arc::new(plan),
+            finished: bit_set::BitSet::new(),
             running: Default::default(),
             sink: Sink::Memory(Vec::new()),
             single: None,
@@ -679,9 +550,9 @@ impl Rows {
         self.board().budget.clone()
     }
 
-    /// The questions, in order.
-    fn planned(&self) -> Arc<[Planned]> {
-        self.board().planned.clone()
+    /// The questions.
+    fn plan(&self) -> Arc<Plan> {
+        self.board().plan.clone()
     }
 
     fn board(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -689,19 +560,17 @@ impl Rows {
     }
 
     /// Marks question `index` in flight; its agent writes to the transcript and the log returned.
-    fn start(&self, index: usize) -> (Recorder, Arc<CallLog>) {
+    fn start(&self, index: usize, item: &Planned) -> (Recorder, Arc<CallLog>) {
         let mut board = self.board();
         let log = match &board.echo {
             Some(echo) => CallLog::showing(echo.clone()),
             None => CallLog::default(),
         };
         let (transcript, log) = (Recorder::default(), Arc::new(log));
-        if let Some(item) = board.planned.get(index) {
-            let row = Row { error: None, ..not_started(item) };
-            let running =
-                Running { row, transcript: transcript.clone(), log: log.clone(), started: std::time::Instant::now() };
-            board.running.insert(index, running);
-        }
+        let row = Row { error: None, ..not_started(item) };
+        let running =
+            Running { row, transcript: transcript.clone(), log: log.clone(), started: std::time::Instant::now() };
+        board.running.insert(index, running);
         (transcript, log)
     }
 
@@ -709,15 +578,13 @@ impl Rows {
     fn finish(&self, index: usize, row: Row) {
         let mut board = self.board();
         board.running.remove(&index);
-        match board.finished.get_mut(index) {
-            // One row per question: a question that ends after a second signal wrote its row
-            // keeps that row.
-            Some(true) => return,
-            Some(done) => *done = true,
-            None => {}
+        // One row per question: a question that ends after a second signal wrote its row
+        // keeps that row.
+        if !board.finished.insert(index) {
+            return;
         }
         board.head.totals.add(&row);
-        if board.planned.len() == 1 {
+        if board.plan.len() == 1 {
             board.single = Some(row.clone());
         }
         match &mut board.sink {
@@ -781,12 +648,12 @@ impl Rows {
         for (index, row) in running {
             self.finish(index, row);
         }
-        let planned = self.board().planned.clone();
-        for (index, item) in planned.iter().enumerate() {
-            if !self.board().finished.get(index).copied().unwrap_or(true) {
+        let plan = self.plan();
+        for item in plan.questions() {
+            if !self.board().finished.contains(item.index) {
                 // Answered before (its row not written yet): skipped, not interrupted.
-                let row = if item.done.is_some() { Row::empty(item, Status::Skipped) } else { not_started(item) };
-                self.finish(index, row);
+                let row = if item.done.is_some() { Row::empty(&item, Status::Skipped) } else { not_started(&item) };
+                self.finish(item.index, row);
             }
         }
     }

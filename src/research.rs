@@ -39,10 +39,36 @@ pub const MAX_STEM_BYTES: usize = 80;
 
 /// A stable id for a question: whitespace and case do not matter.
 pub fn question_id(question: &str) -> String {
-    let normalised = question.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
-    let digest = Sha256::digest(normalised.as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("q-{hex}")
+    Fingerprint::of(question).id()
+}
+
+/// The SHA-256 of a question, whitespace and case aside: two questions are the same question
+/// when their fingerprints are. The id is its first six bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `question`.
+    pub fn of(question: &str) -> Self {
+        let normalised = question.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        Self(Sha256::digest(normalised.as_bytes()).into())
+    }
+
+    /// `q-` and twelve hex digits.
+    pub fn id(&self) -> String {
+        let hex: String = self.0.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("q-{hex}")
+    }
+
+    /// The first 64 bits: equal for every copy of a question, and rarely for two others.
+    pub fn short(&self) -> u64 {
+        u64::from_be_bytes(self.0[..8].try_into().expect("8 of 32 bytes"))
+    }
+
+    /// The first 128 bits: equal only for copies of one question, in practice.
+    pub fn long(&self) -> u128 {
+        u128::from_be_bytes(self.0[..16].try_into().expect("16 of 32 bytes"))
+    }
 }
 
 /// A file stem from a topic: lowercase letters and digits joined by '-', no separators, no

@@ -83,7 +83,7 @@ pub(super) async fn run_batch(
         None => JOURNAL.to_owned(),
     });
     // One question to answer now: its answer is printed as the model writes it.
-    let one_question = plan.questions.len() == 1 && plan.questions[0].done.is_none();
+    let one_question = plan.len() == 1 && plan.answered_before() == 0;
     let mut rows = batch::Rows::new(plan, &settings.agent.name, &options).with_budget(budget(&settings, shard));
     if mode != Mode::Ask {
         let journal =

@@ -50,11 +50,10 @@ pub(super) fn config_check(common: &CommonArgs) -> Result<ExitCode, CliError> {
     outln!("\n# questions");
     match batch::plan(&settings.batch, false, None) {
         Ok(plan) => {
-            let done = plan.questions.iter().filter(|p| p.done.is_some()).count();
-            let dir = settings.batch.output_dir.display();
-            outln!("{} questions ({done} already answered in {dir})", plan.questions.len());
-            if plan.duplicates > 0 {
-                outln!("{} duplicate questions dropped", plan.duplicates);
+            let (done, dir) = (plan.answered_before(), settings.batch.output_dir.display());
+            outln!("{} questions ({done} already answered in {dir})", plan.len());
+            if plan.duplicates() > 0 {
+                outln!("{} duplicate questions dropped", plan.duplicates());
             }
         }
         Err(error) => problems.push(error.to_string()),

@@ -17,7 +17,7 @@ pub(super) async fn run(args: RunArgs, signals: &Signals) -> Result<ExitCode, Cl
     };
     let plan = batch::plan(&settings.batch, args.force, shard)?;
     if let Some(shard) = shard {
-        tracing::info!(%shard, questions = plan.questions.len(), "answering this shard's share");
+        tracing::info!(%shard, questions = plan.len(), "answering this shard's share");
     }
     run_batch(settings, plan, process_env(), Mode::Run { shard }, signals).await
 }
