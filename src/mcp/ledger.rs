@@ -30,7 +30,11 @@ use super::{Defect, Defects, failure, malformation};
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     in_flight: HashSet<RequestId>,
-    sent: HashSet<RequestId>,
+    /// The lowest and highest numeric id sent: rmcp numbers a session's requests 0, 1, 2, …,
+    /// so the range is every id sent, in two numbers however long the session.
+    numbers_sent: Option<(i64, i64)>,
+    /// Text ids sent (rmcp sends none).
+    texts_sent: HashSet<std::sync::Arc<str>>,
     warned: Defects,
 }
 
@@ -45,7 +49,15 @@ impl Ledger {
         match message {
             JsonRpcMessage::Request(request) => {
                 self.in_flight.insert(request.id.clone());
-                self.sent.insert(request.id.clone());
+                match &request.id {
+                    RequestId::Number(n) => {
+                        let (low, high) = self.numbers_sent.unwrap_or((*n, *n));
+                        self.numbers_sent = Some((low.min(*n), high.max(*n)));
+                    }
+                    RequestId::String(text) => {
+                        self.texts_sent.insert(text.clone());
+                    }
+                }
                 Some(request.id.clone())
             }
             JsonRpcMessage::Notification(notification) => {
@@ -73,8 +85,11 @@ impl Ledger {
     }
 
     fn was_sent(&self, id: &RequestId) -> bool {
-        self.sent.contains(id)
-            || matches!(id, RequestId::String(text) if text.parse().is_ok_and(|n| self.sent.contains(&RequestId::Number(n))))
+        let number_sent = |n: i64| self.numbers_sent.is_some_and(|(low, high)| (low..=high).contains(&n));
+        match id {
+            RequestId::Number(n) => number_sent(*n),
+            RequestId::String(text) => self.texts_sent.contains(text) || text.parse().is_ok_and(number_sent),
+        }
     }
 
     /// The one request in flight, taken out of flight: the only one an unmatched answer can
@@ -158,6 +173,14 @@ impl Ledger {
 }
 
 #[cfg(test)]
+impl Ledger {
+    /// How many sent ids the ledger holds.
+    fn ids_remembered(&self) -> usize {
+        usize::from(self.numbers_sent.is_some()) + self.texts_sent.len()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
 
@@ -189,6 +212,22 @@ mod tests {
         // A late or repeated answer to a request sent is no defect.
         assert!(ledger.received(&server(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#), "/m").is_none());
         assert!(ledger.in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_long_session_remembers_the_range_of_ids_sent_not_each_one() {
+        let mut ledger = Ledger::default();
+        for id in 0..10_000 {
+            ledger.sending(&call(id));
+            let answer = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+            assert!(ledger.received(&server(&answer), "/m").is_none());
+        }
+        assert!(ledger.ids_remembered() <= 1, "{} ids remembered", ledger.ids_remembered());
+        // A late answer to any of them is still known as ours, and an id never sent is not.
+        assert!(ledger.received(&server(r#"{"jsonrpc":"2.0","id":17,"result":{}}"#), "/m").is_none());
+        assert!(ledger.was_sent(&RequestId::String("9999".into())));
+        assert!(!ledger.was_sent(&RequestId::Number(10_000)));
+        assert!(!ledger.was_sent(&RequestId::Number(-1)));
     }
 
     #[test]
