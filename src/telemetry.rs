@@ -383,9 +383,12 @@ impl Telemetry {
     }
 }
 
-/// What to say at exit about spans that never reached the collector (`None`: all did, or
-/// their export failed, which the flush's warning already says).
+/// What to say at exit about spans that never reached the collector, when the queue lost some
+/// (`None` otherwise: export failures alone are the flush's warning).
 fn lost_spans(tally: SpanTally, max_queue_size: usize) -> Option<String> {
+    if tally.dropped == 0 && tally.queued == 0 {
+        return None;
+    }
     let mut parts = Vec::new();
     if tally.dropped > 0 {
         parts.push(format!(
@@ -395,13 +398,15 @@ fn lost_spans(tally: SpanTally, max_queue_size: usize) -> Option<String> {
         ));
     }
     if tally.queued > 0 {
-        parts.push(format!("{} span(s) still queued at exit were not exported", tally.queued));
+        parts.push(format!("{} span(s) still queued at exit", tally.queued));
     }
-    if parts.is_empty() {
-        return None;
+    let unacknowledged = tally.exported.saturating_sub(tally.delivered);
+    if unacknowledged > 0 {
+        parts.push(format!("{unacknowledged} span(s) sent but not acknowledged"));
     }
     let total = tally.dropped + tally.queued + tally.exported;
-    Some(format!("telemetry: {} of {total} spans lost: {}", tally.dropped + tally.queued, parts.join("; ")))
+    let lost = tally.dropped + tally.queued + unacknowledged;
+    Some(format!("telemetry: {lost} of {total} spans lost: {}", parts.join("; ")))
 }
 
 /// The W3C `traceparent` of the current span (`None` when traces are not exported).
@@ -444,6 +449,40 @@ mod tests {
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn lost_spans_are_said_with_their_causes_only_when_the_queue_lost_some() {
+        let none = SpanTally::default();
+        assert_eq!(lost_spans(none, 2048), None);
+        let failed_export = SpanTally { exported: 5, ..none };
+        assert_eq!(lost_spans(failed_export, 2048), None, "the flush's own warning says that");
+        let slow = SpanTally { dropped: 27, queued: 4, exported: 4, delivered: 0 };
+        let said = lost_spans(slow, 4).expect("said");
+        assert!(said.starts_with("telemetry: 35 of 35 spans lost: 27 span(s) dropped"), "{said}");
+        assert!(said.contains("(OTEL_BSP_MAX_QUEUE_SIZE=4)"), "{said}");
+        assert!(said.ends_with("4 span(s) still queued at exit; 4 span(s) sent but not acknowledged"), "{said}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_allowed(true, None));
+        assert!(colour_allowed(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset (no-color.org)");
+        assert!(!colour_allowed(true, Some(OsStr::new("1"))));
+        assert!(!colour_allowed(false, None));
+    }
+
+    #[test]
+    fn verbosity_maps_the_flags_onto_filters() {
+        assert_eq!(Verbosity::from_flags(false, 0), Verbosity::Normal);
+        assert_eq!(Verbosity::from_flags(true, 0), Verbosity::Quiet);
+        assert_eq!(Verbosity::from_flags(false, 1), Verbosity::Verbose);
+        assert_eq!(Verbosity::from_flags(false, 5), Verbosity::Debug);
+        for verbosity in [Verbosity::Quiet, Verbosity::Normal, Verbosity::Verbose, Verbosity::Debug] {
+            assert!(EnvFilter::try_new(verbosity.directives()).is_ok(), "{verbosity:?}");
+            assert!(verbosity.directives().contains("rmcp=off"), "rmcp logs whole messages below ERROR");
+        }
     }
 
     #[test]
