@@ -67,6 +67,24 @@ pub enum Command {
     /// A DEMO: the whole pipeline against a built-in scripted model and search server on
     /// loopback. No keys, no Docker, no network.
     Demo(DemoArgs),
+    /// Check that every service the configuration names answers: model routes (listing, key,
+    /// tool calls), MCP servers (handshake, allowlisted tools), OTLP, the output directory and
+    /// the secrets. Exit 0 when nothing failed, 1 otherwise.
+    Doctor(DoctorArgs),
+}
+
+/// `agentry doctor` (and `agentry config check --probe`).
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// One JSON document on stdout (schema `agentry.doctor/v1`, see the README).
+    #[arg(long)]
+    pub json: bool,
+    /// The longest any network step may take (the completion probe: three times it).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// `agentry config ...`
@@ -77,6 +95,15 @@ pub enum ConfigCommand {
         /// Settings.
         #[command(flatten)]
         common: CommonArgs,
+        /// Also contact every service, as `agentry doctor` does.
+        #[arg(long)]
+        probe: bool,
+        /// One JSON document on stdout (schema `agentry.config-check/v1`, see the README).
+        #[arg(long)]
+        json: bool,
+        /// With --probe: the longest any network step may take.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 

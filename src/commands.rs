@@ -23,6 +23,7 @@ mod ask;
 mod batch;
 mod config_check;
 mod demo;
+mod doctor;
 mod echo;
 mod report;
 mod run;
@@ -177,7 +178,10 @@ async fn dispatch(cli: Cli, signals: &Signals) -> Result<ExitCode, CliError> {
         Command::Tools { common, json } => tools::tools(common, json).await,
         Command::Completions { shell } => shell::completions(shell),
         Command::Man => shell::man(),
-        Command::Config { command: ConfigCommand::Check { common } } => config_check::config_check(&common),
+        Command::Config { command: ConfigCommand::Check { common, probe, json, timeout } } => {
+            config_check::config_check(&common, probe.then_some(timeout), json).await
+        }
+        Command::Doctor(args) => doctor::doctor(args).await,
         Command::Demo(args) => demo::demo(args, signals).await,
         Command::Report { command: ReportCommand::Merge { inputs, output } } => report::merge(&inputs, &output),
         Command::Report { command: ReportCommand::Show { path } } => report::show(path.as_deref()),

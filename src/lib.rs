@@ -21,6 +21,7 @@
 //! | [`research`] | research file names, provenance and format |
 //! | [`telemetry`] | logging, OTLP traces and metrics; span and metric names |
 //! | [`demo`] | `agentry demo`: the scripted model and the search server on loopback |
+//! | [`doctor`] | `agentry doctor` / `config check --probe`: each service the settings name, checked through the product's own clients |
 //!
 //! Test doubles (the scriptable OpenAI-compatible server, slow peers) are in the
 //! `agentry-testkit` crate (`crates/agentry-testkit`), a dev-dependency: they never ship.
@@ -48,6 +49,7 @@ pub mod commands;
 pub mod config;
 pub mod deadline;
 pub mod demo;
+pub mod doctor;
 pub mod llm;
 pub mod mcp;
 pub mod research;

@@ -418,7 +418,8 @@ async fn save_research(
     writer.save(doc).await.map_err(|e| e.to_string())
 }
 
-fn save_research_definition() -> ToolDefinition {
+/// The `save_research` tool as the model is offered it (also `agentry doctor`'s probe).
+pub(crate) fn save_research_definition() -> ToolDefinition {
     ToolDefinition::function(
         SAVE_RESEARCH,
         "Save the research for the question as a markdown file. Call it once, with the final write-up.",
