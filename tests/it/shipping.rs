@@ -705,6 +705,23 @@ fn compose_wires_the_agent_to_its_secrets_model_gateway_and_collector() {
     assert!(gateway["secrets"].as_array().expect("secrets").iter().any(|s| s["source"] == "mcp_gateway_auth_token"));
 }
 
+#[test]
+fn the_doctor_service_checks_what_the_agent_uses() {
+    let config = compose_config("compose.yaml", &[("COMPOSE_PROFILES", "doctor")]);
+    let (agent, doctor) = (&config["services"]["agent"], &config["services"]["doctor"]);
+    assert_eq!(doctor["command"], serde_json::json!(["doctor"]), "{doctor}");
+    // The agent's settings, secrets, model, mounts and user: what it checks is what a run uses.
+    for key in ["image", "user", "read_only", "environment", "secrets", "models", "volumes"] {
+        assert_eq!(doctor[key], agent[key], "doctor's {key} differs from the agent's");
+    }
+    // It reports a gateway that never gets healthy rather than waiting for it.
+    assert_eq!(doctor["depends_on"]["mcp-gateway"]["condition"], "service_started");
+    // Only `docker compose run --rm doctor` (or --profile doctor) starts it, never `up`.
+    assert_eq!(doctor["profiles"], serde_json::json!(["doctor"]));
+    let plain = compose_config("compose.yaml", &[]);
+    assert!(plain["services"].get("doctor").is_none(), "doctor is not part of `docker compose up`");
+}
+
 /// The gateway's entrypoint script, as the container runs it (`$$` is Compose's `$`), against a
 /// stand-in for /docker-mcp that prints what it was given.
 fn run_gateway_entrypoint(gateway: &Value, token: &str) -> Output {
