@@ -11,8 +11,7 @@ pub struct Cli {
     /// Only errors on stderr (RUST_LOG, when set, wins).
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// More on stderr: -v adds agentry's debug logs, -vv its trace logs and other libraries'
-    /// info (RUST_LOG, when set, wins).
+    /// More on stderr: -v debug, -vv trace (RUST_LOG, when set, wins).
     #[arg(long, short = 'v', global = true, action = ArgAction::Count)]
     pub verbose: u8,
     /// What to do.
@@ -33,8 +32,11 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// List the tools each configured MCP server offers (after the allowlist), with their
-    /// annotations and whether agentry retries them after a cut connection.
+    /// List each MCP server's tools, their annotations, and which calls are retried.
+    ///
+    /// The tools each configured server offers (after the allowlist), the name the model sees,
+    /// each annotation by its own word (MCP defaults for absent ones), and `retry` for the calls
+    /// agentry sends again after a cut connection.
     Tools {
         /// Settings.
         #[command(flatten)]
@@ -55,15 +57,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
-    /// Print a completion script for SHELL to stdout (e.g. `agentry completions bash >
-    /// ~/.local/share/bash-completion/completions/agentry`).
+    /// Print a shell completion script to stdout.
+    ///
+    /// e.g. `agentry completions bash > ~/.local/share/bash-completion/completions/agentry`
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print agentry's man page (roff) to stdout (e.g. `agentry man > ~/.local/share/man/man1/agentry.1`).
-    Man,
+    /// Print the man page (roff) to stdout, or write every page into a directory.
+    ///
+    /// e.g. `agentry man > ~/.local/share/man/man1/agentry.1`, or
+    /// `agentry man --dir ~/.local/share/man/man1` for agentry.1 and a page per subcommand
+    /// (agentry-run.1, agentry-config-check.1, …).
+    Man {
+        /// Write agentry.1 and one page per subcommand here (created if missing), and list them.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// A DEMO: the whole pipeline against a built-in scripted model and search server on
     /// loopback. No keys, no Docker, no network.
     Demo(DemoArgs),

@@ -177,7 +177,7 @@ async fn dispatch(cli: Cli, signals: &Signals) -> Result<ExitCode, CliError> {
         Command::Ask { question, common } => ask::ask(question, common, signals).await,
         Command::Tools { common, json } => tools::tools(common, json).await,
         Command::Completions { shell } => shell::completions(shell),
-        Command::Man => shell::man(),
+        Command::Man { dir } => shell::man(dir.as_deref()),
         Command::Config { command: ConfigCommand::Check { common, probe, json, timeout } } => {
             config_check::config_check(&common, probe.then_some(timeout), json).await
         }

@@ -119,6 +119,11 @@ pub fn set_verbosity(verbosity: Verbosity) {
     VERBOSITY.store(level, Ordering::Relaxed);
 }
 
+/// Whether `-q` asked for errors only (for output beside the logs, such as progress lines).
+pub fn quiet() -> bool {
+    verbosity() == Verbosity::Quiet
+}
+
 fn verbosity() -> Verbosity {
     match VERBOSITY.load(Ordering::Relaxed) {
         i8::MIN..=-1 => Verbosity::Quiet,

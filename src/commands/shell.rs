@@ -3,9 +3,10 @@
 //!
 //! The man page is a command, not a build step: generating it in `build.rs` would need the CLI
 //! types outside the crate (they use the crate's own types) and would leave the page in
-//! `target/`, where no installer looks; `agentry man > agentry.1` gives packagers and users
-//! the page of exactly the binary they have.
+//! `target/`, where no installer looks; `agentry man > agentry.1` (or `agentry man --dir DIR`
+//! for every page) gives packagers and users the pages of exactly the binary they have.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::CommandFactory;
@@ -24,13 +25,27 @@ pub(super) fn completions(shell: clap_complete::Shell) -> Result<ExitCode, CliEr
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the man page (roff): the global options and the list of subcommands (each
-/// subcommand's own options: `agentry help SUBCOMMAND`).
-pub(super) fn man() -> Result<ExitCode, CliError> {
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut page)
-        .map_err(|source| CliError::Write { path: "<man page>".into(), source })?;
-    out!("{}", String::from_utf8_lossy(&page));
+/// Prints agentry(1) (roff), or with `dir` writes it and a page per subcommand there
+/// (`agentry-run.1`, `agentry-config-check.1`, …) and lists the files written.
+pub(super) fn man(dir: Option<&Path>) -> Result<ExitCode, CliError> {
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    let Some(dir) = dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command)
+            .render(&mut page)
+            .map_err(|source| CliError::Write { path: "agentry.1".into(), source })?;
+        out!("{}", String::from_utf8_lossy(&page));
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).map_err(|source| CliError::NotWritable { path: dir.to_path_buf(), source })?;
+    let mut pages = vec![command];
+    while let Some(page) = pages.pop() {
+        pages.extend(page.get_subcommands().filter(|sub| !sub.is_hide_set()).cloned());
+        let man = clap_mangen::Man::new(page);
+        let path = dir.join(man.get_filename());
+        man.generate_to(dir).map_err(|source| CliError::Write { path: path.clone(), source })?;
+        outln!("{}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,6 +49,18 @@ async fn the_man_page_is_roff_naming_the_commands() {
     for command in ["agentry\\-tools", "agentry\\-completions", "agentry\\-run"] {
         assert!(run.stdout.contains(command), "{command}:\n{}", run.stdout);
     }
+
+    // Every page the list names, written into a directory.
+    let agentry = Agentry::new();
+    let run = agentry.run(&["man", "--dir", "man1"]).await;
+    run.expect_code(0);
+    let written: Vec<&str> = run.stdout.lines().collect();
+    for page in ["man1/agentry.1", "man1/agentry-tools.1", "man1/agentry-config-check.1", "man1/agentry-report-show.1"]
+    {
+        assert!(written.contains(&page), "{page} in {written:?}");
+    }
+    let tools = std::fs::read_to_string(agentry.dir().join("man1/agentry-tools.1")).expect("agentry-tools.1");
+    assert!(tools.contains(".TH agentry-tools 1") && tools.contains("\\-\\-json"), "{tools}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
