@@ -103,21 +103,23 @@ async fn check_route(settings: &Settings, route: &Route, timeout: Duration) -> V
     let listing = list_models(route, timeout).await;
     let models = match listing {
         Listing::Failed(check) => return vec![check],
-        Listing::Models(models) => Some(models),
+        Listing::Models(models) => models,
         Listing::Unlisted(why) => {
             let reached = Check::new(route.name, &target, Status::Pass, format!("reachable; {why}"));
             let probe = probe_tools(settings, route, timeout).await;
             return vec![reached, probe.check(route)];
         }
     };
-    let models = models.unwrap_or_default();
     let key = route
         .credential
         .as_ref()
         .map(|c| format!(", key {} ({}) accepted", c.fingerprint(), c.source()))
         .unwrap_or_default();
-    let reached =
-        Check::new(route.name, &target, Status::Pass, format!("reachable, {} models listed{key}", models.len()));
+    let count = match models.len() {
+        1 => "1 model listed".to_owned(),
+        n => format!("{n} models listed"),
+    };
+    let reached = Check::new(route.name, &target, Status::Pass, format!("reachable, {count}{key}"));
     let probe = probe_tools(settings, route, timeout).await;
     let listed = models.iter().any(|id| same_model(id, &route.model));
     let listed_check = if listed {
