@@ -268,9 +268,9 @@ async fn telemetry_is_flushed_after_sigterm() {
     assert_eq!(questions.point(&[("agentry.question.status", "interrupted")]).and_then(|p| p.as_i64()), Some(2));
 }
 
-/// Runs the seed flow with OTLP/gRPC export to `endpoint`, with `RUST_LOG` set to `rust_log`
-/// (`""`: unset) and `flags` before `run`; returns the finished run.
-async fn batch_at_log_level(endpoint: &str, rust_log: &str, flags: &[&str]) -> crate::harness::Run {
+/// The seed flow's peers, and agentry set up to run it with OTLP/gRPC export to `endpoint` and
+/// RUST_LOG unset (keep the peers alive while it runs).
+async fn seed_flow_exporting_to(endpoint: &str) -> (Agentry, PythonMcpServer, ModelServer) {
     let mcp = PythonMcpServer::start("streamable-http").await;
     let model =
         ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model").require_key(Some(CANARY.into()));
@@ -281,10 +281,17 @@ async fn batch_at_log_level(endpoint: &str, rust_log: &str, flags: &[&str]) -> c
         .env("QUESTION", "Define Machine Learning")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env("RUST_LOG", rust_log);
+        .env("RUST_LOG", "");
     agentry.file("secrets/openai_api_key", CANARY);
+    (agentry, mcp, model)
+}
+
+/// Runs the seed flow exporting to `endpoint`, with `RUST_LOG` set to `rust_log` (`""`: unset)
+/// and `flags` before `run`; returns the finished run.
+async fn batch_at_log_level(endpoint: &str, rust_log: &str, flags: &[&str]) -> crate::harness::Run {
+    let (agentry, _mcp, _model) = seed_flow_exporting_to(endpoint).await;
     let args: Vec<&str> = flags.iter().copied().chain(["run"]).collect();
-    let run = agentry.run(&args).await;
+    let run = agentry.env("RUST_LOG", rust_log).run(&args).await;
     run.expect_code(0);
     run
 }
@@ -336,22 +343,12 @@ async fn a_collector_that_does_not_keep_up_costs_counted_spans_and_a_warning() {
     // nothing until the batch has printed its report, and the export timeouts are far away.
     let slow = OtlpReceiver::start().await;
     slow.hold_traces();
-    let mcp = PythonMcpServer::start("streamable-http").await;
-    let model =
-        ModelServer::start(Arc::new(ScriptedResearcher::new())).await.expect("model").require_key(Some(CANARY.into()));
-    let agentry = Agentry::new()
-        .env("OPENAI_BASE_URL", model.base_url())
-        .env("OPENAI_MODEL_NAME", "gpt-test")
-        .env("MCP_SERVER_URL", mcp.url())
-        .env("QUESTION", "Define Machine Learning")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", slow.grpc_endpoint())
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    let (agentry, _mcp, _model) = seed_flow_exporting_to(&slow.grpc_endpoint()).await;
+    let agentry = agentry
         .env("OTEL_BSP_MAX_QUEUE_SIZE", "1")
         .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
         .env("OTEL_BSP_EXPORT_TIMEOUT", "600000")
-        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "600000")
-        .env("RUST_LOG", "");
-    agentry.file("secrets/openai_api_key", CANARY);
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "600000");
     let mut child = agentry.spawn(&["run"]);
     let stdout = crate::harness::OutputWatch::stdout(&mut child);
     stdout.wait_for("Report:").await;
