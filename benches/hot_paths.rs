@@ -103,6 +103,7 @@ fn benches(c: &mut Criterion) {
         topic: "Machine Learning".into(),
         content: "Machine learning is ...\n".repeat(100),
         truncated: false,
+        saved_by: research::SavedBy::Model,
     };
     c.bench_function("render research file", |b| {
         b.iter(|| black_box(research::render(black_box(&doc), SystemTime::UNIX_EPOCH)))

@@ -4,7 +4,10 @@
 //! tool calls it asks for (ToolExecutor, concurrently), repeat until the model answers without
 //! tools or `max_turns` is reached. Exactly one research file results from a successful
 //! question: the model's `save_research`, or, if it never called it, the runtime saves the
-//! final answer itself.
+//! final answer itself (`saved_by: runtime`: not researched). A model that writes its tool
+//! call as text ([`text_call`]) has that call made.
+
+mod text_call;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +22,7 @@ use crate::llm::LlmError;
 use crate::llm::client::CallLog;
 use crate::llm::stream::Shown;
 use crate::llm::wire::{Message, ToolDefinition};
-use crate::research::{self, Provenance, ResearchDoc};
+use crate::research::{self, Provenance, ResearchDoc, SavedBy};
 
 /// What a question needs: the actors' handles and the agent settings.
 #[derive(Clone)]
@@ -101,6 +104,9 @@ pub struct Transcript {
     pub model: Option<String>,
     /// The research file.
     pub file: Option<PathBuf>,
+    /// Who saved it: `model` (`save_research`) or `runtime` (the final answer, not researched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved_by: Option<SavedBy>,
     /// The final answer (not in the report: the research file has it).
     #[serde(skip)]
     pub answer: Option<String>,
@@ -189,13 +195,20 @@ pub async fn answer(
         let Some(choice) = response.choices.into_iter().next() else {
             return Err(AgentError::EmptyAnswer(None));
         };
-        let calls = choice.message.tool_calls.unwrap_or_default();
+        let mut calls = choice.message.tool_calls.unwrap_or_default();
+        let mut content = choice.message.content;
+        if calls.is_empty()
+            && let Some(call) = content.as_deref().and_then(|text| text_call::tool_call_in(text, &tools, turn))
+        {
+            tracing::info!(tool = %call.function.name, "the model wrote a tool call as text: making that call");
+            (calls, content) = (vec![call], None);
+        }
         log.show(Shown::Answered { calls_tools: !calls.is_empty() });
         transcript.update(|t| t.finish_reason.clone_from(&choice.finish_reason));
         let conversation = Arc::make_mut(&mut messages);
-        conversation.push(Message::Assistant { content: choice.message.content.clone(), tool_calls: calls.clone() });
+        conversation.push(Message::Assistant { content: content.clone(), tool_calls: calls.clone() });
         if calls.is_empty() {
-            let answer = choice.message.content.filter(|c| !c.trim().is_empty());
+            let answer = content.filter(|c| !c.trim().is_empty());
             let Some(answer) = answer.or(choice.message.refusal.clone()) else {
                 return Err(AgentError::EmptyAnswer(choice.finish_reason));
             };
@@ -209,9 +222,10 @@ pub async fn answer(
                     topic: question.to_owned(),
                     content: answer,
                     truncated: cut_off(choice.finish_reason.as_deref()),
+                    saved_by: SavedBy::Runtime,
                 };
                 let file = context.writer.save(doc).await?;
-                transcript.update(|t| t.file = Some(file));
+                transcript.update(|t| (t.file, t.saved_by) = (Some(file), Some(SavedBy::Runtime)));
             }
             return Ok(());
         }
@@ -230,7 +244,7 @@ pub async fn answer(
                 tracing::debug!(tool = %result.name, "tool call returned an error to the model");
             }
             if let (Some(path), true) = (result.saved, result.name == SAVE_RESEARCH) {
-                transcript.update(|t| t.file = Some(path));
+                transcript.update(|t| (t.file, t.saved_by) = (Some(path), Some(SavedBy::Model)));
             }
             conversation.push(Message::Tool { tool_call_id: result.call_id, content: result.content });
         }

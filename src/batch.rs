@@ -46,6 +46,7 @@ use crate::batch::budget::{Budget, BudgetReport};
 use crate::deadline::Deadline;
 use crate::llm::client::CallLog;
 use crate::llm::stream::Echo;
+use crate::research::SavedBy;
 
 /// How a question ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +164,13 @@ pub struct Totals {
     pub cost: f64,
     /// Tool calls.
     pub tool_calls: u64,
+    /// Answered questions whose file agentry saved from the final answer: the model never
+    /// called `save_research` (not researched).
+    #[serde(default)]
+    pub saved_by_runtime: usize,
+    /// Of those, the ones whose model called no tool at all.
+    #[serde(default)]
+    pub saved_without_tools: usize,
     /// Model responses refused with 429, by the route of the question (as in its row).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub rate_limited: std::collections::BTreeMap<String, u64>,
@@ -280,7 +288,10 @@ impl Report {
         use std::fmt::Write;
         let all = self.totals.questions <= SUMMARY_ROWS;
         let shown: Vec<Row> = rows
-            .filter(|row| all || !matches!(row.status, Status::Ok) && row.reason != Some(SkipReason::Answered))
+            .filter(|row| {
+                let answered = matches!(row.status, Status::Ok) && row.transcript.saved_by != Some(SavedBy::Runtime);
+                all || !answered && row.reason != Some(SkipReason::Answered)
+            })
             .take(SUMMARY_ROWS)
             .collect();
         let mut out = String::new();
@@ -293,11 +304,17 @@ impl Report {
         for row in &shown {
             let question: String = row.question.chars().take(48).collect();
             let status = row.status.as_str();
-            let detail = match (&row.error, &row.transcript.file) {
+            let mut detail = match (&row.error, &row.transcript.file) {
                 (Some(error), _) => error.chars().take(120).collect::<String>(),
                 (None, Some(file)) => file.display().to_string(),
                 _ => String::new(),
             };
+            if row.status == Status::Ok && row.transcript.saved_by == Some(SavedBy::Runtime) {
+                detail += match row.transcript.tool_calls {
+                    0 => "  [saved by agentry: no tool called]",
+                    _ => "  [saved by agentry: no save_research]",
+                };
+            }
             let _ = writeln!(
                 out,
                 "{status:<9} {question:<width$} {:>6.1} {:>5} {:>8}  {detail}",
@@ -308,10 +325,10 @@ impl Report {
         }
         let t = &self.totals;
         if !all {
-            let unanswered = t.failed + t.interrupted + t.skipped_for_budget;
+            let unanswered = t.failed + t.interrupted + t.skipped_for_budget + t.saved_by_runtime;
             let _ = writeln!(
                 out,
-                "({} of the {unanswered} questions not answered shown; every row is in the report)",
+                "({} of the {unanswered} questions not answered or not researched shown; every row is in the report)",
                 shown.len()
             );
         }
@@ -329,6 +346,18 @@ impl Report {
             "{} questions{duplicates}: {} ok, {} failed, {} skipped{for_budget}, {} interrupted in {:.1}s; {} tokens in, {} out",
             t.questions, t.ok, t.failed, t.skipped, t.interrupted, t.duration_s, t.input_tokens, t.output_tokens
         );
+        if t.saved_by_runtime > 0 {
+            let why = match t.saved_without_tools {
+                n if n == t.saved_by_runtime => "the model called no tool".to_owned(),
+                0 => "the model never called save_research".to_owned(),
+                n => format!("{n} without calling any tool, the rest without save_research"),
+            };
+            let _ = writeln!(
+                out,
+                "{} of {} answers were saved without research: {why} (marked `saved_by: runtime`; does the model call tools? `agentry doctor` checks)",
+                t.saved_by_runtime, t.ok
+            );
+        }
         let budget = &self.budget;
         if budget.is_limited() || budget.spent.cost > 0.0 || budget.spent.cached_input_tokens > 0 {
             let _ = writeln!(out, "{}", budget_line(budget));
@@ -787,6 +816,10 @@ impl Totals {
         self.output_tokens += row.transcript.output_tokens;
         self.cost += row.transcript.cost;
         self.tool_calls += u64::from(row.transcript.tool_calls);
+        if row.status == Status::Ok && row.transcript.saved_by == Some(SavedBy::Runtime) {
+            self.saved_by_runtime += 1;
+            self.saved_without_tools += usize::from(row.transcript.tool_calls == 0);
+        }
         if row.transcript.rate_limited > 0 {
             let route = row.transcript.route.clone().unwrap_or_else(|| "unknown".into());
             *self.rate_limited.entry(route).or_default() += u64::from(row.transcript.rate_limited);

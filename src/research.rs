@@ -13,6 +13,7 @@
 //! model: "gpt-4o-mini"
 //! route: "cloud"
 //! tools_used: ["search", "save_research"]
+//! saved_by: model
 //! trace_id: null
 //! ---
 //!
@@ -21,7 +22,9 @@
 //! ```
 //!
 //! An answer that was cut off (the model reached `max_tokens`, or a content filter stopped it)
-//! has `truncated: true` after `trace_id`.
+//! has `truncated: true` after `trace_id`. `saved_by` is `model` for research the model saved
+//! with `save_research`, `runtime` for a final answer agentry saved because the model never did
+//! (a model that calls no tools: that answer was not researched).
 //!
 //! `question_id` (a hash of the normalised question) is how a rerun knows what is done: the
 //! files themselves are the record, so a crash loses nothing already written. It comes first,
@@ -113,6 +116,28 @@ pub struct Provenance {
     pub trace_id: Option<String>,
 }
 
+/// Who wrote a research file: the model, with `save_research` (its research), or agentry,
+/// saving the model's final answer because it never called `save_research`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SavedBy {
+    /// `save_research`.
+    #[default]
+    Model,
+    /// The runtime, from the final answer.
+    Runtime,
+}
+
+impl SavedBy {
+    /// `model` or `runtime`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Runtime => "runtime",
+        }
+    }
+}
+
 /// Everything a research file records.
 #[derive(Debug, Clone)]
 pub struct ResearchDoc {
@@ -124,6 +149,8 @@ pub struct ResearchDoc {
     pub content: String,
     /// The content was cut off (the model reached `max_tokens`, or a content filter stopped it).
     pub truncated: bool,
+    /// Who saved it.
+    pub saved_by: SavedBy,
 }
 
 /// The file's text, stamped with the current UTC time.
@@ -137,7 +164,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
         format!("# {}\n\n", doc.topic.lines().next().unwrap_or_default().trim())
     };
     format!(
-        "---\nquestion_id: {}\nquestion: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\ntrace_id: {}\n{}---\n\n{}{}\n",
+        "---\nquestion_id: {}\nquestion: {}\ntopic: {}\ngenerated_at: {}\nagent: {}\nmodel: {}\nroute: {}\ntools_used: {}\nsaved_by: {}\ntrace_id: {}\n{}---\n\n{}{}\n",
         json!(about.question_id),
         json!(about.question),
         json!(doc.topic),
@@ -146,6 +173,7 @@ pub fn render(doc: &ResearchDoc, now: SystemTime) -> String {
         json!(about.model),
         json!(about.route),
         json!(about.tools_used),
+        doc.saved_by.as_str(),
         json!(about.trace_id),
         if doc.truncated { "truncated: true\n" } else { "" },
         title,
@@ -226,11 +254,13 @@ mod tests {
             topic: "Topic".into(),
             content: "Body".into(),
             truncated: false,
+            saved_by: SavedBy::Runtime,
         };
         let text = render(&doc, SystemTime::UNIX_EPOCH);
         assert_eq!(read_question_id(&text), Some(doc.provenance.question_id.clone()));
         assert!(text.contains("generated_at: \"1970-01-01T00:00:00Z\""), "{text}");
         assert!(text.ends_with("# Topic\n\nBody\n"), "{text}");
+        assert!(text.contains("\ntools_used: [\"search\"]\nsaved_by: runtime\n"), "{text}");
         assert!(!text.contains("truncated"), "{text}");
         let cut = render(&ResearchDoc { truncated: true, ..doc }, SystemTime::UNIX_EPOCH);
         assert!(cut.contains("trace_id: null\ntruncated: true\n---\n"), "{cut}");
@@ -249,7 +279,13 @@ mod tests {
             tools_used: Vec::new(),
             trace_id: None,
         };
-        let doc = ResearchDoc { provenance, topic: "t".into(), content: "c".into(), truncated: false };
+        let doc = ResearchDoc {
+            provenance,
+            topic: "t".into(),
+            content: "c".into(),
+            truncated: false,
+            saved_by: SavedBy::Model,
+        };
         std::fs::write(dir.path().join("new.md"), render(&doc, SystemTime::UNIX_EPOCH)).expect("write");
         // A file from before question_id came first: the question, 25 KB, comes before it.
         let old = format!("---\nquestion: {}\nquestion_id: \"q-0123456789ab\"\n---\n\nbody\n", json!(long));

@@ -414,6 +414,7 @@ async fn save_research(
         topic: text("topic")?,
         content: text("research_content")?,
         truncated: false,
+        saved_by: crate::research::SavedBy::Model,
     };
     writer.save(doc).await.map_err(|e| e.to_string())
 }

@@ -329,7 +329,8 @@ mod tests {
     fn questions_that_share_a_short_fingerprint_are_told_apart_by_the_long_one() {
         let lines = ["alpha", "beta", "Alpha", "gamma", "beta"].map(|q| Ok(q.to_owned()));
         // As if every short fingerprint had been met twice: only true copies are dropped.
-        let repeated: HashSet<u64> = lines.iter().map(|q| Fingerprint::of(q.as_ref().unwrap()).short()).collect();
+        let repeated: HashSet<u64> =
+            lines.iter().map(|q| Fingerprint::of(q.as_ref().expect("a line")).short()).collect();
         let mut distinct =
             Distinct { lines: lines.into_iter(), repeated: &repeated, seen: HashSet::new(), duplicates: 0 };
         let kept: Vec<String> = distinct.by_ref().map(|q| q.expect("read").0).collect();

@@ -45,3 +45,4 @@ mod testkit_model_server;
 mod testkit_openai_stream;
 mod testkit_rate_limited;
 mod tools_and_files;
+mod unresearched;

@@ -19,6 +19,7 @@ fn doc(question: &str, topic: &str, content: &str) -> ResearchDoc {
         topic: topic.into(),
         content: content.into(),
         truncated: false,
+        saved_by: research::SavedBy::Model,
     }
 }
 
