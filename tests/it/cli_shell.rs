@@ -163,4 +163,14 @@ async fn no_colour_into_a_pipe_or_with_no_color() {
     let plain = agentry.run_bash(&on_tty("NO_COLOR=1")).await;
     assert!(plain.stdout.contains("MCP session ready"), "{:?}", plain.stdout);
     assert!(!plain.stdout.contains("\u{1b}["), "NO_COLOR: {:?}", plain.stdout);
+    // clap's own help follows the same rule.
+    // (clap also wants a TERM that can colour; the harness's environment has none.)
+    let help = |no_color: &str| format!("TERM=xterm {no_color} script -qec '{bin} --help' /dev/null");
+    assert!(agentry.run_bash(&help("")).await.stdout.contains("\u{1b}["), "help on a terminal is coloured");
+    let plain_help = agentry.run_bash(&help("NO_COLOR=1")).await;
+    assert!(
+        plain_help.stdout.contains("Usage: agentry") && !plain_help.stdout.contains('\u{1b}'),
+        "{:?}",
+        plain_help.stdout
+    );
 }
