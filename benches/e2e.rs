@@ -269,7 +269,9 @@ fn serve_peer(kind: &str, latency: Duration, limits: Option<RateLimits>) {
                 let model = ModelServer::start_on(local, Arc::new(ScriptedResearcher))
                     .await
                     .expect("model")
-                    .with_latency(latency);
+                    .with_latency(latency)
+                    // Only the first request's time is read; a million bodies would not fit.
+                    .recording_only_the_first();
                 model.set_rate_limits(limits);
                 model
             }),

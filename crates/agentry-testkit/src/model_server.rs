@@ -59,7 +59,7 @@ mod validate;
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -625,6 +625,12 @@ struct Shared {
     latency_ms: AtomicU64,
     accepted_key: Mutex<Option<String>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Requests received since start or reset (all of them are in `requests` unless only the
+    /// first is kept).
+    received: AtomicU64,
+    /// Keep every request's record (tests), or only the first one's (benchmarks: a million
+    /// questions' bodies would fill the peer's memory).
+    keep_every_request: AtomicBool,
     models_seen: Mutex<BTreeSet<String>>,
     /// When set, the only models served: `/v1/models` lists them, any other gets OpenAI's 404.
     served_models: Mutex<Option<Vec<String>>>,
@@ -648,9 +654,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn record(&self, mut request: RecordedRequest) -> u64 {
         let mut requests = lock(&self.requests);
-        let number = requests.len() as u64;
+        let number = self.received.fetch_add(1, Ordering::SeqCst);
         request.number = number;
-        requests.push(request);
+        if self.keep_every_request.load(Ordering::Relaxed) || requests.is_empty() {
+            requests.push(request);
+        }
         number
     }
 
@@ -710,6 +718,8 @@ impl ModelServer {
             latency_ms: AtomicU64::new(0),
             accepted_key: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
+            received: AtomicU64::new(0),
+            keep_every_request: AtomicBool::new(true),
             models_seen: Mutex::new(BTreeSet::new()),
             served_models: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
@@ -838,7 +848,15 @@ impl ModelServer {
 
     /// Number of chat-completion requests received so far.
     pub fn request_count(&self) -> usize {
-        lock(&self.shared.requests).len()
+        self.shared.received.load(Ordering::SeqCst) as usize
+    }
+
+    /// The same server, keeping the record of only the first request (since start or
+    /// [`reset`](Self::reset)) and counting the rest: what a benchmark of a million questions
+    /// needs ([`requests`](Self::requests) then holds one).
+    pub fn recording_only_the_first(self) -> Self {
+        self.shared.keep_every_request.store(false, Ordering::Relaxed);
+        self
     }
 
     /// Chat-completion requests being handled right now: a stream until its last event is
@@ -862,7 +880,10 @@ impl ModelServer {
     pub fn reset(&self) {
         let limits = lock(&self.shared.rate_limits).as_ref().map(rate_limit::Limiter::config);
         self.set_rate_limits(limits);
-        lock(&self.shared.requests).clear();
+        let mut requests = lock(&self.shared.requests);
+        requests.clear();
+        self.shared.received.store(0, Ordering::SeqCst);
+        drop(requests);
         self.shared.peak_in_flight.store(self.shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
