@@ -19,11 +19,13 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 
 # 1. Dependencies in their own layer: a skeleton crate with the real manifests and an empty
-#    lib/main. This layer is rebuilt only when Cargo.toml, Cargo.lock, the benches or the test
-#    kit change: Cargo refuses a manifest whose declared [[bench]] targets are missing, and a
-#    workspace whose member (crates/agentry-testkit, dev-only: it is never built here) is absent.
+#    lib/main. This layer is rebuilt only when Cargo.toml, Cargo.lock, the benches, the memory
+#    test or the test kit change: Cargo refuses a manifest whose declared [[bench]] and [[test]]
+#    targets are missing, and a workspace whose member (crates/agentry-testkit, dev-only: it is
+#    never built here) is absent.
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
+COPY tests/memory.rs ./tests/memory.rs
 COPY crates ./crates
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     mkdir -p src \
