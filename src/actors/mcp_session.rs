@@ -343,6 +343,7 @@ impl Actor for McpSession {
                 }
             }
             McpSessionMsg::ConnectFailed(_, error) => {
+                error.tell_hint();
                 return Err(publish_failure(&state.args, &error));
             }
             McpSessionMsg::ConnectionLost(_, cause) => {

@@ -244,6 +244,7 @@ impl Actor for ModelRouter {
         let decision = match state.args.decide(state.rejected) {
             Ok(decision) => decision,
             Err(error) => {
+                error.tell_hint();
                 let _ = reply.send(Err(error));
                 return Ok(());
             }

@@ -318,7 +318,7 @@ async fn probe_tools(settings: &Settings, route: &Route, timeout: Duration) -> P
     let limiter = Limiter::new(route.limits, 1);
     let deadline = Deadline::after(overall);
     let log = Arc::new(CallLog::default());
-    match client.complete(&endpoint, &request, &log, &deadline, &limiter).await {
+    match client.send(&endpoint, &request, &log, &deadline, &limiter).await {
         Ok(completion) => {
             let choice = completion.response.choices.into_iter().next();
             let (calls, finish_reason, text) = match choice {

@@ -203,7 +203,26 @@ impl ChatClient {
     /// provider's `Retry-After` (or the message's "try again in") the limiter holds every
     /// request of the route until then; without, this request backs off on its own, doubling
     /// from `min_delay` up to `max_delay`; either way only the deadline ends it.
+    ///
+    /// A failure that says what to do about it ([`LlmError::hint`]) logs that `hint:` once per
+    /// process: a batch whose questions all fail the same way says it once.
     pub async fn complete(
+        &self,
+        endpoint: &Endpoint,
+        request: &ChatRequest<'_>,
+        log: &CallLog,
+        deadline: &Deadline,
+        limiter: &Limiter,
+    ) -> Result<Completion, LlmError> {
+        let result = self.send(endpoint, request, log, deadline, limiter).await;
+        if let Err(error) = &result {
+            error.tell_hint();
+        }
+        result
+    }
+
+    /// [`Self::complete`] without the hint (`agentry doctor` prints its own).
+    pub async fn send(
         &self,
         endpoint: &Endpoint,
         request: &ChatRequest<'_>,

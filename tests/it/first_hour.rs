@@ -61,6 +61,7 @@ async fn model_runner_not_reachable_is_named_as_such_with_how_to_enable_it() {
     let run = agentry.run(&["ask", "-c", path.to_str().expect("utf-8"), "Define DNS"]).await;
     run.expect_code(1);
     assert!(run.output().contains("cannot reach Docker Model Runner (its address inside Docker)"), "{}", run.output());
+    assert_eq!(run.stderr.matches("hint: enable Docker Model Runner").count(), 1, "one hint line:\n{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,6 +76,14 @@ async fn a_gateway_not_reachable_says_to_start_it_or_set_mcp_server_url() {
     let (line, hint) = check_and_hint(&run, "mcp.gateway");
     assert!(line.starts_with('✗') && line.contains("cannot connect"), "{line}");
     assert!(hint.contains("docker mcp gateway run --transport sse") && hint.contains("MCP_SERVER_URL"), "{hint}");
+
+    // A run that cannot reach it says it once, however often the session retries.
+    let model = ModelServer::start(Arc::new(agentry::demo::scripted::ScriptedResearcher)).await.expect("model");
+    let config = format!("[batch]\nquestions = [\"Define gateways\"]\n{}", local_model(&model.base_url(), "m"))
+        .replace("[mcp]\nservers = []\n", &config);
+    let path = agentry.file("run.toml", &config);
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    assert_eq!(run.stderr.matches("hint: is the MCP gateway running at").count(), 1, "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,6 +113,15 @@ async fn no_key_with_fallback_none_says_where_the_key_goes() {
     let (line, hint) = check_and_hint(&run, "secret.openai_api_key");
     assert!(line.starts_with('✗') && line.contains("model.fallback = \"none\""), "{line}");
     assert!(hint.contains("OPENAI_API_KEY") && hint.contains("model.fallback = \"local\""), "{hint}");
+
+    // A run says it once, for all its questions.
+    let agentry = Agentry::new();
+    let config = "[batch]\nquestions = [\"Define keys\", \"Define routes\"]\n[model]\nfallback = \"none\"\n[mcp]\nservers = []\n";
+    let path = agentry.file("c.toml", config);
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(1);
+    assert!(run.output().contains("no model route: no API key"), "{}", run.output());
+    assert_eq!(run.stderr.matches("hint: put the key in").count(), 1, "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,13 +164,19 @@ async fn context_length_exceeded_says_what_to_shorten() {
         assert!(hint.contains("model.max_tokens") && hint.contains("agent.max_turns"), "{hint}");
     }
     // In a batch: one request, not retried, and the row says which error it was.
-    let model =
-        ModelServer::start(Arc::new(Queue::new([Reply::context_length_exceeded(8192, 9013)]))).await.expect("model");
+    let refusals = [Reply::context_length_exceeded(8192, 9013), Reply::context_length_exceeded(8192, 9020)];
+    let model = ModelServer::start(Arc::new(Queue::new(refusals))).await.expect("model");
     let agentry = Agentry::new();
-    let config = format!("[batch]\nquestions = [\"Define context\"]\n{}", local_model(&model.base_url(), "test-model"));
+    let config = format!(
+        "[batch]\nquestions = [\"Define context\", \"Define window\"]\nconcurrency = 1\n{}",
+        local_model(&model.base_url(), "test-model")
+    );
     let path = agentry.file("c.toml", &config);
-    agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await.expect_code(1);
-    assert_eq!(model.request_count(), 1);
+    let run = agentry.run(&["run", "-c", path.to_str().expect("utf-8")]).await;
+    run.expect_code(1);
+    assert_eq!(model.request_count(), 2, "one request a question");
+    let hints = run.stderr.matches("hint: lower model.max_tokens or agent.max_turns").count();
+    assert_eq!(hints, 1, "the hint once, however many questions fail the same way:\n{}", run.stderr);
     assert_eq!(agentry.report("definitions/report.json")["questions"][0]["error_type"], "context_length_exceeded");
 }
 
