@@ -405,7 +405,8 @@ pub struct RunOptions {
     pub question_timeout: Duration,
     /// Grace for in-flight questions at shutdown.
     pub shutdown_grace: Duration,
-    /// Show a progress bar when stderr is a terminal.
+    /// Show the progress on stderr: a bar on a terminal, a line a question otherwise
+    /// (`false`: nothing, as with `-q`).
     pub progress: bool,
     /// Demo label for the report.
     pub demo: bool,
@@ -966,6 +967,8 @@ fn record_question(status: Status) {
 /// A progress bar on a terminal, plain lines otherwise.
 #[derive(Clone)]
 struct Progress {
+    /// Lines are written when there is no bar.
+    lines: bool,
     bar: Option<ProgressBar>,
     total: u64,
     done: Arc<std::sync::atomic::AtomicU64>,
@@ -982,7 +985,7 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Self { bar, total, done: Default::default() }
+        Self { lines: enabled, bar, total, done: Default::default() }
     }
 
     fn finished(&self, row: &Row) {
@@ -1001,7 +1004,8 @@ impl Progress {
                 bar.inc(1);
                 bar.set_message(format!("{status}: {question}{paced}"));
             }
-            None => eprintln!("[{n}/{}] {status:<11} {question}{paced}", self.total),
+            None if self.lines => eprintln!("[{n}/{}] {status:<11} {question}{paced}", self.total),
+            None => {}
         }
     }
 

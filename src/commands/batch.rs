@@ -73,7 +73,8 @@ pub(super) async fn run_batch(
         question_timeout: settings.agent.question_timeout,
         // Ctrl-C on `ask` is the user dropping the answer: it stops at once.
         shutdown_grace: if mode == Mode::Ask { Duration::ZERO } else { settings.batch.shutdown_grace },
-        progress: true,
+        // -q: errors only, on stderr.
+        progress: !crate::telemetry::quiet(),
         demo: mode == Mode::Demo,
         output_dir: settings.batch.output_dir.clone(),
     };

@@ -43,15 +43,17 @@ pub(super) async fn demo(args: DemoArgs, signals: &Signals) -> Result<ExitCode, 
         DemoModelServer::start().await.map_err(|source| CliError::DemoServer { what: "model server", source })?;
     let search =
         SearchServer::start().await.map_err(|source| CliError::DemoServer { what: "search server", source })?;
-    eprintln!(
-        "agentry DEMO: a scripted model at {} and an MCP search server over an embedded corpus at {}.",
-        model.base_url(),
-        search.url()
-    );
-    eprintln!(
-        "No real model, key or network is used; answers are canned. Research files go to {}.",
-        args.output_dir.display()
-    );
+    if !telemetry::quiet() {
+        eprintln!(
+            "agentry DEMO: a scripted model at {} and an MCP search server over an embedded corpus at {}.",
+            model.base_url(),
+            search.url()
+        );
+        eprintln!(
+            "No real model, key or network is used; answers are canned. Research files go to {}.",
+            args.output_dir.display()
+        );
+    }
     settings.model.local.base_url = model.base_url();
     settings.model.local.model = "agentry-demo-model".into();
     settings.model.fallback = Fallback::Local;

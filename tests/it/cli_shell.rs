@@ -174,3 +174,14 @@ async fn no_colour_into_a_pipe_or_with_no_color() {
         plain_help.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_also_quiets_the_progress_lines_and_the_demo_banner() {
+    let agentry = Agentry::new().env("RUST_LOG", "");
+    let quiet = agentry.run(&["demo", "-q", "--output-dir", "out"]).await;
+    quiet.expect_code(0);
+    assert_eq!(quiet.stderr, "", "-q: errors only");
+    assert!(quiet.stdout.contains("ok"), "the summary is output, not noise:\n{}", quiet.stdout);
+    let normal = agentry.run(&["demo", "--force", "--output-dir", "out"]).await;
+    assert!(normal.stderr.contains("ok "), "progress lines without -q:\n{}", normal.stderr);
+}
