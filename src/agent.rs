@@ -66,6 +66,14 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// What to do about it, when agentry knows (one line; see [`LlmError::hint`]).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Model(error) => error.hint(),
+            _ => None,
+        }
+    }
+
     /// The `error.type` label.
     pub fn kind(&self) -> &'static str {
         match self {

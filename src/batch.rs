@@ -107,6 +107,10 @@ pub struct Row {
     pub error: Option<String>,
     /// `error.type` label.
     pub error_type: Option<String>,
+    /// What to do about the error, when agentry knows (a model not pulled, a server not
+    /// running, a context too short).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     /// What went wrong after the question was answered (its research saved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
@@ -127,6 +131,7 @@ impl Row {
             trace_id: None,
             error: None,
             error_type: None,
+            hint: None,
             warning: None,
             transcript: Transcript { file: planned.done.clone(), ..Transcript::default() },
         }
@@ -287,13 +292,17 @@ impl Report {
     pub fn summary_of(&self, rows: impl Iterator<Item = Row>) -> String {
         use std::fmt::Write;
         let all = self.totals.questions <= SUMMARY_ROWS;
-        let shown: Vec<Row> = rows
-            .filter(|row| {
-                let answered = matches!(row.status, Status::Ok) && row.transcript.saved_by != Some(SavedBy::Runtime);
-                all || !answered && row.reason != Some(SkipReason::Answered)
-            })
-            .take(SUMMARY_ROWS)
-            .collect();
+        // Each distinct hint once, under the table, however many rows share it.
+        let (mut hints, mut shown) = (std::collections::BTreeSet::new(), Vec::new());
+        for row in rows {
+            if let Some(hint) = &row.hint {
+                hints.insert(hint.clone());
+            }
+            let answered = matches!(row.status, Status::Ok) && row.transcript.saved_by != Some(SavedBy::Runtime);
+            if shown.len() < SUMMARY_ROWS && (all || !answered && row.reason != Some(SkipReason::Answered)) {
+                shown.push(row);
+            }
+        }
         let mut out = String::new();
         let width = shown.iter().map(|r| r.question.chars().count().min(48)).max().unwrap_or(8).max(8);
         let _ = writeln!(
@@ -322,6 +331,9 @@ impl Report {
                 row.transcript.tool_calls,
                 row.transcript.input_tokens + row.transcript.output_tokens
             );
+        }
+        for hint in &hints {
+            let _ = writeln!(out, "hint: {hint}");
         }
         let t = &self.totals;
         if !all {
@@ -874,11 +886,15 @@ async fn answer_one(
         deadline.shorten(options.shutdown_grace);
         tokio::time::sleep(options.shutdown_grace).await;
     };
-    // Why the question ended, if not with an answer.
+    // Why the question ended, if not with an answer, and what to do about it.
+    let mut hint = None;
     let ended: Result<(), (&'static str, String)> = tokio::select! {
         outcome = tracing::Instrument::instrument(work, span.clone()) => match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err((error.kind(), error.to_string())),
+            Ok(Err(error)) => {
+                hint = error.hint();
+                Err((error.kind(), error.to_string()))
+            }
             Err(_) => Err(("timeout", format!(
                 "no answer within agent.question_timeout ({}){}",
                 humantime::format_duration(options.question_timeout),
@@ -927,6 +943,7 @@ async fn answer_one(
                 row.error_type = Some(kind.to_owned());
             }
             row.error = Some(error);
+            row.hint = hint;
         }
     }
     row.trace_id = trace_id;

@@ -177,7 +177,11 @@ async fn context_length_exceeded_says_what_to_shorten() {
     assert_eq!(model.request_count(), 2, "one request a question");
     let hints = run.stderr.matches("hint: lower model.max_tokens or agent.max_turns").count();
     assert_eq!(hints, 1, "the hint once, however many questions fail the same way:\n{}", run.stderr);
-    assert_eq!(agentry.report("definitions/report.json")["questions"][0]["error_type"], "context_length_exceeded");
+    let row = &agentry.report("definitions/report.json")["questions"][0];
+    assert_eq!(row["error_type"], "context_length_exceeded", "{row}");
+    assert!(row["hint"].as_str().is_some_and(|h| h.starts_with("lower model.max_tokens")), "the row's hint: {row}");
+    let summary_hints = run.stdout.matches("hint: lower model.max_tokens or agent.max_turns").count();
+    assert_eq!(summary_hints, 1, "the summary names the hint once, under the table:\n{}", run.stdout);
 }
 
 /// What the product's client makes of each first-hour reply, straight from the library.
