@@ -135,7 +135,7 @@ impl Findings {
         }
         let _ = writeln!(
             out,
-            "{} passed, {} warnings, {} failed, {} skipped",
+            "{} passed, {} warned, {} failed, {} skipped",
             self.count(Status::Pass),
             self.count(Status::Warn),
             self.count(Status::Fail),

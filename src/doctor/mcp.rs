@@ -104,8 +104,13 @@ async fn check_server(
     }
     let allowed = tools.iter().filter(|t| spec.allows(t)).count();
     let evidence = match spec.allow.is_empty() {
-        true => format!("{handshake}; {} tools, all allowed", tools.len()),
-        false => format!("{handshake}; {} tools, {allowed} allowed ({})", tools.len(), spec.allow.join(", ")),
+        true => format!("{handshake}; {}, all allowed", tools_count(tools.len())),
+        false => format!("{handshake}; {}, {allowed} allowed ({})", tools_count(tools.len()), spec.allow.join(", ")),
     };
     Check::new(name, target, Status::Pass, evidence)
+}
+
+/// `1 tool`, `3 tools`.
+fn tools_count(n: usize) -> String {
+    format!("{n} tool{}", if n == 1 { "" } else { "s" })
 }
