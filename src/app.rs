@@ -144,14 +144,7 @@ impl Runtime {
         let mut session_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         let mut servers = Vec::new();
         for server in &settings.mcp.servers {
-            let spec = Arc::new(ServerSpec {
-                name: server.name.clone(),
-                endpoint: server.endpoint.clone(),
-                allow: server.tools.clone(),
-                retry_tools: server.retry_tools.clone(),
-                max_concurrent_calls: settings.mcp.max_concurrent_calls.max(1),
-                token_secret: (!server.token_secret.is_empty()).then(|| server.token_secret.clone()),
-            });
+            let spec = Arc::new(ServerSpec::of(server, &settings.mcp));
             let (handle, slot, tools) =
                 McpSessionHandle::new(spec.clone(), settings.mcp.restart_wait, settings.mcp.call_timeout);
             let ready = Arc::new(ReadyMark::default());

@@ -56,6 +56,18 @@ pub mod research;
 pub mod secrets;
 pub mod telemetry;
 
+/// Logs `hint` as a warning (`hint: …`), once per process for each hint: a batch whose
+/// questions all fail the same way, or a session that keeps failing to connect, says it once.
+pub(crate) fn tell_hint_once(kind: &str, hint: Option<String>) {
+    static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Some(hint) = hint else { return };
+    let mut told = TOLD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !told.contains(&hint) {
+        tracing::warn!(error.type = kind, "hint: {hint}");
+        told.push(hint);
+    }
+}
+
 /// An error and its causes on one line (`error sending request: dns error: …`): reqwest and
 /// hyper put the useful part in the source chain.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

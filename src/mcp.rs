@@ -103,6 +103,18 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
+    /// The spec of `server`, one of `mcp`'s servers.
+    pub fn of(server: &crate::config::McpServerSettings, mcp: &crate::config::McpSettings) -> Self {
+        Self {
+            name: server.name.clone(),
+            endpoint: server.endpoint.clone(),
+            allow: server.tools.clone(),
+            retry_tools: server.retry_tools.clone(),
+            max_concurrent_calls: mcp.max_concurrent_calls.max(1),
+            token_secret: (!server.token_secret.is_empty()).then(|| server.token_secret.clone()),
+        }
+    }
+
     /// Whether a tool passes the allowlist.
     pub fn allows(&self, tool: &str) -> bool {
         self.allow.is_empty() || self.allow.iter().any(|t| t == tool)

@@ -29,14 +29,7 @@ async fn check_server(
     http: &reqwest::Client,
     timeout: Duration,
 ) -> Check {
-    let spec = ServerSpec {
-        name: server.name.clone(),
-        endpoint: server.endpoint.clone(),
-        allow: server.tools.clone(),
-        retry_tools: server.retry_tools.clone(),
-        max_concurrent_calls: settings.mcp.max_concurrent_calls.max(1),
-        token_secret: (!server.token_secret.is_empty()).then(|| server.token_secret.clone()),
-    };
+    let spec = ServerSpec::of(server, &settings.mcp);
     let name = format!("mcp.{}", server.name);
     let target = format!("{} {}", spec.transport_name(), spec.location());
     let lookup = |variable: &str| env(variable);

@@ -309,13 +309,7 @@ impl LlmError {
 
     /// Logs [`Self::hint`] as a warning (`hint: …`), once per process for each hint.
     pub(crate) fn tell_hint(&self) {
-        static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let Some(hint) = self.hint() else { return };
-        let mut told = TOLD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !told.contains(&hint) {
-            tracing::warn!(error.type = self.kind(), "hint: {hint}");
-            told.push(hint);
-        }
+        crate::tell_hint_once(self.kind(), self.hint());
     }
 
     /// What to do about this failure, in one line, when agentry can tell: Docker Model Runner not

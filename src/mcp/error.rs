@@ -110,13 +110,7 @@ impl McpError {
     /// Logs [`Self::hint`] as a warning (`hint: …`), once per process for each hint: a session
     /// that keeps failing to connect says it once.
     pub fn tell_hint(&self) {
-        static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let Some(hint) = self.hint() else { return };
-        let mut told = TOLD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !told.contains(&hint) {
-            tracing::warn!(error.type = self.kind(), "hint: {hint}");
-            told.push(hint);
-        }
+        crate::tell_hint_once(self.kind(), self.hint());
     }
 
     /// What to do about it, in one line, when agentry can tell: a gateway that is not running or
