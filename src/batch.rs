@@ -247,9 +247,11 @@ impl Report {
     }
 
     /// Writes `report.json` atomically: this report (its totals those of the whole batch) with
-    /// the rows of the journal at `journal` in question order, streamed (never all in memory).
-    pub fn write_from_journal(&self, path: &Path, journal: &Path) -> Result<(), String> {
-        let rows = journal::rows_in_order(journal).map_err(|error| error.to_string())?;
+    /// the rows of the journal at `journal` in the order of `plan`'s questions, streamed (never
+    /// all in memory).
+    pub fn write_from_journal(&self, path: &Path, journal: &Path, plan: &Plan) -> Result<(), String> {
+        let order = plan.questions().map(|question| question.index);
+        let rows = journal::rows_in_order_of(journal, order).map_err(|error| error.to_string())?;
         let failed = std::cell::RefCell::new(None);
         let rows = rows.map_while(|row| row.map_err(|error| *failed.borrow_mut() = Some(error.to_string())).ok());
         let report = WithRows { head: self, questions: std::cell::RefCell::new(Some(rows)) };
@@ -593,7 +595,7 @@ impl Rows {
     }
 
     /// The questions.
-    fn plan(&self) -> Arc<Plan> {
+    pub fn plan(&self) -> Arc<Plan> {
         self.board().plan.clone()
     }
 

@@ -170,6 +170,110 @@ pub fn rows_in_order(path: &Path) -> Result<impl Iterator<Item = Result<Row, Rea
     }))
 }
 
+/// The rows of the journal at `path` in the order of `indexes` (the plan's questions), read
+/// ahead only as far as the next one is found. A batch's journal is almost in that order
+/// already (questions start in order and rows are appended as they finish), so only the rows
+/// that finished before an earlier question are held, as their places (16 bytes each): what
+/// [`rows_in_order`] holds for every row. A question without a row is passed over.
+pub fn rows_in_order_of(
+    path: &Path,
+    indexes: impl Iterator<Item = usize>,
+) -> Result<RowsInOrderOf<impl Iterator<Item = usize>>, ReadError> {
+    let io = |source| ReadError::Io { path: path.to_path_buf(), source };
+    let ahead = BufReader::new(File::open(path).map_err(io)?);
+    let places = File::open(path).map_err(io)?;
+    Ok(RowsInOrderOf {
+        path: path.to_path_buf(),
+        indexes,
+        ahead,
+        offset: 0,
+        number: 0,
+        pending: Default::default(),
+        places,
+    })
+}
+
+/// The rows of a journal in a given order: see [`rows_in_order_of`].
+pub struct RowsInOrderOf<I> {
+    path: PathBuf,
+    indexes: I,
+    /// The journal read forward.
+    ahead: BufReader<File>,
+    offset: u64,
+    number: usize,
+    /// Rows read ahead of their turn: index → where the line starts and its length.
+    pending: std::collections::HashMap<usize, (u64, usize)>,
+    /// The journal again, for the lines read ahead.
+    places: File,
+}
+
+impl<I: Iterator<Item = usize>> RowsInOrderOf<I> {
+    fn row(&self, line: &[u8], number: usize) -> Result<Row, ReadError> {
+        serde_json::from_slice(line).map_err(|source| ReadError::NotARow {
+            path: self.path.clone(),
+            line: number,
+            source,
+        })
+    }
+
+    /// Reads forward to `index`'s row; the rows passed on the way are noted in `pending`.
+    fn find(&mut self, index: usize) -> Option<Result<Row, ReadError>> {
+        #[derive(serde::Deserialize)]
+        struct Place {
+            index: usize,
+        }
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            self.number += 1;
+            let read = match self.ahead.read_until(b'\n', &mut line) {
+                Ok(read) => read,
+                Err(source) => return Some(Err(ReadError::Io { path: self.path.clone(), source })),
+            };
+            // The end, or a torn last line: this question has no row.
+            if read == 0 || line.last() != Some(&b'\n') {
+                return None;
+            }
+            let at = self.offset;
+            self.offset += read as u64;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let place: Place = match serde_json::from_slice(&line) {
+                Ok(place) => place,
+                Err(source) => {
+                    return Some(Err(ReadError::NotARow { path: self.path.clone(), line: self.number, source }));
+                }
+            };
+            if place.index == index {
+                return Some(self.row(&line, self.number));
+            }
+            self.pending.insert(place.index, (at, read));
+        }
+    }
+}
+
+impl<I: Iterator<Item = usize>> Iterator for RowsInOrderOf<I> {
+    type Item = Result<Row, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            let index = self.indexes.next()?;
+            if let Some((at, length)) = self.pending.remove(&index) {
+                let mut line = vec![0; length];
+                if let Err(source) = self.places.read_exact_at(&mut line, at) {
+                    return Some(Err(ReadError::Io { path: self.path.clone(), source }));
+                }
+                return Some(self.row(&line, 0));
+            }
+            if let Some(found) = self.find(index) {
+                return Some(found);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +288,25 @@ mod tests {
             replaces: None,
         };
         Row::empty(&planned, Status::Ok)
+    }
+
+    #[test]
+    fn rows_come_back_in_the_plans_order_reading_ahead_only_as_far_as_needed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("report.jsonl");
+        let mut journal = Journal::create(&path).expect("journal");
+        // Finished almost in order; question 5 (a shard's gap) has no row.
+        for index in [1, 0, 2, 4, 3, 7, 6] {
+            journal.append(&row(index));
+        }
+        journal.finish().expect("flushed");
+        let rows = rows_in_order_of(&path, [0, 1, 2, 3, 4, 5, 6, 7].into_iter()).expect("journal");
+        let indexes: Vec<usize> = rows.map(|r| r.expect("row").index).collect();
+        assert_eq!(indexes, [0, 1, 2, 3, 4, 6, 7]);
+        let mut rows = rows_in_order_of(&path, [0, 1, 2].into_iter()).expect("journal");
+        let first = rows.next().expect("row 0").expect("whole");
+        assert_eq!((first.index, first.question.as_str()), (0, "Question 0 \"quoted\"\nwith a newline"));
+        assert_eq!(rows.pending.len(), 1, "row 1 was read ahead, nothing more");
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub(super) async fn run_batch(
     let written = match mode {
         Mode::Ask => None,
         Mode::Run { .. } | Mode::Demo => {
-            match signals.instead_of_last_words(|| report.write_from_journal(&report_path, &journal_path)) {
+            match signals.instead_of_last_words(|| report.write_from_journal(&report_path, &journal_path, &rows.plan())) {
                 Ok(()) => Some(&report_path),
                 Err(error) => {
                     eprintln!("error: cannot write the report {}: {error}", report_path.display());
@@ -159,7 +159,9 @@ pub(super) async fn run_batch(
             if mode == Mode::Demo {
                 outln!("agentry DEMO (scripted model, embedded corpus):");
             }
-            let rows = batch::journal::rows_in_order(&journal_path).map_err(|error| error.to_string());
+            let plan = rows.plan();
+            let order = plan.questions().map(|question| question.index);
+            let rows = batch::journal::rows_in_order_of(&journal_path, order).map_err(|error| error.to_string());
             match rows {
                 Ok(rows) => out!("{}", report.summary_of(rows.map_while(Result::ok))),
                 Err(error) => eprintln!("error: {error}"),
@@ -230,7 +232,7 @@ fn report_what_is_known(
         rows.snapshot("interrupted: the process was stopped by a second signal");
         let (mut report, _) = rows.finished();
         report.shard = shard.map(|s| s.to_string());
-        match report.write_from_journal(&path, &journal) {
+        match report.write_from_journal(&path, &journal, &rows.plan()) {
             Ok(()) => eprintln!("Report (what was known at the second signal): {}", path.display()),
             Err(error) => eprintln!("error: cannot write the report {}: {error}", path.display()),
         }
