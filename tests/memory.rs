@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use agentry::app::Runtime;
 use agentry::batch::journal::Journal;
-use agentry::batch::{self, RunOptions, Rows};
+use agentry::batch::{self, Rows, RunOptions};
 use agentry::config::{self, Overrides, Sources};
 use agentry::demo::scripted::ScriptedResearcher;
 use agentry_testkit::model_server::ModelServer;
@@ -102,10 +102,8 @@ async fn measure(app: &Runtime, settings: &config::Settings, name: &str, questio
     let rows = Rows::new(plan, "memory", &options).journaled(journal);
     batch::run_recorded(&app.agent_context(""), &rows, &options, &CancellationToken::new()).await;
     let (head, _) = rows.finished();
-    let measured = Measured {
-        held: ALLOCATOR.current_usage().saturating_sub(before),
-        peak: ALLOCATOR.peak_usage() - before,
-    };
+    let measured =
+        Measured { held: ALLOCATOR.current_usage().saturating_sub(before), peak: ALLOCATOR.peak_usage() - before };
     assert_eq!(head.totals.ok, questions, "every question answered: {:?}", head.totals);
     std::fs::remove_dir_all(&batch.output_dir).expect("clean up");
     std::fs::create_dir_all(&batch.output_dir).expect("output dir");

@@ -128,7 +128,8 @@ pub(super) async fn run_batch(
     let written = match mode {
         Mode::Ask => None,
         Mode::Run { .. } | Mode::Demo => {
-            match signals.instead_of_last_words(|| report.write_from_journal(&report_path, &journal_path, &rows.plan())) {
+            match signals.instead_of_last_words(|| report.write_from_journal(&report_path, &journal_path, &rows.plan()))
+            {
                 Ok(()) => Some(&report_path),
                 Err(error) => {
                     eprintln!("error: cannot write the report {}: {error}", report_path.display());

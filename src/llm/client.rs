@@ -622,7 +622,8 @@ mod tests {
         for (status, retryable) in
             [(400, false), (403, false), (404, false), (408, true), (429, true), (500, true), (503, true)]
         {
-            let error = status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into(), "m", &scrub);
+            let error =
+                status_error(StatusCode::from_u16(status).expect("status"), None, b"{}", "u".into(), "m", &scrub);
             assert_eq!(error.is_retryable(), retryable, "{status}");
         }
     }
