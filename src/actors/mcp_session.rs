@@ -3,9 +3,10 @@
 //! - **Owns**: the `rmcp` session (its `Peer` and cancellation token), the server's tool list
 //!   (published, after the allowlist, in a `watch` channel that outlives restarts), calls that
 //!   arrived while connecting.
-//! - **Accepts**: `CallTool`; internally `Connected`, `ConnectFailed`, `ConnectionLost`, and
-//!   `ToolsChanged` (the server's `notifications/tools/list_changed`), coalesced: one re-list
-//!   in flight, at most one queued, however many notifications arrive.
+//! - **Accepts**: `CallTool`; internally `Connected`, `ConnectFailed`, `ConnectionLost`,
+//!   `Undelivered` and `Checked` (a request that could not be delivered, and the ping that
+//!   follows it), and `ToolsChanged` (the server's `notifications/tools/list_changed`),
+//!   coalesced: one re-list in flight, at most one queued, however many notifications arrive.
 //! - **Concurrency**: `pre_start` only spawns the connect task, so a restart never blocks the
 //!   supervisor. Each call runs in its own task on a clone of the `Peer` (rmcp multiplexes
 //!   requests), with its own timeout; the handler never awaits the network.
@@ -15,15 +16,17 @@
 //! - **Supervisor**: McpSupervisor. **Shutdown**: `post_stop` closes the session and waits for
 //!   it (the connection closed, a stdio server's process group ended). A failure closes it too:
 //!   the tasks that own the rmcp service are owned by the state and aborted when it is dropped.
-//! - **What fails the actor**: a failed connect, and a transport that is really gone (the
-//!   session's service loop ended). One request that could not be delivered (a 5xx on a POST, a
-//!   reset) fails that call only.
+//! - **What fails the actor**: a failed connect, a transport that is really gone (the
+//!   session's service loop ended), and a ping that fails. One request that could not be
+//!   delivered (a 5xx on a POST, a reset) fails that call only, but it may be the first sign of
+//!   a dying server: the session pings it, and calls wait for the answer, so a call sent again
+//!   goes to a session that works (this one, or the next).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientRequest, JsonObject, PingRequest, Tool};
 use rmcp::service::{Peer, RoleClient, RunningServiceCancellationToken, ServiceError};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
@@ -125,6 +128,10 @@ pub(crate) enum McpSessionMsg {
     ConnectFailed(u64, McpError),
     /// The session ended.
     ConnectionLost(u64, SessionEnded),
+    /// A request on the session could not be delivered, the session said to live on: check it.
+    Undelivered(u64),
+    /// The ping after an undelivered request: answered, or how the session ended.
+    Checked(u64, Result<(), SessionEnded>),
     /// The bearer token changed: reconnect with the new one (no restart).
     TokenRotated(u64),
     /// A call was refused with 401/403: re-read the token (a change then reconnects).
@@ -136,8 +143,27 @@ pub(crate) enum McpSessionMsg {
 }
 
 enum Phase {
-    Connecting { pending: Vec<Call> },
-    Ready { peer: Peer<RoleClient> },
+    Connecting {
+        pending: Vec<Call>,
+    },
+    Ready {
+        peer: Peer<RoleClient>,
+    },
+    /// A request could not be delivered: a ping is out, and calls wait for its answer.
+    Checking {
+        peer: Peer<RoleClient>,
+        pending: Vec<Call>,
+    },
+}
+
+impl Phase {
+    /// The session's peer, once connected.
+    fn peer(&self) -> Option<&Peer<RoleClient>> {
+        match self {
+            Self::Connecting { .. } => None,
+            Self::Ready { peer } | Self::Checking { peer, .. } => Some(peer),
+        }
+    }
 }
 
 pub(crate) struct McpSessionState {
@@ -164,7 +190,7 @@ struct Relist {
 /// Re-lists the tools on the ready session and reports back with `ToolsListed`, whatever
 /// happens (so the next queued re-list can start).
 fn start_relist(myself: &ActorRef<McpSessionMsg>, state: &mut McpSessionState, generation: u64) {
-    let Phase::Ready { peer } = &state.phase else {
+    let Some(peer) = state.phase.peer() else {
         return;
     };
     state.relist = Relist { in_flight: Some(generation), queued: false };
@@ -266,13 +292,15 @@ impl Actor for McpSession {
             McpSessionMsg::CallTool { tool, arguments, reply, deadline } => {
                 let call = Call { tool, arguments, reply, deadline };
                 match &mut state.phase {
-                    Phase::Connecting { pending } => pending.push(call),
+                    Phase::Connecting { pending } | Phase::Checking { pending, .. } => pending.push(call),
                     Phase::Ready { peer } => spawn_call(&myself, &state.args, state.generation, peer.clone(), call),
                 }
             }
             McpSessionMsg::Connected { generation, cancel, .. } if generation != state.generation => cancel.cancel(),
             McpSessionMsg::ConnectFailed(generation, _)
             | McpSessionMsg::ConnectionLost(generation, _)
+            | McpSessionMsg::Undelivered(generation)
+            | McpSessionMsg::Checked(generation, _)
             | McpSessionMsg::TokenRotated(generation)
             | McpSessionMsg::AuthRejected(generation)
             | McpSessionMsg::ToolsChanged(generation)
@@ -336,11 +364,36 @@ impl Actor for McpSession {
                     });
                 }
                 let previous = std::mem::replace(&mut state.phase, Phase::Ready { peer: peer.clone() });
-                if let Phase::Connecting { pending } = previous {
+                if let Phase::Connecting { pending } | Phase::Checking { pending, .. } = previous {
                     for call in pending {
                         spawn_call(&myself, &state.args, state.generation, peer.clone(), call);
                     }
                 }
+            }
+            McpSessionMsg::Undelivered(generation) => {
+                // One check at a time: calls that failed while a ping is out wait for it too.
+                if let Phase::Ready { peer } = &state.phase {
+                    tracing::debug!(server = %state.args.server.name, "a request could not be delivered: pinging the server");
+                    let peer = peer.clone();
+                    spawn_check(&myself, &state.args, generation, peer.clone());
+                    state.phase = Phase::Checking { peer, pending: Vec::new() };
+                }
+            }
+            McpSessionMsg::Checked(_, Ok(())) => {
+                if let Phase::Checking { peer, pending } = &mut state.phase {
+                    tracing::debug!(server = %state.args.server.name, "the server answered the ping: the session goes on");
+                    let (peer, pending) = (peer.clone(), std::mem::take(pending));
+                    for call in pending {
+                        spawn_call(&myself, &state.args, state.generation, peer.clone(), call);
+                    }
+                    state.phase = Phase::Ready { peer };
+                }
+            }
+            McpSessionMsg::Checked(_, Err(cause)) => {
+                // The calls waiting for the ping are dropped with the state: never sent, they go
+                // to the next session.
+                let error = McpError::ConnectionLost { server: state.args.server.name.clone(), cause };
+                return Err(publish_failure(&state.args, &error));
             }
             McpSessionMsg::ConnectFailed(_, error) => {
                 error.tell_hint();
@@ -427,6 +480,25 @@ async fn connect_and_watch(myself: ActorRef<McpSessionMsg>, args: McpSessionArgs
     let _ = myself.cast(McpSessionMsg::ConnectionLost(generation, cause));
 }
 
+/// Pings the server after a request could not be delivered, and reports with `Checked`. An
+/// answer of any kind (even a JSON-RPC error) says the session works; no answer within the
+/// connect timeout, or a transport failure, says it does not.
+fn spawn_check(myself: &ActorRef<McpSessionMsg>, args: &McpSessionArgs, generation: u64, peer: Peer<RoleClient>) {
+    let (myself, timeout) = (myself.clone(), args.connect_timeout);
+    tokio::spawn(
+        async move {
+            let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
+            let outcome = match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(_) | Err(ServiceError::McpError(_) | ServiceError::UnexpectedResponse)) => Ok(()),
+                Ok(Err(error)) => Err(SessionEnded::Transport(Arc::new(error))),
+                Err(_) => Err(SessionEnded::Unresponsive(timeout)),
+            };
+            let _ = myself.cast(McpSessionMsg::Checked(generation, outcome));
+        }
+        .in_current_span(),
+    );
+}
+
 fn connect_error(server: &ServerSpec, cause: ConnectError) -> McpError {
     McpError::Connect { server: server.name.clone(), location: server.location(), cause }
 }
@@ -493,6 +565,8 @@ fn spawn_call(
                 // One failed POST (a 5xx, a reset) fails this call; the session is dead when its
                 // transport is closed (the watch task reports that too) or its server is gone.
                 Ok(Err(error @ ServiceError::TransportSend(_))) if !mcp::is_session_gone(&error) => {
+                    // Told before the caller hears of it: a call it sends again waits for the check.
+                    let _ = myself.cast(McpSessionMsg::Undelivered(generation));
                     Err(McpError::Send { server, tool: tool.clone(), cause: Arc::new(error) })
                 }
                 Ok(Err(error)) => {
@@ -606,11 +680,12 @@ impl McpSessionHandle {
 
     /// Calls a tool by the server's name for it.
     ///
-    /// While the session restarts, the call waits for it (up to `mcp.restart_wait`). A call the
-    /// session never sent (it died with the call queued) is sent on the new session. A call cut
-    /// off in flight may have run on the server: it is sent again once only when the tool is
-    /// marked `readOnlyHint`/`idempotentHint` or listed in `retry_tools`; otherwise the model
-    /// gets the error. A server marked down answers at once.
+    /// While the session restarts, the call waits for it (up to `mcp.restart_wait`). A call that
+    /// never reached a live session (it died with the call queued, or the server refused the
+    /// connection) is sent on the new session. A call cut off in flight may have run on the
+    /// server: it is sent again once only when the tool is marked `readOnlyHint`/`idempotentHint`
+    /// or listed in `retry_tools`, and then only to a session that answered a ping since (this
+    /// one or the next); otherwise the model gets the error. A server marked down answers at once.
     pub async fn call_tool(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, McpError> {
         self.call_tool_within(tool, arguments, &Deadline::none()).await
     }
@@ -675,6 +750,9 @@ impl McpSessionHandle {
         let unavailable = |cause: Unreachable| McpError::Unavailable { server: self.server.name.clone(), cause };
         match outcome {
             Ok(Ok(result)) => Ok(result),
+            Ok(Err(error @ McpError::ConnectionLost { .. })) if error.was_not_delivered() => {
+                Err(Failure::NotSent(error))
+            }
             Ok(Err(error @ (McpError::ConnectionLost { .. } | McpError::Send { .. }))) => Err(Failure::CutOff(error)),
             Ok(Err(error)) => Err(Failure::Final(error)),
             Err(dropped @ Unreachable::Dropped { .. }) => Err(Failure::NotSent(unavailable(dropped))),

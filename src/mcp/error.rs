@@ -107,6 +107,11 @@ impl McpError {
 }
 
 impl McpError {
+    /// Whether the call never reached a live session (see [`SessionEnded::was_not_delivered`]).
+    pub fn was_not_delivered(&self) -> bool {
+        matches!(self, Self::ConnectionLost { cause, .. } if cause.was_not_delivered())
+    }
+
     /// Logs [`Self::hint`] as a warning (`hint: …`), once per process for each hint: a session
     /// that keeps failing to connect says it once.
     pub fn tell_hint(&self) {
@@ -200,6 +205,19 @@ pub enum SessionEnded {
     /// A request could not be sent, or the transport is gone.
     #[error("{}", service_text(.0))]
     Transport(#[source] Arc<ServiceError>),
+    /// After a request could not be delivered, the server did not answer a ping in time.
+    #[error("the server did not answer a ping within {0:?}")]
+    Unresponsive(Duration),
+}
+
+impl SessionEnded {
+    /// Whether the request that found the session ended never reached a live one: the server
+    /// could not be reached (connection refused, DNS, connect timeout), no longer knew the session
+    /// (HTTP 404 on Streamable HTTP), or the transport had closed before it was sent. Such a call
+    /// did not run, and may be sent to the next session whatever the tool.
+    pub fn was_not_delivered(&self) -> bool {
+        matches!(self, Self::Transport(error) if super::is_session_gone(error))
+    }
 }
 
 impl From<QuitReason> for SessionEnded {

@@ -21,6 +21,13 @@ Tools:
                                    (and waits for its answer) and an info-level
                                    `notifications/message` "chatty says hello";
                                    then answers "pong ok"
+    crash_once(marker)             read-only; over HTTP, when the file `marker`
+                                   does not exist, the POST carrying the call
+                                   creates it and kills the server process as
+                                   it arrives, before any answer (a server
+                                   that dies with a request in flight: the
+                                   client's POST ends with the connection
+                                   closed); otherwise answers "survived"
     barrier(group, parties, timeout=30)
                                    returns once `parties` calls with the same
                                    `group` are in progress at the same time; if
@@ -304,6 +311,15 @@ def build_server(host: str) -> FastMCP:
         await ctx.info("chatty says hello")
         return "pong ok"
 
+    @mcp.tool(
+        annotations=ToolAnnotations(title="Crash once", readOnlyHint=True, openWorldHint=False),
+        structured_output=False,
+    )
+    def crash_once(marker: str) -> str:
+        """Answer once the server has died on this call (see CrashOnceMiddleware)."""
+        log(f"tool=crash_once survived marker={marker!r}")
+        return "survived"
+
     barriers: dict[str, Barrier] = {}
 
     @mcp.tool(structured_output=False)
@@ -358,6 +374,47 @@ class HeaderLogMiddleware:
                 f"authorization={'present' if has_auth else 'absent'} traceparent={traceparent}"
             )
         await self.app(scope, receive, send)
+
+
+class CrashOnceMiddleware:
+    """Kills the process when a POST carries a `tools/call` of `crash_once` whose marker file
+    does not exist yet (creating it first), before the request reaches the MCP app: the
+    client's request is in flight and gets no answer at all."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and request.get("method") == "tools/call":
+            params = request.get("params") or {}
+            marker = (params.get("arguments") or {}).get("marker")
+            if params.get("name") == "crash_once" and marker and not Path(marker).exists():
+                Path(marker).touch()
+                log(f"tool=crash_once exiting marker={marker!r}")
+                os._exit(1)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class BearerAuthMiddleware:
@@ -432,6 +489,7 @@ async def serve_http(mcp: FastMCP, args: argparse.Namespace) -> int:
     import uvicorn
 
     app: Any = mcp.sse_app() if args.transport == "sse" else mcp.streamable_http_app()
+    app = CrashOnceMiddleware(app)
     if args.require_bearer:
         app = BearerAuthMiddleware(app, Path(args.require_bearer))
     if os.environ.get("MCP_PEER_LOG_HEADERS") == "1" or args.log_headers:
