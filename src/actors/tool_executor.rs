@@ -5,7 +5,8 @@
 //! - **Accepts**: `Definitions` (what to offer the model) and `Execute(calls)`.
 //! - **Concurrency**: the handler resolves names against the registry and spawns one task
 //!   per batch; the calls of one model turn run concurrently, each bounded by its session's
-//!   timeout. The handler never waits for a tool.
+//!   timeout and the turn's budget (a call the turn gives up on is cancelled on its server then;
+//!   with no budget left, none is sent). The handler never waits for a tool.
 //! - **Errors are results**: an unknown tool, arguments that are not a JSON object, a server
 //!   that is down or a tool that fails all come back as an error *result* the model reads
 //!   (prefixed `Error:`), never as a failure of the question or of this actor.
@@ -253,8 +254,15 @@ impl Actor for ToolExecutor {
                         // the turn's other results stand.
                         let runs = resolved.into_iter().map(|(call, target)| {
                             let (call_id, name) = (call.id.clone(), call.function.name.clone());
-                            let run = tokio::time::timeout(budget, run_one(call, target, &dispatch));
+                            let dispatch = &dispatch;
                             async move {
+                                // Each call its own token, cancelled as the call ends however it
+                                // ends: a call the turn gives up on is cancelled on its server
+                                // then, not left running there until the question ends.
+                                let own = dispatch.deadline.child();
+                                let _ends_with_the_call = own.drop_guard();
+                                let dispatch = Dispatch { deadline: &own, ..*dispatch };
+                                let run = tokio::time::timeout(budget, run_one(call, target, &dispatch));
                                 run.await.unwrap_or_else(|_| ToolOutcome {
                                     call_id,
                                     content: format!(
@@ -478,6 +486,20 @@ impl ToolExecutorHandle {
         let fallback: Vec<(String, String)> = calls.iter().map(|c| (c.id.clone(), c.function.name.clone())).collect();
         let turn = deadline.cap(self.deadline);
         let budget = turn.saturating_sub(ANSWER_MARGIN);
+        if budget.is_zero() {
+            // No call could finish: none is sent (it would run on its server for nobody).
+            let no_time = |(call_id, name): (String, String)| ToolOutcome {
+                content: format!(
+                    "Error: `{name}` was not called: the question's deadline (agent.question_timeout) leaves no \
+                     time for tool calls; answer with what you have"
+                ),
+                call_id,
+                name,
+                is_error: true,
+                saved: None,
+            };
+            return fallback.into_iter().map(no_time).collect();
+        }
         let deadline = deadline.child();
         match self
             .slot

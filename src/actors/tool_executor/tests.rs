@@ -55,6 +55,9 @@ struct FakeArgs {
     server: String,
     behaviour: Behaviour,
     seen: mpsc::UnboundedSender<Seen>,
+    /// Each call's deadline, as the session got it (a real one cancels the call on its
+    /// server when it is cancelled).
+    deadlines: Arc<std::sync::Mutex<Vec<Deadline>>>,
 }
 
 struct FakeState {
@@ -77,9 +80,10 @@ impl Actor for FakeSession {
         message: McpSessionMsg,
         state: &mut FakeState,
     ) -> Result<(), ActorProcessingErr> {
-        let McpSessionMsg::CallTool { tool, arguments, reply, .. } = message else {
+        let McpSessionMsg::CallTool { tool, arguments, reply, deadline } = message else {
             return Ok(());
         };
+        state.args.deadlines.lock().expect("deadlines").push(deadline);
         let server = state.args.server.clone();
         let shown = arguments.as_ref().map(|a| Value::Object(a.clone()).to_string());
         let _ = state.args.seen.send(Seen { server: server.clone(), tool: tool.clone(), arguments: shown.clone() });
@@ -132,13 +136,25 @@ async fn fake_server(
     behaviour: Behaviour,
     seen: &mpsc::UnboundedSender<Seen>,
 ) -> (McpSessionHandle, Slot<McpSessionMsg>) {
+    let (handle, slot, _) = fake_server_with_deadlines(name, tools, behaviour, seen).await;
+    (handle, slot)
+}
+
+/// [`fake_server`], and the deadlines of the calls it got.
+async fn fake_server_with_deadlines(
+    name: &str,
+    tools: &[&str],
+    behaviour: Behaviour,
+    seen: &mpsc::UnboundedSender<Seen>,
+) -> (McpSessionHandle, Slot<McpSessionMsg>, Arc<std::sync::Mutex<Vec<Deadline>>>) {
     let (handle, slot, published) =
         McpSessionHandle::new(spec(name, &[], "http://127.0.0.1:9/mcp"), RESTART_WAIT_TEST, CALL_TIMEOUT);
-    let args = FakeArgs { server: name.into(), behaviour, seen: seen.clone() };
+    let deadlines = Arc::default();
+    let args = FakeArgs { server: name.into(), behaviour, seen: seen.clone(), deadlines: Arc::clone(&deadlines) };
     let (actor, _) = Actor::spawn(None, FakeSession, args).await.expect("the fake session starts");
     slot.publish(actor);
     published.send_replace(ServerTools::Ready(tools.iter().map(|t| tool(t)).collect()));
-    (handle, slot)
+    (handle, slot, deadlines)
 }
 
 async fn writer_over(dir: &std::path::Path) -> ResearchWriterHandle {
@@ -539,6 +555,43 @@ async fn a_call_that_outlasts_the_turn_fails_alone() {
     assert!(!outcomes[0].is_error);
     assert!(outcomes[1].is_error);
     assert!(outcomes[1].content.contains("archive"), "the late call's error names it: {}", outcomes[1].content);
+}
+
+/// A call the turn gives up on is cancelled then (its session cancels it on the server), not
+/// left running there until the question ends.
+#[tokio::test(start_paused = true)]
+async fn a_call_the_turn_gives_up_on_is_cancelled_then_not_when_the_question_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (stuck, _, deadlines) = fake_server_with_deadlines("stuck", &["archive"], Behaviour::Hang, &tx).await;
+    let writer = writer_over(dir.path()).await;
+    // A turn's budget (9 s) shorter than the session's own call timeout (30 s).
+    let tools = ToolExecutorHandle { deadline: Duration::from_secs(10), ..executor(vec![stuck], writer).await };
+    let question = Deadline::after(Duration::from_secs(3600));
+
+    let outcomes = tools.execute_within(vec![call("c1", "archive", "{}")], context(), &question).await;
+    assert!(outcomes[0].is_error && outcomes[0].content.contains("did not finish within this turn"), "{outcomes:?}");
+    let deadlines = deadlines.lock().expect("deadlines").clone();
+    assert_eq!(deadlines.len(), 1, "the session got the call");
+    assert!(deadlines[0].is_cancelled(), "the call the turn gave up on is cancelled");
+    assert!(!question.is_cancelled(), "the question goes on");
+}
+
+/// With less left of the question than an answer takes to come back, no call is sent: it could
+/// not finish, and would run on its server for nobody.
+#[tokio::test(start_paused = true)]
+async fn with_no_time_left_in_the_question_no_call_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (quick, _) = fake_server("quick", &["search"], Behaviour::Answer, &tx).await;
+    let tools = executor(vec![quick], writer_over(dir.path()).await).await;
+    let question = Deadline::after(ANSWER_MARGIN / 2);
+
+    let outcomes = tools.execute_within(vec![call("c1", "search", "{}")], context(), &question).await;
+    assert!(outcomes[0].is_error, "{outcomes:?}");
+    assert!(outcomes[0].content.contains("agent.question_timeout"), "the error says why: {}", outcomes[0].content);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rx.try_recv().is_err(), "no call reached the server");
 }
 
 /// Errors never carry secrets: a tool's result that quotes a key reaches the model scrubbed.
