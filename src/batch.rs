@@ -307,11 +307,13 @@ impl Report {
         }
         let mut out = String::new();
         let width = shown.iter().map(|r| r.question.chars().count().min(48)).max().unwrap_or(8).max(8);
-        let _ = writeln!(
-            out,
-            "{:<9} {:<width$} {:>6} {:>5} {:>8}  file / error",
-            "status", "question", "secs", "tools", "tokens"
-        );
+        if !shown.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<9} {:<width$} {:>6} {:>5} {:>8}  file / error",
+                "status", "question", "secs", "tools", "tokens"
+            );
+        }
         for row in &shown {
             let question: String = row.question.chars().take(48).collect();
             let status = row.status.as_str();
@@ -338,7 +340,13 @@ impl Report {
             let _ = writeln!(out, "hint: {hint}");
         }
         let t = &self.totals;
-        if !all {
+        if !all && shown.is_empty() {
+            let _ = writeln!(
+                out,
+                "(all {} questions were answered and researched; every row is in the report)",
+                t.questions
+            );
+        } else if !all {
             let unanswered = t.failed + t.interrupted + t.skipped_for_budget + t.saved_by_runtime;
             let _ = writeln!(
                 out,
@@ -1064,6 +1072,21 @@ mod tests {
             budget: BudgetReport::default(),
             questions,
         }
+    }
+
+    #[test]
+    fn a_large_batch_answered_in_full_shows_no_empty_table() {
+        let ids: Vec<String> = (0..=SUMMARY_ROWS).map(|n| format!("q{n}")).collect();
+        let rows: Vec<(&str, Status)> = ids.iter().map(|id| (id.as_str(), Status::Ok)).collect();
+        let summary = report(&rows).summary();
+        assert!(!summary.contains("status"), "no table header without rows:\n{summary}");
+        assert!(summary.contains("all 51 questions were answered and researched"), "{summary}");
+
+        let mut failed = rows.clone();
+        failed[3].1 = Status::Failed;
+        let summary = report(&failed).summary();
+        assert!(summary.starts_with("status"), "{summary}");
+        assert!(summary.contains("(1 of the 1 questions not answered or not researched shown"), "{summary}");
     }
 
     #[test]
