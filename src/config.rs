@@ -467,6 +467,12 @@ pub enum EndpointError {
     /// Neither http nor https.
     #[error("url {0:?} must be http:// or https://")]
     Scheme(String),
+    /// A user name or password in the URL (shown without them).
+    #[error(
+        "url {0:?} with a user name or password: a URL is printed in logs and errors, so a token \
+         goes in its secret (token_secret, sent as a bearer token), never in the URL"
+    )]
+    Credentials(String),
 }
 
 impl McpEndpoint {
@@ -493,6 +499,9 @@ impl McpEndpoint {
         let parsed = Url::parse(url).map_err(|source| EndpointError::NotAUrl { text: url.to_owned(), source })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(EndpointError::Scheme(url.to_owned()));
+        }
+        if let Some(shown) = crate::secrets::shown_without_credentials(&parsed) {
+            return Err(EndpointError::Credentials(shown));
         }
         Ok(match transport {
             TransportKind::Sse => Self::LegacySse(parsed),

@@ -43,6 +43,12 @@ pub enum BaseUrlError {
     /// No host to connect to.
     #[error("{0:?} has no host")]
     NoHost(String),
+    /// A user name or password in the URL (shown without them).
+    #[error(
+        "{0:?} with a user name or password: a URL is printed in logs and errors, so the key goes in \
+         its secret (api_key_secret), never in the URL"
+    )]
+    Credentials(String),
 }
 
 impl BaseUrl {
@@ -55,6 +61,9 @@ impl BaseUrl {
         }
         if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
             return Err(BaseUrlError::NoHost(text.to_owned()));
+        }
+        if let Some(shown) = crate::secrets::shown_without_credentials(&url) {
+            return Err(BaseUrlError::Credentials(shown));
         }
         url.set_query(None);
         url.set_fragment(None);

@@ -169,6 +169,19 @@ pub enum SecretError {
     },
 }
 
+/// `url` as it may be shown, when it carries a user name or password (which would then be
+/// printed wherever the URL is: logs, errors, spans); `None` when it carries neither. Settings
+/// refuse such URLs: keys and tokens are secrets of their own.
+pub fn shown_without_credentials(url: &url::Url) -> Option<String> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    Some(shown.to_string())
+}
+
 /// Whether an HTTP header can carry the secret as `Bearer <value>`, as every request that sends
 /// it must: a line break or other control character inside the value cannot.
 pub fn header_safe(credential: &Credential) -> Result<(), SecretError> {

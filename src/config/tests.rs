@@ -151,6 +151,22 @@ fn invalid_values_are_named() {
     }
 }
 
+/// A password in a URL would be printed wherever the URL is (logs, errors, spans, hints): such
+/// URLs are refused, and the refusal does not repeat it.
+#[test]
+fn urls_carrying_credentials_are_refused_without_repeating_them() {
+    for (toml, key) in [
+        ("[model.local]\nbase_url = \"http://me:sk-canary-0123456789@runner/v1\"\n", "model.local.base_url"),
+        ("[model.cloud]\nbase_url = \"https://sk-canary-0123456789@api.example.com/v1\"\n", "model.cloud.base_url"),
+        ("[[mcp.servers]]\nname = \"x\"\nurl = \"http://me:sk-canary-0123456789@gw:8811/mcp\"\n", "mcp.servers[0]"),
+    ] {
+        let (_dir, path) = with_file("q.toml", toml);
+        let text = load(&Sources { file: Some(path), ..Sources::default() }).expect_err(toml).to_string();
+        assert!(text.contains(key) && text.contains("user name or password"), "{toml}: {text}");
+        assert!(!text.contains("sk-canary"), "the error must not repeat the credentials: {text}");
+    }
+}
+
 #[test]
 fn auto_transport_follows_the_path() {
     let endpoint = |url: &str, transport| McpEndpoint::resolve(transport, url, Vec::new(), Vec::new());
