@@ -374,9 +374,8 @@ impl Actor for McpSession {
                 // One check at a time: calls that failed while a ping is out wait for it too.
                 if let Phase::Ready { peer } = &state.phase {
                     tracing::debug!(server = %state.args.server.name, "a request could not be delivered: pinging the server");
-                    let peer = peer.clone();
                     spawn_check(&myself, &state.args, generation, peer.clone());
-                    state.phase = Phase::Checking { peer, pending: Vec::new() };
+                    state.phase = Phase::Checking { peer: peer.clone(), pending: Vec::new() };
                 }
             }
             McpSessionMsg::Checked(_, Ok(())) => {
